@@ -1,0 +1,109 @@
+//! Cross-pod fan-out.
+//!
+//! Layout:
+//! - this file: the [`Backplane`] trait, the [`Subject`]s it carries and the [`Subscription`]
+//!   stream it hands out.
+//! - [`memory`]: the in-process implementation (embedded default, single node; also lets tests
+//!   run several gateway instances in one process).
+//!
+//! The backplane is at-most-once and carries opaque bytes; ordering and loss are repaired above
+//! it, from the store's history (a pod holds an arrival that is ahead of the `seq` it expects and
+//! fills the gap from history, and re-syncs every topic after [`Backplane::reconnects`] ticks).
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use protocol::{SessionId, Topic};
+use tokio::sync::watch;
+
+pub mod memory;
+
+pub use memory::MemoryBackplane;
+
+/// What a message is addressed to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// Messages of a topic, for every pod with local subscribers.
+    Topic(Topic),
+    /// Messages for one session, wherever it is connected (e.g. "you were taken over").
+    Session(SessionId),
+    /// Every pod's periodic heartbeat (load view).
+    Heartbeat,
+    /// Commands for one pod, by pod name.
+    Control(String),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Topic(t) => write!(f, "topic {t}"),
+            Self::Session(s) => write!(f, "session {s}"),
+            Self::Heartbeat => f.write_str("heartbeats"),
+            Self::Control(p) => write!(f, "control {p}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackplaneError {
+    #[error("backplane unavailable: {0}")]
+    Unavailable(String),
+    #[error("backplane call timed out")]
+    Timeout,
+}
+
+/// A live subscription: a stream of payloads. Dropping it unsubscribes.
+pub struct Subscription {
+    inner: Pin<Box<dyn Stream<Item = Bytes> + Send>>,
+}
+
+impl Subscription {
+    pub fn new(stream: impl Stream<Item = Bytes> + Send + 'static) -> Self {
+        Self {
+            inner: Box::pin(stream),
+        }
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Subscription")
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// Publish/subscribe between pods. Cheap to clone and share.
+pub trait Backplane: Send + Sync + 'static {
+    /// Publishes `payload` to everyone subscribed to `subject` (at most once).
+    fn publish(
+        &self,
+        subject: &Subject,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), BackplaneError>> + Send;
+
+    /// Subscribes to `subject`. When this returns, messages published afterwards are delivered.
+    fn subscribe(
+        &self,
+        subject: &Subject,
+    ) -> impl Future<Output = Result<Subscription, BackplaneError>> + Send;
+
+    /// A counter that ticks each time the connection to the backplane was re-established:
+    /// anything published meanwhile may have been missed and must be re-read from history.
+    fn reconnects(&self) -> watch::Receiver<u64>;
+
+    /// Whether the backplane is connected now: feeds `/readyz`.
+    fn is_connected(&self) -> bool;
+}

@@ -1,0 +1,204 @@
+//! Sessions, per-topic sequences and capped history.
+//!
+//! Layout:
+//! - this file: the [`SessionStore`] trait, its data types, and [`recover`], the one place that
+//!   decides whether a client position can be recovered from a page of history.
+//! - [`memory`]: the in-process implementation (embedded default, single node).
+//!
+//! Every topic has a history: publishing assigns the next `seq` and appends to a history capped
+//! by count and age, atomically. Each topic also has an [`Epoch`]; when the history is lost (a
+//! flushed store, an expired topic) the epoch changes, so positions from before cannot be
+//! mistaken for positions in the new history.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use protocol::{Epoch, Payload, Position, SessionId, Topic};
+use serde::{Deserialize, Serialize};
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// Failures of a store call. The gateway answers `unavailable` to the client for any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store call timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("corrupt record in store: {0}")]
+    Corrupt(String),
+}
+
+/// Limits of every topic's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Messages kept per topic.
+    pub max_len: usize,
+    /// How long a message stays in history, and how long an idle topic keeps its `seq`/`epoch`.
+    pub ttl: Duration,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        Self {
+            max_len: 1_000,
+            ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A message as kept in history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub data: Payload,
+}
+
+/// The result of an append: the message's `seq` and the topic's epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub epoch: Epoch,
+}
+
+/// The messages of a topic after some `seq`, with the topic's current top.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The latest `seq` and the epoch, read together with the messages.
+    pub top: Position,
+    /// Messages with `seq` above the requested one, in order; possibly not starting right after
+    /// it when older messages were trimmed.
+    pub messages: Vec<StoredMessage>,
+}
+
+/// A session as stored between connections, so any pod can resume it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    /// The resume token's secret; compared in constant time by [`protocol::ResumeToken`].
+    pub secret: String,
+    /// The authenticated user (`sub`), if any: a session resumes only for the same user.
+    pub user: Option<String>,
+    /// Subscribed topics with the last position delivered to the client.
+    pub subscriptions: BTreeMap<Topic, Position>,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// The pod that last held the session.
+    pub last_pod: String,
+}
+
+/// Storage of sessions, topic sequences and history. Cheap to clone and share.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Assigns the next `seq` of `topic` and appends `data` to its history, atomically.
+    fn append(
+        &self,
+        topic: &Topic,
+        data: &Payload,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// The latest `seq` and epoch of a topic (`seq` 0 for a topic never published to). Creates
+    /// the epoch if the topic has none yet, so the answer is stable for later appends.
+    fn top(&self, topic: &Topic) -> impl Future<Output = Result<Position, StoreError>> + Send;
+
+    /// The topic's history after `after` (exclusive), and its top.
+    fn history(
+        &self,
+        topic: &Topic,
+        after: u64,
+    ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send;
+
+    /// Stores a session; it expires `ttl` after this call unless saved again.
+    fn save_session(
+        &self,
+        session: &SessionRecord,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn load_session(
+        &self,
+        id: &SessionId,
+    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+
+    fn delete_session(&self, id: &SessionId)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the store answers: feeds `/readyz`.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// What a client position resolves to against a page of history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// `true` when every message after the client's position is in `messages`.
+    pub recovered: bool,
+    /// The messages to send, in order (empty when not recovered).
+    pub messages: Vec<StoredMessage>,
+    pub top: Position,
+}
+
+/// Decides whether `since` can be recovered from `page` (fetched with `after = since.seq`).
+///
+/// Recovered means: same epoch, the client is not ahead of the top, and the page starts right
+/// after the client's `seq` (nothing in between was trimmed).
+pub fn recover(since: &Position, page: HistoryPage) -> Recovery {
+    let contiguous = match page.messages.first() {
+        Some(first) => first.seq == since.seq + 1,
+        None => since.seq == page.top.seq,
+    };
+    let recovered = since.epoch == page.top.epoch && since.seq <= page.top.seq && contiguous;
+    Recovery {
+        recovered,
+        messages: if recovered { page.messages } else { Vec::new() },
+        top: page.top,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64) -> StoredMessage {
+        StoredMessage {
+            seq,
+            data: Payload::parse("1").unwrap(),
+        }
+    }
+
+    fn pos(seq: u64, epoch: &str) -> Position {
+        Position {
+            seq,
+            epoch: Epoch::new(epoch),
+        }
+    }
+
+    #[test]
+    fn recovery_rules() {
+        let page = |msgs: Vec<u64>, top: u64| HistoryPage {
+            top: pos(top, "e"),
+            messages: msgs.into_iter().map(msg).collect(),
+        };
+        assert!(recover(&pos(2, "e"), page(vec![3, 4], 4)).recovered);
+        assert!(recover(&pos(4, "e"), page(vec![], 4)).recovered);
+        // Trimmed: 3 is gone.
+        assert!(!recover(&pos(2, "e"), page(vec![4], 4)).recovered);
+        // Another epoch.
+        assert!(!recover(&pos(2, "x"), page(vec![3, 4], 4)).recovered);
+        // Client ahead of the top.
+        assert!(!recover(&pos(9, "e"), page(vec![], 4)).recovered);
+        // History empty but messages were published since.
+        assert!(!recover(&pos(2, "e"), page(vec![], 4)).recovered);
+    }
+}
