@@ -1,1 +1,204 @@
-//! placeholder
+//! The gateway pod: WebSocket clients in, topics fanned out across pods, sessions resumable on
+//! any pod.
+//!
+//! Layout, along the data path:
+//! - [`config`]: flags and environment (`GATEWAY_*`), validated before anything binds.
+//! - `http`: the public router (`/ws` upgrade with admission, `/healthz`, `/readyz`) and the
+//!   admin router (`/metrics`, `/api/publish`, `/admin/drain`).
+//! - `connection`: one task per socket: reads frames, writes replies and batched deliveries.
+//! - `session`: `hello`, resume and per-topic recovery for a connection.
+//! - `hub`: topic → local subscribers, restoring `seq` order with `sequencer`.
+//! - `envelope`: the payload of topic messages on the backplane.
+//! - `control`: closing a connection from outside its task; the pod's connection table.
+//! - `drain`: paced 1001 closes on SIGTERM or an operator's request.
+//! - `metrics`: each component's metrics, one registry.
+//!
+//! [`run`] takes bound listeners and a shutdown future, so a test runs a real server on port 0.
+
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use backplane::{Backplane, Subject};
+use protocol::{Payload, Topic};
+use session_store::{Appended, HistoryLimits, SessionStore};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod client;
+pub mod config;
+mod connection;
+mod control;
+mod drain;
+mod envelope;
+mod http;
+mod hub;
+mod metrics;
+mod sequencer;
+mod session;
+
+pub use config::{Config, ConfigError};
+
+use crate::control::Connections;
+use crate::drain::Drain;
+use crate::envelope::Envelope;
+use crate::hub::{Hub, HubConfig};
+use crate::metrics::Metrics;
+
+/// The session store this build runs with (chosen from the configuration at startup).
+pub(crate) type Store = session_store::MemoryStore;
+/// The backplane this build runs with (chosen from the configuration at startup).
+pub(crate) type Bus = backplane::MemoryBackplane;
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The sockets a gateway serves on, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            public: TcpListener::bind(config.listen).await?,
+            admin: TcpListener::bind(config.admin_listen).await?,
+        })
+    }
+}
+
+/// What every part of a running gateway shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: Config,
+    pub pod: String,
+    pub store: Store,
+    pub backplane: Bus,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub connections: Connections,
+    pub drain: Drain,
+    /// Cancelled last, when every connection is gone: stops topic tasks and servers.
+    pub shutdown: CancellationToken,
+    /// Holds a token per live connection task.
+    pub tasks: TaskTracker,
+    /// Connections admitted (upgrades in flight included), bounded by `--max-connections`.
+    pub slots: AtomicUsize,
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PublishError {
+    #[error("history unavailable: {0}")]
+    Store(#[from] session_store::StoreError),
+}
+
+impl Shared {
+    /// Publishes on `topic`: appends to history (which assigns `seq`), then publishes on the
+    /// backplane. A backplane failure is not an error for the publisher: the message is in
+    /// history, and every pod's topic task re-reads history to catch up.
+    pub async fn publish(&self, topic: &Topic, data: Payload) -> Result<Appended, PublishError> {
+        let started = std::time::Instant::now();
+        let appended = self.store.append(topic, &data).await?;
+        self.metrics.store.observe("append", started);
+        let envelope = Envelope {
+            seq: appended.seq,
+            epoch: appended.epoch.clone(),
+            published_us: envelope::now_us(),
+            data,
+        };
+        let started = std::time::Instant::now();
+        if let Err(e) = self
+            .backplane
+            .publish(&Subject::Topic(topic.clone()), envelope.encode())
+            .await
+        {
+            tracing::warn!(%topic, seq = appended.seq, error = %e, "backplane publish failed; subscribers catch up from history");
+        }
+        self.metrics
+            .hub
+            .backplane_publish
+            .observe(started.elapsed().as_secs_f64());
+        Ok(appended)
+    }
+}
+
+/// Runs a gateway on `listeners` until `shutdown` resolves, then drains: new upgrades are
+/// refused, every client gets a 1001 close paced over the drain window, and `run` returns once
+/// they are gone (or the window and the close grace have passed).
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    config.validate()?;
+    let pod = config.pod_name();
+    let metrics = Arc::new(Metrics::new());
+    metrics.conn.capacity.set(config.max_connections as i64);
+    let limits = HistoryLimits {
+        max_len: config.history_size,
+        ttl: config.history_ttl,
+    };
+    let store = Store::new(limits);
+    let backplane = Bus::new();
+    let root = CancellationToken::new();
+    let hub = Hub::new(
+        store.clone(),
+        backplane.clone(),
+        metrics.clone(),
+        HubConfig {
+            gap_timeout: config.gap_timeout,
+            resync_interval: config.topic_resync_interval,
+        },
+        root.clone(),
+    );
+    let public_addr = listeners.public.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
+    let shared = Arc::new(Shared {
+        pod: pod.clone(),
+        store,
+        backplane,
+        hub,
+        metrics,
+        connections: Connections::default(),
+        drain: Drain::new(),
+        shutdown: root.clone(),
+        tasks: TaskTracker::new(),
+        slots: AtomicUsize::new(0),
+        config,
+    });
+    tracing::info!(%pod, %public_addr, %admin_addr, "gateway listening");
+
+    let public = tokio::spawn(http::serve_public(listeners.public, shared.clone()));
+    let admin = tokio::spawn(http::serve_admin(listeners.admin, shared.clone()));
+
+    // Either a signal (the caller's future) or an operator's drain request starts the drain;
+    // only the caller's future ends the process.
+    shutdown.await;
+    tracing::info!("shutting down: draining connections");
+    drain::drain(&shared).await;
+    root.cancel();
+    shared.tasks.close();
+    let _ = tokio::time::timeout(shared.config.close_grace, shared.tasks.wait()).await;
+    for server in [public, admin] {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "server task failed"),
+        }
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Configuration of a gateway pod: every flag also reads a `GATEWAY_*` environment variable.
+//!
+//! Defaults are the embedded default: loopback listeners, in-memory store and backplane, auth
+//! off, every origin allowed. [`Config::validate`] rejects contradictions before anything binds,
+//! so a bad deployment fails at once with a message instead of misbehaving later.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Flags of `gateway serve` (the default command).
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Public address: `/ws`, `/healthz`, `/readyz`.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Admin address: `/metrics`, `/scaler`, `/admin/*`, `/api/publish`. Keep it private.
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Bearer token required by every admin endpoint (`Authorization: Bearer …`); unset = none.
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Redis URL for sessions and history (`redis://`, `rediss://`, `redis-sentinel://`,
+    /// `redis-cluster://`). Unset = in-memory store (single node).
+    #[arg(long, env = "GATEWAY_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// NATS server URLs for cross-pod fan-out, comma-separated. Unset = in-process backplane.
+    #[arg(long, env = "GATEWAY_NATS_URL", value_delimiter = ',')]
+    pub nats_url: Vec<String>,
+
+    /// Prefix of Redis keys and NATS subjects, so several gateways can share servers.
+    #[arg(long, env = "GATEWAY_KEY_PREFIX", default_value = "gw")]
+    pub key_prefix: String,
+
+    /// This pod's name (reported in `welcome`, heartbeats, metrics). Default: `POD_NAME`, else
+    /// the hostname.
+    #[arg(long, env = "GATEWAY_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Largest accepted WebSocket message, in bytes; above it the connection is closed with 1009.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
+    pub max_message_size: usize,
+
+    /// Time a new connection has to send `hello` before it is closed with 1008.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Interval of server WebSocket pings.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A connection from which nothing (not even a pong) arrives for this long is dropped.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Messages queued for one connection before it counts as a slow consumer (closed with 1013).
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// A write to a client that makes no progress for this long closes the connection.
+    #[arg(long, env = "GATEWAY_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Connections this pod accepts; above it upgrades get HTTP 503 with `Retry-After`.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Subscriptions one connection may hold (`limit_reached` above it).
+    #[arg(long, env = "GATEWAY_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+
+    /// Allowed `Origin` headers, comma-separated (e.g. `https://app.example.com`). Empty = any
+    /// origin, the embedded default; set it in production. Requests without `Origin` (non-browser
+    /// clients) are allowed.
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// How long a disconnected session can be resumed.
+    #[arg(long, env = "GATEWAY_RESUME_WINDOW", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub resume_window: Duration,
+
+    /// Messages kept per topic for recovery.
+    #[arg(long, env = "GATEWAY_HISTORY_SIZE", default_value_t = 1_000)]
+    pub history_size: usize,
+
+    /// How long messages stay in a topic's history.
+    #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub history_ttl: Duration,
+
+    /// How long an arrival ahead of a gap is held before the gap is filled from history.
+    #[arg(long, env = "GATEWAY_GAP_TIMEOUT", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub gap_timeout: Duration,
+
+    /// How often each topic with local subscribers re-reads history to catch a trailing message
+    /// the backplane dropped.
+    #[arg(long, env = "GATEWAY_TOPIC_RESYNC_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub topic_resync_interval: Duration,
+
+    /// tungstenite read buffer per connection, in bytes. Small keeps idle connections cheap.
+    #[arg(long, env = "GATEWAY_READ_BUFFER_SIZE", default_value_t = 4 * 1024)]
+    pub read_buffer_size: usize,
+
+    /// Bytes buffered per connection before a write goes to the socket; writes are batched up to
+    /// this size and flushed once per batch.
+    #[arg(long, env = "GATEWAY_WRITE_BUFFER_SIZE", default_value_t = 32 * 1024)]
+    pub write_buffer_size: usize,
+
+    /// Upper bound of the drain window: on SIGTERM or a drain command, close frames 1001 are
+    /// spread over min(this, connections / drain rate).
+    #[arg(long, env = "GATEWAY_DRAIN_WINDOW", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_window: Duration,
+
+    /// Close frames per second a drain sends at least (a small pod drains quickly).
+    #[arg(long, env = "GATEWAY_DRAIN_RATE", default_value_t = 500)]
+    pub drain_rate: u32,
+
+    /// After the last close frame, how long to wait for clients' close handshakes before exit.
+    #[arg(long, env = "GATEWAY_CLOSE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub close_grace: Duration,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag} must be greater than zero")]
+    Zero { flag: &'static str },
+    #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?})")]
+    IdleNotAbovePing { idle: Duration, ping: Duration },
+    #[error("--max-message-size ({0}) must be between 128 bytes and 16 MiB")]
+    MessageSize(usize),
+    #[error("--listen and --admin-listen are both {0}")]
+    SameAddress(SocketAddr),
+    #[error("--allowed-origins entry {0:?} must look like scheme://host[:port]")]
+    Origin(String),
+    #[error("--key-prefix {0:?} may only contain A-Z a-z 0-9 _ -")]
+    KeyPrefix(String),
+}
+
+impl Config {
+    /// Rejects settings that cannot work, with a message naming the flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let nonzero = [
+            ("outbound-queue", self.outbound_queue),
+            ("max-connections", self.max_connections),
+            ("max-subscriptions", self.max_subscriptions),
+            ("read-buffer-size", self.read_buffer_size),
+            ("drain-rate", self.drain_rate as usize),
+        ];
+        for (flag, value) in nonzero {
+            if value == 0 {
+                return Err(ConfigError::Zero { flag });
+            }
+        }
+        let durations = [
+            ("handshake-timeout", self.handshake_timeout),
+            ("ping-interval", self.ping_interval),
+            ("resume-window", self.resume_window),
+            ("history-ttl", self.history_ttl),
+            ("write-timeout", self.write_timeout),
+            ("topic-resync-interval", self.topic_resync_interval),
+        ];
+        for (flag, value) in durations {
+            if value.is_zero() {
+                return Err(ConfigError::Zero { flag });
+            }
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(ConfigError::IdleNotAbovePing {
+                idle: self.idle_timeout,
+                ping: self.ping_interval,
+            });
+        }
+        if !(128..=16 << 20).contains(&self.max_message_size) {
+            return Err(ConfigError::MessageSize(self.max_message_size));
+        }
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return Err(ConfigError::SameAddress(self.listen));
+        }
+        for origin in &self.allowed_origins {
+            if !origin.contains("://") || origin.ends_with('/') {
+                return Err(ConfigError::Origin(origin.clone()));
+            }
+        }
+        if self.key_prefix.is_empty()
+            || !self
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError::KeyPrefix(self.key_prefix.clone()));
+        }
+        Ok(())
+    }
+
+    /// The pod name: the flag, else `POD_NAME`, else the hostname, else `gateway`.
+    pub fn pod_name(&self) -> String {
+        self.pod_name
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "gateway".to_owned())
+    }
+
+    /// The defaults, as `gateway serve` with no flags and no environment would have them.
+    pub fn embedded_default() -> Self {
+        #[derive(clap::Parser)]
+        struct Parse {
+            #[command(flatten)]
+            config: Config,
+        }
+        <Parse as clap::Parser>::parse_from(["gateway"]).config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::embedded_default();
+        c.validate().unwrap();
+        assert_eq!(c.max_message_size, 65_536);
+        assert_eq!(c.resume_window, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn contradictions_are_refused() {
+        let mut c = Config::embedded_default();
+        c.idle_timeout = Duration::from_secs(1);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::IdleNotAbovePing { .. })
+        ));
+        let mut c = Config::embedded_default();
+        c.outbound_queue = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--outbound-queue must be greater than zero"
+        );
+        let mut c = Config::embedded_default();
+        c.allowed_origins = vec!["example.com".into()];
+        assert!(c.validate().is_err());
+    }
+}

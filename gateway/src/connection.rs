@@ -1,0 +1,420 @@
+//! One task per WebSocket: reads client frames, answers them, and writes the deliveries the hub
+//! queues for it.
+//!
+//! The task owns the socket, so replies are written in order without a second task or lock.
+//! Deliveries are written in batches: everything queued (up to a bound) is fed to the socket and
+//! flushed once, because a loopback `write` costs about as much as encoding hundreds of frames.
+//! Every way a connection can end is a [`Close`], mapped to its close code in one place.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{
+    CloseAdvice, CloseCode, Epoch, ErrorCode, ServerFrame, SessionId, Topic, client, encode_message,
+};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite;
+
+use crate::Shared;
+use crate::control::ConnControl;
+use crate::hub::{ConnId, Delivery, Subscriber};
+use crate::metrics::CodeLabel;
+
+/// Deliveries written per flush at most, so one busy connection cannot starve its own reads.
+const MAX_BATCH: usize = 256;
+
+/// Why a connection ends. [`Close::frame`] is the one mapping to close codes.
+#[derive(Debug)]
+pub enum Close {
+    /// The client sent a close frame (tungstenite answers it).
+    ByClient,
+    /// The transport is gone (EOF, reset, write timeout, idle): nothing more can be sent.
+    Gone,
+    /// Asked from outside: drain (1001), slow consumer (1013), takeover (1000), rebalance (1012).
+    Requested(CloseCode, CloseAdvice),
+    /// No `hello` within the handshake timeout.
+    HelloTimeout,
+    /// A message above `--max-message-size`.
+    TooBig,
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
+    /// A WebSocket protocol violation.
+    Protocol,
+    /// The store could not open or restore the session.
+    Unavailable,
+}
+
+impl Close {
+    fn frame(&self) -> Option<(CloseCode, CloseAdvice)> {
+        match self {
+            Close::ByClient | Close::Gone => None,
+            Close::Requested(code, advice) => Some((*code, advice.clone())),
+            Close::HelloTimeout => Some((
+                CloseCode::Policy,
+                CloseAdvice::reconnect(Some(1_000)).with_error("hello_timeout"),
+            )),
+            Close::TooBig => Some((CloseCode::TooBig, CloseAdvice::stop("too_large"))),
+            Close::InvalidUtf8 => {
+                Some((CloseCode::InvalidPayload, CloseAdvice::stop("invalid_utf8")))
+            }
+            Close::Protocol => Some((
+                CloseCode::ProtocolError,
+                CloseAdvice::stop("protocol_error"),
+            )),
+            Close::Unavailable => Some((
+                CloseCode::TryAgainLater,
+                CloseAdvice::reconnect(Some(2_000)).with_error("unavailable"),
+            )),
+        }
+    }
+}
+
+/// Where a connection is in one topic.
+#[derive(Debug, Clone)]
+pub struct SubState {
+    /// The last `seq` written to the client.
+    pub last_seq: u64,
+    pub epoch: Epoch,
+}
+
+/// The session a connection holds after `hello`.
+#[derive(Debug, Clone)]
+pub struct SessionState {
+    pub id: SessionId,
+    pub secret: String,
+    pub user: Option<String>,
+    pub created_ms: u64,
+}
+
+/// A connection's state, owned by its task.
+#[derive(Debug)]
+pub struct Conn {
+    pub id: ConnId,
+    pub shared: Arc<Shared>,
+    pub control: Arc<ConnControl>,
+    pub tx: mpsc::Sender<Arc<Delivery>>,
+    pub session: Option<SessionState>,
+    pub subs: HashMap<Topic, SubState>,
+}
+
+/// Serves one upgraded socket until it closes.
+pub async fn serve(mut socket: WebSocket, shared: Arc<Shared>, peer: SocketAddr) {
+    let control = Arc::new(ConnControl::new());
+    let id = shared.connections.register(control.clone());
+    let (tx, mut rx) = mpsc::channel(shared.config.outbound_queue);
+    let mut conn = Conn {
+        id,
+        shared: shared.clone(),
+        control,
+        tx,
+        session: None,
+        subs: HashMap::new(),
+    };
+    let close = conn.run(&mut socket, &mut rx).await;
+    tracing::debug!(conn = id, %peer, ?close, "connection ending");
+    conn.finish(&mut socket, close).await;
+    shared.connections.remove(id);
+}
+
+impl Conn {
+    async fn run(
+        &mut self,
+        socket: &mut WebSocket,
+        rx: &mut mpsc::Receiver<Arc<Delivery>>,
+    ) -> Close {
+        let config = self.shared.config.clone();
+        let hello_deadline = Instant::now() + config.handshake_timeout;
+        let mut last_seen = Instant::now();
+        let mut next_ping = Instant::now() + config.ping_interval;
+        let control = self.control.clone();
+        loop {
+            tokio::select! {
+                biased;
+                (code, advice) = control.requested() => return Close::Requested(code, advice),
+                Some(first) = rx.recv(), if self.session.is_some() => {
+                    if let Err(close) = self.deliver(socket, rx, first).await {
+                        return close;
+                    }
+                }
+                frame = socket.next() => {
+                    last_seen = Instant::now();
+                    let message = match frame {
+                        None => return Close::Gone,
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => return read_error(e),
+                    };
+                    if let Err(close) = self.on_message(socket, message).await {
+                        return close;
+                    }
+                }
+                _ = sleep_until(hello_deadline), if self.session.is_none() => return Close::HelloTimeout,
+                _ = sleep_until(next_ping) => {
+                    if last_seen.elapsed() >= config.idle_timeout {
+                        return Close::Gone;
+                    }
+                    next_ping = Instant::now() + config.ping_interval;
+                    if self.write(socket, Message::Ping(Default::default())).await.is_err() {
+                        return Close::Gone;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, socket: &mut WebSocket, message: Message) -> Result<(), Close> {
+        match message {
+            Message::Text(text) => {
+                self.shared.metrics.conn.received.inc();
+                match client::decode(text.as_str()) {
+                    Ok(frame) => self.on_frame(socket, frame).await,
+                    Err(e) => {
+                        let reply = ServerFrame::error(e.code(), e.to_string(), e.reference());
+                        self.reply(socket, &reply).await
+                    }
+                }
+            }
+            Message::Binary(_) => {
+                self.shared.metrics.conn.received.inc();
+                let reply = ServerFrame::error(
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported: send JSON text frames",
+                    None,
+                );
+                self.reply(socket, &reply).await
+            }
+            // tungstenite queued the pong; send it now rather than with the next write.
+            Message::Ping(_) => socket.flush().await.map_err(|_| Close::Gone),
+            Message::Pong(_) => Ok(()),
+            Message::Close(_) => Err(Close::ByClient),
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        socket: &mut WebSocket,
+        frame: client::ClientFrame,
+    ) -> Result<(), Close> {
+        use client::ClientFrame as F;
+        if self.session.is_none() {
+            return match frame {
+                F::Hello {
+                    token,
+                    resume,
+                    positions,
+                } => self.hello(socket, token, resume, positions).await,
+                other => {
+                    let reply = ServerFrame::error(
+                        ErrorCode::BadRequest,
+                        format!("send hello before {}", other.kind()),
+                        reference_of(&other),
+                    );
+                    self.reply(socket, &reply).await
+                }
+            };
+        }
+        match frame {
+            F::Hello { .. } => {
+                let reply =
+                    ServerFrame::error(ErrorCode::BadRequest, "hello was already received", None);
+                self.reply(socket, &reply).await
+            }
+            F::Subscribe {
+                topic,
+                since,
+                reference,
+            } => self.subscribe(socket, topic, since, reference).await,
+            F::Unsubscribe { topic, reference } => self.unsubscribe(socket, topic, reference).await,
+            F::Publish {
+                topic,
+                data,
+                reference,
+            } => {
+                let reply = match self.shared.publish(&topic, data).await {
+                    Ok(appended) => ServerFrame::Published {
+                        topic,
+                        seq: appended.seq,
+                        reference,
+                    },
+                    Err(e) => ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference),
+                };
+                self.reply(socket, &reply).await
+            }
+            F::Ping { reference } => self.reply(socket, &ServerFrame::Pong { reference }).await,
+            F::Refresh { reference, .. } => {
+                // With authentication off there is nothing to refresh; the token is not read.
+                self.reply(
+                    socket,
+                    &ServerFrame::Refreshed {
+                        exp: None,
+                        reference,
+                    },
+                )
+                .await
+            }
+        }
+    }
+
+    /// Writes queued deliveries, `first` and whatever else is queued, then flushes once.
+    async fn deliver(
+        &mut self,
+        socket: &mut WebSocket,
+        rx: &mut mpsc::Receiver<Arc<Delivery>>,
+        first: Arc<Delivery>,
+    ) -> Result<(), Close> {
+        let write_timeout = self.shared.config.write_timeout;
+        let batch = async {
+            let mut next = Some(first);
+            let mut written = 0;
+            while let Some(delivery) = next.take() {
+                // Asked to close (e.g. this subscriber missed a message): deliver nothing more.
+                if self.control.is_closing() {
+                    break;
+                }
+                if let Some(message) = self.prepare(&delivery) {
+                    socket.feed(message).await.map_err(|_| Close::Gone)?;
+                    written += 1;
+                }
+                if written < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            socket.flush().await.map_err(|_| Close::Gone)
+        };
+        timeout(write_timeout, batch)
+            .await
+            .unwrap_or(Err(Close::Gone))
+    }
+
+    /// The frame for `delivery`, or `None` when this connection must skip it (not subscribed
+    /// any more, or already written from history).
+    fn prepare(&mut self, delivery: &Delivery) -> Option<Message> {
+        let sub = self.subs.get_mut(&delivery.topic)?;
+        let frame = if delivery.epoch != sub.epoch {
+            sub.epoch = delivery.epoch.clone();
+            Utf8Bytes::from(encode_message(
+                &delivery.topic,
+                delivery.seq,
+                Some(&delivery.epoch),
+                &delivery.data,
+            ))
+        } else if delivery.seq <= sub.last_seq {
+            return None;
+        } else {
+            delivery.frame.clone()
+        };
+        if delivery.seq != sub.last_seq + 1 && sub.last_seq != 0 {
+            tracing::warn!(conn = self.id, topic = %delivery.topic, expected = sub.last_seq + 1, got = delivery.seq, "gap in delivery");
+        }
+        sub.last_seq = delivery.seq;
+        let metrics = &self.shared.metrics.conn;
+        metrics.delivered.inc();
+        if let Some(published) = delivery.published_us {
+            let now = crate::envelope::now_us();
+            metrics
+                .delivery_latency
+                .observe(now.saturating_sub(published) as f64 / 1e6);
+        }
+        Some(Message::Text(frame))
+    }
+
+    /// Sends one reply frame.
+    pub async fn reply(
+        &mut self,
+        socket: &mut WebSocket,
+        frame: &ServerFrame,
+    ) -> Result<(), Close> {
+        self.write(socket, Message::Text(frame.to_json().into()))
+            .await
+    }
+
+    pub async fn write(&mut self, socket: &mut WebSocket, message: Message) -> Result<(), Close> {
+        match timeout(self.shared.config.write_timeout, socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(Close::Gone),
+        }
+    }
+
+    /// Sends the close frame (if any), waits briefly for the client's, and saves the session
+    /// with its positions so the client can resume on any pod.
+    async fn finish(&mut self, socket: &mut WebSocket, close: Close) {
+        if let Some((code, advice)) = close.frame() {
+            self.shared
+                .metrics
+                .conn
+                .closes
+                .get_or_create(&CodeLabel {
+                    code: code.as_u16(),
+                })
+                .inc();
+            let frame = CloseFrame {
+                code: code.as_u16(),
+                reason: advice.to_reason().into(),
+            };
+            let grace = self.shared.config.close_grace;
+            let _ = timeout(grace, async {
+                if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                    // Wait for the client's close frame so it sees ours before the TCP close.
+                    while let Some(Ok(_)) = socket.next().await {}
+                }
+            })
+            .await;
+        }
+        for topic in self.subs.keys() {
+            self.shared.hub.unsubscribe(topic, self.id);
+        }
+        self.shared
+            .metrics
+            .conn
+            .subscriptions
+            .dec_by(self.subs.len() as i64);
+        self.save_session().await;
+    }
+
+    pub fn subscriber(&self) -> Subscriber {
+        Subscriber {
+            tx: self.tx.clone(),
+            control: self.control.clone(),
+        }
+    }
+}
+
+fn reference_of(frame: &client::ClientFrame) -> Option<client::Ref> {
+    use client::ClientFrame as F;
+    match frame {
+        F::Hello { .. } => None,
+        F::Subscribe { reference, .. }
+        | F::Unsubscribe { reference, .. }
+        | F::Publish { reference, .. }
+        | F::Ping { reference }
+        | F::Refresh { reference, .. } => *reference,
+    }
+}
+
+/// Maps a read error to how the connection ends.
+fn read_error(e: axum::Error) -> Close {
+    let Ok(e) = e.into_inner().downcast::<tungstenite::Error>() else {
+        return Close::Gone;
+    };
+    match *e {
+        tungstenite::Error::Capacity(_) => Close::TooBig,
+        tungstenite::Error::Utf8(_) => Close::InvalidUtf8,
+        // A peer that vanishes without a close frame is gone, not misbehaving.
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => Close::Gone,
+        tungstenite::Error::Protocol(_) => Close::Protocol,
+        tungstenite::Error::ConnectionClosed
+        | tungstenite::Error::AlreadyClosed
+        | tungstenite::Error::Io(_)
+        | tungstenite::Error::Tls(_)
+        | tungstenite::Error::WriteBufferFull(_)
+        | tungstenite::Error::Url(_)
+        | tungstenite::Error::Http(_)
+        | tungstenite::Error::HttpFormat(_)
+        | tungstenite::Error::AttackAttempt => Close::Gone,
+    }
+}

@@ -1,0 +1,107 @@
+//! Drain: stop taking connections, then close every client with 1001, paced.
+//!
+//! Closing thousands of clients at once would send them all to the rest of the fleet in the same
+//! second; instead the closes are spread over a window sized from the connection count (at
+//! least `--drain-rate` per second, at most `--drain-window`), and each close carries a small
+//! random `after_ms` so even clients closed together reconnect apart. A drain is idempotent: a
+//! second request (SIGTERM after the preStop hook's drain) joins the first.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use protocol::{CloseAdvice, CloseCode};
+use rand::Rng;
+use tokio::sync::Mutex;
+
+use crate::Shared;
+
+/// Largest `after_ms` given to a drained client: reconnects spread over this on top of pacing.
+const MAX_AFTER_MS: u64 = 1_000;
+
+#[derive(Debug, Default)]
+pub struct Drain {
+    draining: AtomicBool,
+    /// Close frames sent by the drain so far.
+    closed: AtomicU64,
+    /// Held while a drain runs, so a second request waits for it instead of starting another.
+    running: Mutex<()>,
+}
+
+impl Drain {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn closed(&self) -> u64 {
+        self.closed.load(Ordering::Relaxed)
+    }
+}
+
+/// The pacing of a drain of `connections` clients: the window and the pause between closes.
+pub fn pacing(connections: usize, rate: u32, max_window: Duration) -> (Duration, Duration) {
+    if connections == 0 {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let at_rate = Duration::from_secs_f64(connections as f64 / f64::from(rate.max(1)));
+    let window = at_rate.min(max_window);
+    (window, window / connections as u32)
+}
+
+/// Drains the pod and returns once every connection is closed or the close grace has passed
+/// after the last close frame. New upgrades are refused from the first moment.
+pub async fn drain(shared: &Shared) {
+    shared.drain.draining.store(true, Ordering::Release);
+    shared.metrics.drain.draining.set(1);
+    let _running = shared.drain.running.lock().await;
+
+    // Connections still opening while the first batch is closed are caught by later rounds.
+    loop {
+        let controls = shared.connections.open_controls();
+        if controls.is_empty() {
+            break;
+        }
+        let (window, pause) = pacing(
+            controls.len(),
+            shared.config.drain_rate,
+            shared.config.drain_window,
+        );
+        tracing::info!(
+            connections = controls.len(),
+            ?window,
+            "closing clients with 1001"
+        );
+        let mut next = tokio::time::Instant::now();
+        for control in controls {
+            let after_ms = rand::rng().random_range(0..MAX_AFTER_MS);
+            control.request_close(CloseCode::GoingAway, CloseAdvice::reconnect(Some(after_ms)));
+            shared.drain.closed.fetch_add(1, Ordering::Relaxed);
+            next += pause;
+            tokio::time::sleep_until(next).await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + shared.config.close_grace;
+    while !shared.connections.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(left = shared.connections.len(), "drain finished");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_is_bounded_by_rate_and_window() {
+        let w = Duration::from_secs(30);
+        assert_eq!(pacing(0, 500, w), (Duration::ZERO, Duration::ZERO));
+        let (window, pause) = pacing(1_000, 500, w);
+        assert_eq!(window, Duration::from_secs(2));
+        assert_eq!(pause, Duration::from_millis(2));
+        let (window, _) = pacing(100_000, 500, w);
+        assert_eq!(window, w);
+    }
+}

@@ -1,0 +1,78 @@
+//! The payload of a topic message on the backplane.
+//!
+//! `<seq> <epoch> <published unix µs>\n<data JSON>`: a one-line header the receiving pod needs
+//! for ordering and latency, then the payload exactly as the publisher sent it. A text header
+//! keeps it readable with `nats sub` when debugging a fleet.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use protocol::{Epoch, Payload};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub seq: u64,
+    pub epoch: Epoch,
+    pub published_us: u64,
+    pub data: Payload,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed backplane envelope: {0}")]
+pub struct EnvelopeError(&'static str);
+
+impl Envelope {
+    pub fn encode(&self) -> Bytes {
+        let header = format!(
+            "{} {} {}\n",
+            self.seq,
+            self.epoch.as_str(),
+            self.published_us
+        );
+        let mut buf = BytesMut::with_capacity(header.len() + self.data.len());
+        buf.put_slice(header.as_bytes());
+        buf.put_slice(self.data.as_str().as_bytes());
+        buf.freeze()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| EnvelopeError("not UTF-8"))?;
+        let (header, data) = text.split_once('\n').ok_or(EnvelopeError("no header"))?;
+        let mut parts = header.split(' ');
+        let mut field = |what| parts.next().ok_or(EnvelopeError(what));
+        let seq = field("seq")?.parse().map_err(|_| EnvelopeError("seq"))?;
+        let epoch = Epoch::new(field("epoch")?);
+        let published_us = field("time")?.parse().map_err(|_| EnvelopeError("time"))?;
+        let data = Payload::parse(data).map_err(|_| EnvelopeError("data is not JSON"))?;
+        Ok(Self {
+            seq,
+            epoch,
+            published_us,
+            data,
+        })
+    }
+}
+
+/// Microseconds since the Unix epoch (wall clock: publish and delivery may be on two pods).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let e = Envelope {
+            seq: 42,
+            epoch: Epoch::new("a1b2"),
+            published_us: 1_700_000_000_000_000,
+            data: Payload::parse("{\"x\":\"line\\nbreak\"}").unwrap(),
+        };
+        assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+        assert!(Envelope::decode(b"garbage").is_err());
+        assert!(Envelope::decode(b"1 e 2\n{").is_err());
+    }
+}

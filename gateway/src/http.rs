@@ -1,0 +1,270 @@
+//! HTTP: the public router (WebSocket upgrade with admission, health) and the admin router.
+//!
+//! Admission happens before the upgrade, where a refusal is cheap and clear: a draining pod or a
+//! full one answers 503 with `Retry-After` (the balancer and the client try elsewhere), a
+//! refused `Origin` gets 403.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use backplane::Backplane;
+use protocol::{Payload, Topic};
+use serde::Deserialize;
+use session_store::SessionStore;
+use tokio::net::TcpListener;
+
+use crate::metrics::OutcomeLabel;
+use crate::{Shared, connection};
+
+pub async fn serve_public(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    let stop = shared.shutdown.clone();
+    let app = Router::new()
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(shared);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await
+}
+
+pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    let stop = shared.shutdown.clone();
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/publish", post(api_publish))
+        .route("/admin/drain", post(admin_drain).get(drain_status))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
+        .with_state(shared);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+/// A reserved place among the pod's connections; released on drop (also when an upgrade
+/// fails before the socket task starts).
+#[derive(Debug)]
+pub struct Slot {
+    shared: Arc<Shared>,
+}
+
+impl Slot {
+    fn reserve(shared: &Arc<Shared>) -> Option<Self> {
+        let max = shared.config.max_connections;
+        shared
+            .slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        shared.metrics.conn.active.inc();
+        Some(Self {
+            shared: shared.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.slots.fetch_sub(1, Ordering::AcqRel);
+        self.shared.metrics.conn.active.dec();
+    }
+}
+
+fn refuse(
+    shared: &Shared,
+    status: StatusCode,
+    outcome: &'static str,
+    retry_after: Option<u32>,
+) -> Response {
+    shared
+        .metrics
+        .conn
+        .total
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
+    let mut response = (status, outcome).into_response();
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, secs.into());
+    }
+    response
+}
+
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if shared.drain.is_draining() {
+        return refuse(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            Some(1),
+        );
+    }
+    if !origin_allowed(&shared.config.allowed_origins, &headers) {
+        return refuse(&shared, StatusCode::FORBIDDEN, "origin", None);
+    }
+    let Some(slot) = Slot::reserve(&shared) else {
+        return refuse(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "capacity",
+            Some(5),
+        );
+    };
+    shared
+        .metrics
+        .conn
+        .total
+        .get_or_create(&OutcomeLabel {
+            outcome: "accepted",
+        })
+        .inc();
+    let c = &shared.config;
+    let token = shared.tasks.token();
+    ws.read_buffer_size(c.read_buffer_size)
+        .write_buffer_size(c.write_buffer_size)
+        // Bounds what one connection may buffer: a batch plus one frame.
+        .max_write_buffer_size(c.write_buffer_size + c.max_message_size + 1024)
+        .max_message_size(c.max_message_size)
+        .max_frame_size(c.max_message_size)
+        .on_upgrade(move |socket| async move {
+            connection::serve(socket, shared, peer).await;
+            drop(slot);
+            drop(token);
+        })
+}
+
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN).map(|o| o.to_str()) {
+        None => true,
+        Some(Ok(origin)) => allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)),
+        Some(Err(_)) => false,
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.drain.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    if let Err(e) = shared.store.ping().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response();
+    }
+    if !shared.backplane.is_connected() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "backplane disconnected").into_response();
+    }
+    "ready".into_response()
+}
+
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(expected) = &shared.config.admin_token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+            return (StatusCode::UNAUTHORIZED, "admin token required").into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct PublishRequest {
+    topic: String,
+    data: Box<protocol::RawJson>,
+}
+
+async fn api_publish(
+    State(shared): State<Arc<Shared>>,
+    Json(req): Json<PublishRequest>,
+) -> Response {
+    let topic = match Topic::new(&req.topic) {
+        Ok(t) => t,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": "bad_request", "message": e.to_string()})),
+            )
+                .into_response();
+        }
+    };
+    match shared.publish(&topic, Payload::from_raw(&req.data)).await {
+        Ok(appended) => {
+            Json(serde_json::json!({"topic": topic, "seq": appended.seq, "epoch": appended.epoch}))
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "unavailable", "message": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+fn drain_report(shared: &Shared) -> serde_json::Value {
+    serde_json::json!({
+        "pod": shared.pod,
+        "draining": shared.drain.is_draining(),
+        "connections": shared.connections.len(),
+        "closed": shared.drain.closed(),
+    })
+}
+
+/// Starts a drain (idempotent) and answers at once; progress is on `GET /admin/drain`.
+async fn admin_drain(State(shared): State<Arc<Shared>>) -> Response {
+    if !shared.drain.is_draining() {
+        let s = shared.clone();
+        tokio::spawn(async move { crate::drain::drain(&s).await });
+        // Let the drain flag be set before reporting.
+        tokio::task::yield_now().await;
+    }
+    (StatusCode::ACCEPTED, Json(drain_report(&shared))).into_response()
+}
+
+async fn drain_status(State(shared): State<Arc<Shared>>) -> Response {
+    Json(drain_report(&shared)).into_response()
+}
