@@ -5,6 +5,9 @@
 //!   stream it hands out.
 //! - [`memory`]: the in-process implementation (embedded default, single node; also lets tests
 //!   run several gateway instances in one process).
+//! - [`nats`]: the NATS implementation (one client per pod; subjects and their name encoding
+//!   in [`nats::subjects`]).
+//! - [`AnyBackplane`]: either of them, chosen at runtime from the configuration.
 //!
 //! The backplane is at-most-once and carries opaque bytes; ordering and loss are repaired above
 //! it, from the store's history (a pod holds an arrival that is ahead of the `seq` it expects and
@@ -23,8 +26,10 @@ use protocol::{SessionId, Topic};
 use tokio::sync::watch;
 
 pub mod memory;
+pub mod nats;
 
 pub use memory::MemoryBackplane;
+pub use nats::{NatsBackplane, NatsConfig};
 
 /// What a message is addressed to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,6 +61,10 @@ pub enum BackplaneError {
     Unavailable(String),
     #[error("backplane call timed out")]
     Timeout,
+    /// A configuration or subject the backplane cannot use (bad URL or prefix, a name that
+    /// encodes to an oversized subject): retrying will not help.
+    #[error("invalid backplane input: {0}")]
+    Invalid(String),
 }
 
 /// A live subscription: a stream of payloads. Dropping it unsubscribes.
@@ -106,4 +115,55 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Whether the backplane is connected now: feeds `/readyz`.
     fn is_connected(&self) -> bool;
+}
+
+/// The backplane the gateway runs with, picked at startup: memory when no NATS URL is
+/// configured (embedded default), NATS otherwise. An enum rather than a trait object because
+/// [`Backplane`]'s methods return `impl Future` and are therefore not object safe.
+#[derive(Debug, Clone)]
+pub enum AnyBackplane {
+    Memory(MemoryBackplane),
+    Nats(NatsBackplane),
+}
+
+impl From<MemoryBackplane> for AnyBackplane {
+    fn from(b: MemoryBackplane) -> Self {
+        Self::Memory(b)
+    }
+}
+
+impl From<NatsBackplane> for AnyBackplane {
+    fn from(b: NatsBackplane) -> Self {
+        Self::Nats(b)
+    }
+}
+
+impl Backplane for AnyBackplane {
+    async fn publish(&self, subject: &Subject, payload: Bytes) -> Result<(), BackplaneError> {
+        match self {
+            Self::Memory(b) => b.publish(subject, payload).await,
+            Self::Nats(b) => b.publish(subject, payload).await,
+        }
+    }
+
+    async fn subscribe(&self, subject: &Subject) -> Result<Subscription, BackplaneError> {
+        match self {
+            Self::Memory(b) => b.subscribe(subject).await,
+            Self::Nats(b) => b.subscribe(subject).await,
+        }
+    }
+
+    fn reconnects(&self) -> watch::Receiver<u64> {
+        match self {
+            Self::Memory(b) => b.reconnects(),
+            Self::Nats(b) => b.reconnects(),
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        match self {
+            Self::Memory(b) => b.is_connected(),
+            Self::Nats(b) => b.is_connected(),
+        }
+    }
 }

@@ -4,6 +4,10 @@
 //! - this file: the [`SessionStore`] trait, its data types, and [`recover`], the one place that
 //!   decides whether a client position can be recovered from a page of history.
 //! - [`memory`]: the in-process implementation (embedded default, single node).
+//! - [`redis`]: the Redis implementation shared by a fleet of pods (keys and scripts documented
+//!   there).
+//! - [`AnyStore`]: either of the two, chosen at runtime by the gateway's configuration.
+//! - `conformance` (feature `conformance`): the behavioural suite both implementations pass.
 //!
 //! Every topic has a history: publishing assigns the next `seq` and appends to a history capped
 //! by count and age, atomically. Each topic also has an [`Epoch`]; when the history is lost (a
@@ -19,9 +23,13 @@ use std::time::Duration;
 use protocol::{Epoch, Payload, Position, SessionId, Topic};
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod memory;
+pub mod redis;
 
 pub use memory::MemoryStore;
+pub use redis::{RedisConfig, RedisStore};
 
 /// Failures of a store call. The gateway answers `unavailable` to the client for any of them.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +137,67 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Whether the store answers: feeds `/readyz`.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The store the gateway runs with, picked at startup: memory without a Redis URL, else Redis.
+///
+/// An enum rather than a trait object because [`SessionStore`]'s methods return `impl Future`.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl From<MemoryStore> for AnyStore {
+    fn from(store: MemoryStore) -> Self {
+        Self::Memory(store)
+    }
+}
+
+impl From<RedisStore> for AnyStore {
+    fn from(store: RedisStore) -> Self {
+        Self::Redis(store)
+    }
+}
+
+/// Calls the same method on whichever store is inside.
+macro_rules! delegate {
+    ($self:ident, $method:ident($($arg:expr),*)) => {
+        match $self {
+            AnyStore::Memory(store) => store.$method($($arg),*).await,
+            AnyStore::Redis(store) => store.$method($($arg),*).await,
+        }
+    };
+}
+
+impl SessionStore for AnyStore {
+    async fn append(&self, topic: &Topic, data: &Payload) -> Result<Appended, StoreError> {
+        delegate!(self, append(topic, data))
+    }
+
+    async fn top(&self, topic: &Topic) -> Result<Position, StoreError> {
+        delegate!(self, top(topic))
+    }
+
+    async fn history(&self, topic: &Topic, after: u64) -> Result<HistoryPage, StoreError> {
+        delegate!(self, history(topic, after))
+    }
+
+    async fn save_session(&self, session: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
+        delegate!(self, save_session(session, ttl))
+    }
+
+    async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        delegate!(self, load_session(id))
+    }
+
+    async fn delete_session(&self, id: &SessionId) -> Result<(), StoreError> {
+        delegate!(self, delete_session(id))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        delegate!(self, ping())
+    }
 }
 
 /// What a client position resolves to against a page of history.

@@ -1,0 +1,433 @@
+//! The behavioural suite every [`SessionStore`] must pass, so the memory and Redis stores give the
+//! gateway the same guarantees.
+//!
+//! Each behaviour is an async function generic over a [`Harness`] (which makes fresh stores and
+//! knows how to make one lose its history). [`conformance_tests!`](crate::conformance_tests)
+//! expands to one `#[tokio::test]` per behaviour for a given harness, so adding a behaviour here
+//! and to the macro's list runs it against every backend.
+//!
+//! The tests run in real time with short ttls (1–3 s) rather than paused Tokio time, because
+//! Redis expires keys on its own clock. Compiled for this crate's tests and behind the
+//! `conformance` feature (which the crate's own integration tests enable); it panics on failure
+//! like any test code.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use protocol::{Epoch, Payload, Position, SessionId, Topic};
+
+use crate::{HistoryLimits, HistoryPage, SessionRecord, SessionStore, recover};
+
+/// Makes stores for the suite.
+pub trait Harness: Send + Sync + 'static {
+    type Store: SessionStore + Clone;
+
+    /// A store applying `limits`. Each test gets its own harness, so the backend starts empty.
+    fn store(&self, limits: HistoryLimits) -> impl Future<Output = Self::Store> + Send;
+
+    /// Makes `store` lose every topic's state (Redis: FLUSHALL; memory: wait out the ttl).
+    fn lose_history(
+        &self,
+        store: &Self::Store,
+        limits: HistoryLimits,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Generates one `#[tokio::test]` per behaviour; `$make` is an async fn returning a [`Harness`].
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:path) => {
+        $crate::conformance_tests!(@each $make;
+            seq_starts_at_one_and_is_contiguous,
+            concurrent_appends_get_unique_contiguous_seqs,
+            history_after_returns_later_messages_in_order,
+            history_is_capped_by_max_len,
+            zero_max_len_keeps_no_history,
+            history_drops_messages_older_than_ttl,
+            epoch_is_stable_and_changes_when_history_is_lost,
+            idle_topic_expires_after_ttl,
+            top_of_unknown_topic_is_zero_with_stable_epoch,
+            history_of_unknown_topic_is_empty_with_stable_epoch,
+            topics_are_independent,
+            sessions_save_load_delete,
+            sessions_expire_after_ttl,
+            payloads_round_trip_exactly,
+            ping_succeeds,
+        );
+    };
+    (@each $make:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let harness = $make().await;
+                $crate::conformance::$name(&harness).await;
+            }
+        )*
+    };
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn limits(max_len: usize, ttl: Duration) -> HistoryLimits {
+    HistoryLimits { max_len, ttl }
+}
+
+fn topic(name: &str) -> Topic {
+    Topic::new(name).expect("valid topic name")
+}
+
+fn json(text: &str) -> Payload {
+    Payload::parse(text).expect("valid JSON")
+}
+
+fn pos(seq: u64, epoch: &Epoch) -> Position {
+    Position {
+        seq,
+        epoch: epoch.clone(),
+    }
+}
+
+fn seqs(page: &HistoryPage) -> Vec<u64> {
+    page.messages.iter().map(|m| m.seq).collect()
+}
+
+async fn append_n<S: SessionStore>(store: &S, t: &Topic, n: u64) -> Epoch {
+    let mut epoch = None;
+    for i in 0..n {
+        let appended = store
+            .append(t, &json(&format!("{{\"i\":{i}}}")))
+            .await
+            .expect("append");
+        let first = epoch.get_or_insert_with(|| appended.epoch.clone());
+        assert_eq!(&appended.epoch, first, "epoch changed between appends");
+    }
+    epoch.expect("appended at least once")
+}
+
+pub async fn seq_starts_at_one_and_is_contiguous<H: Harness>(h: &H) {
+    let store = h.store(limits(100, LONG)).await;
+    let t = topic("conf.seq");
+    let mut epoch = None;
+    for expected in 1..=5 {
+        let appended = store.append(&t, &json("{}")).await.expect("append");
+        assert_eq!(appended.seq, expected);
+        assert_eq!(epoch.get_or_insert(appended.epoch.clone()), &appended.epoch);
+    }
+    let top = store.top(&t).await.expect("top");
+    assert_eq!(top, pos(5, &epoch.expect("epoch")));
+}
+
+pub async fn concurrent_appends_get_unique_contiguous_seqs<H: Harness>(h: &H) {
+    const TASKS: u64 = 8;
+    const EACH: u64 = 25;
+    let store = h.store(limits(1_000, LONG)).await;
+    let t = topic("conf.concurrent");
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let (store, t) = (store.clone(), t.clone());
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..EACH {
+                let data = json(&format!("{{\"task\":{task},\"i\":{i}}}"));
+                let appended = store.append(&t, &data).await.expect("append");
+                got.push((appended.seq, appended.epoch, data));
+            }
+            got
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(got) = tasks.join_next().await {
+        all.extend(got.expect("append task"));
+    }
+    all.sort_by_key(|(seq, _, _)| *seq);
+    let all_seqs: Vec<u64> = all.iter().map(|(seq, _, _)| *seq).collect();
+    assert_eq!(all_seqs, (1..=TASKS * EACH).collect::<Vec<_>>());
+    let epoch = all[0].1.clone();
+    assert!(all.iter().all(|(_, e, _)| *e == epoch), "one epoch");
+
+    // History holds each message under the seq its writer was given.
+    let page = store.history(&t, 0).await.expect("history");
+    assert_eq!(page.top, pos(TASKS * EACH, &epoch));
+    let history: Vec<(u64, Payload)> = page.messages.into_iter().map(|m| (m.seq, m.data)).collect();
+    let expected: Vec<(u64, Payload)> = all.into_iter().map(|(s, _, d)| (s, d)).collect();
+    assert_eq!(history, expected);
+}
+
+pub async fn history_after_returns_later_messages_in_order<H: Harness>(h: &H) {
+    let store = h.store(limits(100, LONG)).await;
+    let t = topic("conf.history");
+    let epoch = append_n(&store, &t, 10).await;
+
+    let page = store.history(&t, 4).await.expect("history");
+    assert_eq!(page.top, pos(10, &epoch));
+    assert_eq!(seqs(&page), (5..=10).collect::<Vec<_>>());
+    for m in &page.messages {
+        assert_eq!(m.data, json(&format!("{{\"i\":{}}}", m.seq - 1)));
+    }
+    let recovery = recover(&pos(4, &epoch), page);
+    assert!(recovery.recovered);
+    assert_eq!(recovery.messages.len(), 6);
+
+    assert_eq!(
+        seqs(&store.history(&t, 0).await.expect("history")),
+        (1..=10).collect::<Vec<_>>()
+    );
+    let at_top = store.history(&t, 10).await.expect("history");
+    assert!(at_top.messages.is_empty());
+    assert!(recover(&pos(10, &epoch), at_top).recovered);
+    // A client claiming to be ahead of the top is not recovered.
+    let ahead = store.history(&t, 20).await.expect("history");
+    assert!(ahead.messages.is_empty());
+    assert_eq!(ahead.top, pos(10, &epoch));
+    assert!(!recover(&pos(20, &epoch), ahead).recovered);
+}
+
+pub async fn history_is_capped_by_max_len<H: Harness>(h: &H) {
+    let store = h.store(limits(5, LONG)).await;
+    let t = topic("conf.capped");
+    let epoch = append_n(&store, &t, 12).await;
+
+    let page = store.history(&t, 0).await.expect("history");
+    assert_eq!(seqs(&page), vec![8, 9, 10, 11, 12]);
+    assert_eq!(page.top, pos(12, &epoch));
+    for old in [0, 3, 6] {
+        let page = store.history(&t, old).await.expect("history");
+        assert!(!recover(&pos(old, &epoch), page).recovered, "from {old}");
+    }
+    let page = store.history(&t, 7).await.expect("history");
+    let recovery = recover(&pos(7, &epoch), page);
+    assert!(recovery.recovered);
+    assert_eq!(recovery.messages.len(), 5);
+}
+
+pub async fn zero_max_len_keeps_no_history<H: Harness>(h: &H) {
+    let store = h.store(limits(0, LONG)).await;
+    let t = topic("conf.nohistory");
+    let epoch = append_n(&store, &t, 3).await;
+    let page = store.history(&t, 0).await.expect("history");
+    assert!(page.messages.is_empty());
+    assert_eq!(page.top, pos(3, &epoch));
+    assert!(!recover(&pos(2, &epoch), page.clone()).recovered);
+    assert!(
+        recover(
+            &pos(3, &epoch),
+            store.history(&t, 3).await.expect("history")
+        )
+        .recovered
+    );
+}
+
+pub async fn history_drops_messages_older_than_ttl<H: Harness>(h: &H) {
+    // Sleeps only ever make the first message older; the second keeps 1.5 s of slack.
+    let ttl = Duration::from_secs(3);
+    let store = h.store(limits(100, ttl)).await;
+    let t = topic("conf.aged");
+    let epoch = append_n(&store, &t, 1).await;
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    let second = store.append(&t, &json("\"fresh\"")).await.expect("append");
+    assert_eq!((second.seq, &second.epoch), (2, &epoch));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    // The first message is over 3 s old, the second about 1.5 s: only the second is left.
+    let page = store.history(&t, 0).await.expect("history");
+    assert_eq!(page.top, pos(2, &epoch));
+    assert_eq!(seqs(&page), vec![2]);
+    assert!(!recover(&pos(0, &epoch), page).recovered);
+    let recovery = recover(
+        &pos(1, &epoch),
+        store.history(&t, 1).await.expect("history"),
+    );
+    assert!(recovery.recovered);
+    assert_eq!(recovery.messages[0].data, json("\"fresh\""));
+}
+
+pub async fn epoch_is_stable_and_changes_when_history_is_lost<H: Harness>(h: &H) {
+    let lim = limits(100, Duration::from_secs(2));
+    let store = h.store(lim).await;
+    let t = topic("conf.epoch");
+    let old = append_n(&store, &t, 3).await;
+    assert_eq!(store.top(&t).await.expect("top"), pos(3, &old));
+    assert_eq!(
+        store.history(&t, 0).await.expect("history").top,
+        pos(3, &old)
+    );
+
+    h.lose_history(&store, lim).await;
+
+    let top = store.top(&t).await.expect("top");
+    assert_eq!(top.seq, 0);
+    assert_ne!(top.epoch, old, "a lost history must get a new epoch");
+    let appended = store.append(&t, &json("1")).await.expect("append");
+    assert_eq!((appended.seq, &appended.epoch), (1, &top.epoch));
+    // A position from the old history is never recovered, even where the seqs overlap.
+    assert!(!recover(&pos(0, &old), store.history(&t, 0).await.expect("history")).recovered);
+    assert!(!recover(&pos(1, &old), store.history(&t, 1).await.expect("history")).recovered);
+    assert!(
+        recover(
+            &pos(0, &top.epoch),
+            store.history(&t, 0).await.expect("history")
+        )
+        .recovered
+    );
+}
+
+pub async fn idle_topic_expires_after_ttl<H: Harness>(h: &H) {
+    let store = h.store(limits(100, Duration::from_secs(1))).await;
+    let t = topic("conf.idle");
+    let old = append_n(&store, &t, 2).await;
+    tokio::time::sleep(Duration::from_millis(1_400)).await;
+    let page = store.history(&t, 0).await.expect("history");
+    assert_eq!(page.top.seq, 0);
+    assert_ne!(page.top.epoch, old);
+    assert!(page.messages.is_empty());
+}
+
+pub async fn top_of_unknown_topic_is_zero_with_stable_epoch<H: Harness>(h: &H) {
+    let store = h.store(limits(100, LONG)).await;
+    let t = topic("conf.unknown");
+    let top = store.top(&t).await.expect("top");
+    assert_eq!(top.seq, 0);
+    assert_eq!(store.top(&t).await.expect("top"), top);
+    let appended = store.append(&t, &json("1")).await.expect("append");
+    assert_eq!((appended.seq, &appended.epoch), (1, &top.epoch));
+    store.append(&t, &json("2")).await.expect("append");
+    // The subscribe flow: a position taken from `top` recovers what was published after it.
+    let recovery = recover(&top, store.history(&t, top.seq).await.expect("history"));
+    assert!(recovery.recovered);
+    assert_eq!(recovery.messages.len(), 2);
+}
+
+pub async fn history_of_unknown_topic_is_empty_with_stable_epoch<H: Harness>(h: &H) {
+    let store = h.store(limits(100, LONG)).await;
+    let t = topic("conf.unknown-history");
+    let page = store.history(&t, 0).await.expect("history");
+    assert_eq!(page.top.seq, 0);
+    assert!(page.messages.is_empty());
+    assert!(recover(&page.top.clone(), page.clone()).recovered);
+    let appended = store.append(&t, &json("1")).await.expect("append");
+    assert_eq!((appended.seq, appended.epoch), (1, page.top.epoch));
+}
+
+pub async fn topics_are_independent<H: Harness>(h: &H) {
+    let store = h.store(limits(100, LONG)).await;
+    let (a, b) = (topic("conf.a"), topic("conf.b"));
+    append_n(&store, &a, 3).await;
+    let appended = store.append(&b, &json("\"b\"")).await.expect("append");
+    assert_eq!(appended.seq, 1);
+    assert_eq!(
+        seqs(&store.history(&a, 0).await.expect("history")),
+        vec![1, 2, 3]
+    );
+    assert_eq!(seqs(&store.history(&b, 0).await.expect("history")), vec![1]);
+}
+
+fn record(id: SessionId, user: Option<&str>) -> SessionRecord {
+    let mut subscriptions = BTreeMap::new();
+    subscriptions.insert(topic("chat.room-1"), pos(41, &Epoch::new("a1b2c3d4")));
+    subscriptions.insert(topic("user:alice"), pos(0, &Epoch::new("00ff00ff")));
+    SessionRecord {
+        id,
+        secret: "5e".repeat(32),
+        user: user.map(str::to_owned),
+        subscriptions,
+        created_ms: 1_700_000_000_123,
+        last_pod: "gateway-0".into(),
+    }
+}
+
+pub async fn sessions_save_load_delete<H: Harness>(h: &H) {
+    let store = h.store(limits(100, LONG)).await;
+    let id = SessionId::generate();
+    assert_eq!(store.load_session(&id).await.expect("load"), None);
+
+    let mut session = record(id.clone(), Some("alice"));
+    store.save_session(&session, LONG).await.expect("save");
+    assert_eq!(
+        store.load_session(&id).await.expect("load"),
+        Some(session.clone())
+    );
+
+    session.subscriptions.clear();
+    session.user = None;
+    session.last_pod = "gateway-7".into();
+    store.save_session(&session, LONG).await.expect("save");
+    assert_eq!(store.load_session(&id).await.expect("load"), Some(session));
+
+    let other = record(SessionId::generate(), None);
+    store.save_session(&other, LONG).await.expect("save");
+    store.delete_session(&id).await.expect("delete");
+    assert_eq!(store.load_session(&id).await.expect("load"), None);
+    assert_eq!(
+        store.load_session(&other.id).await.expect("load"),
+        Some(other)
+    );
+    store
+        .delete_session(&id)
+        .await
+        .expect("deleting twice is fine");
+}
+
+pub async fn sessions_expire_after_ttl<H: Harness>(h: &H) {
+    let store = h.store(limits(100, LONG)).await;
+    let ttl = Duration::from_secs(3);
+    let session = record(SessionId::generate(), Some("bob"));
+    store.save_session(&session, ttl).await.expect("save");
+    assert!(
+        store
+            .load_session(&session.id)
+            .await
+            .expect("load")
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Saving again restarts the ttl: at 3.5 s the first save would have expired, the second not.
+    store.save_session(&session, ttl).await.expect("save");
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert!(
+        store
+            .load_session(&session.id)
+            .await
+            .expect("load")
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(store.load_session(&session.id).await.expect("load"), None);
+}
+
+pub async fn payloads_round_trip_exactly<H: Harness>(h: &H) {
+    let store = h.store(limits(100, LONG)).await;
+    let t = topic("conf.payloads");
+    let big = format!("\"{}\"", "xyzé".repeat(16 * 1024));
+    let texts = [
+        r#""héllo wörld ✓ 日本語 🎉""#,
+        r#""quote \" backslash \\ slash \/ newline \n tab \t nul \u0000 bell \u0007""#,
+        r#""\ud83d\ude00 escaped surrogates, \u00e9 escaped accent""#,
+        r#"{"nested":{"a":[1,2,{"b":null}],"c":true},"n":-1.5e10,"e":""}"#,
+        r#"{ "spaced" : [ 1 , 2 ] ,"keys in":"original order","a":0 }"#,
+        "[]",
+        "0",
+        "null",
+        "-0.000001",
+        "18446744073709551616",
+        big.as_str(),
+    ];
+    let mut expected = Vec::new();
+    for text in texts {
+        let data = json(text);
+        let appended = store.append(&t, &data).await.expect("append");
+        expected.push((appended.seq, text));
+    }
+    let page = store.history(&t, 0).await.expect("history");
+    let got: Vec<(u64, &str)> = page
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.data.as_str()))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+pub async fn ping_succeeds<H: Harness>(h: &H) {
+    let store = h.store(limits(100, LONG)).await;
+    store.ping().await.expect("ping");
+}

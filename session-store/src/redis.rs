@@ -1,0 +1,435 @@
+//! The Redis store (over `fred`): what a fleet of gateway pods shares.
+//!
+//! # Keys (prefix `p`, default `gw`)
+//! - `p:seq:{topic}`: the topic's latest `seq` (string integer).
+//! - `p:hist:{topic}`: the topic's history, a stream capped exactly at `max_len` entries. Entry
+//!   ids are `<seq>-1`; fields `d` (the payload's JSON text, byte for byte) and `t` (Redis server
+//!   time in ms when appended, used for age trimming).
+//! - `p:epoch:{topic}`: the topic's epoch.
+//! - `p:sess:<id>`: a session, as a JSON string written with `SET .. PX ttl` (one atomic command
+//!   sets the record and its expiry; the record has a nested map, which a flat hash would have to
+//!   re-encode anyway).
+//!
+//! The braces are literal: `{topic}` is a Redis Cluster hash tag, so a topic's three keys live in
+//! one slot and one Lua script can touch them all. Topic names cannot contain braces, and the
+//! prefix is refused if it does.
+//!
+//! All three topic keys carry the history ttl, refreshed on every append, so an idle topic
+//! disappears after the ttl; so does a topic whose keys were flushed or evicted. A topic is valid
+//! only while both its `seq` and `epoch` keys exist: the scripts (in `lua/`) start a new history
+//! with a fresh epoch and `seq` 0 as soon as either is missing, so a position from before can never
+//! be mistaken for one in the new history. `top` and `history` create that state for an unknown
+//! topic, so the epoch they report is the one later appends use.
+//!
+//! # Connection behaviour
+//! [`RedisStore::connect`] accepts any URL `fred` parses (`redis://`, `rediss://` with a TLS
+//! feature, `redis-cluster://`, `redis-sentinel://...?sentinelServiceName=..`). It waits up to the
+//! call timeout for a first connection and then returns **even if Redis is unreachable**: the
+//! clients keep reconnecting in the background forever (exponential backoff, 100 ms to 2 s), and
+//! calls fail with [`StoreError::Timeout`] or [`StoreError::Unavailable`] until Redis answers.
+//! A pod therefore starts (and reports not-ready through [`SessionStore::ping`]) without Redis,
+//! and recovers without a restart when Redis comes back. Only a malformed URL or prefix fails.
+//!
+//! Every call is bounded by `call_timeout`: `fred`'s own command timeout marks an expired command
+//! so it is never written late after a reconnect, and an outer timeout bounds the whole call.
+//! Commands are written at most once (no replay after a dropped connection) because `append` is
+//! not idempotent; the gateway decides whether to retry.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use fred::prelude::{
+    Builder, ClientLike, Error as FredError, ErrorKind, Expiration, KeysInterface, LuaInterface,
+    Pool, ReconnectPolicy, Value,
+};
+use fred::types::ConnectHandle;
+use fred::types::config::{Config, UnresponsiveConfig};
+use protocol::{Epoch, Payload, Position, SessionId, Topic};
+
+use crate::{
+    Appended, HistoryLimits, HistoryPage, SessionRecord, SessionStore, StoreError, StoredMessage,
+};
+
+/// Added to the call timeout for the outer bound, so `fred`'s per-command timeout (which also
+/// cancels a queued command) normally fires first.
+const TIMEOUT_GRACE: Duration = Duration::from_millis(50);
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+const APPEND_LUA: &str = include_str!("lua/append.lua");
+const TOP_LUA: &str = include_str!("lua/top.lua");
+const HISTORY_LUA: &str = include_str!("lua/history.lua");
+
+/// How to reach Redis and how to lay out keys.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// A `fred` URL: single server, Sentinel or Cluster.
+    pub url: String,
+    /// Prefix of every key (default `gw`); lets several deployments share one Redis.
+    pub key_prefix: String,
+    pub limits: HistoryLimits,
+    /// Upper bound of every store call (default 2 s).
+    pub call_timeout: Duration,
+    /// Connections in the round-robin pool (default 4; at least 1).
+    pub pool_size: usize,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: "gw".to_owned(),
+            limits: HistoryLimits::default(),
+            call_timeout: Duration::from_secs(2),
+            pool_size: 4,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self::new("redis://127.0.0.1:6379")
+    }
+}
+
+/// The URL may carry a password: never print it.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("limits", &self.limits)
+            .field("call_timeout", &self.call_timeout)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A Lua script run with EVALSHA, falling back to EVAL when the server does not know it (after a
+/// restart or failover, or on another cluster node). The SHA is learnt from `SCRIPT LOAD` on first
+/// use, which spares a SHA-1 dependency.
+#[derive(Debug)]
+struct Script {
+    source: String,
+    sha: OnceLock<String>,
+}
+
+impl Script {
+    fn new(body: &str) -> Self {
+        Self {
+            source: format!("{PRELUDE}\n{body}"),
+            sha: OnceLock::new(),
+        }
+    }
+}
+
+/// [`SessionStore`] over Redis. Cheap to clone; the connections close when the last clone drops.
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Pool,
+    prefix: String,
+    limits: HistoryLimits,
+    call_timeout: Duration,
+    append: Script,
+    top: Script,
+    history: Script,
+    tasks: Vec<ConnectHandle>,
+}
+
+impl Drop for Inner {
+    /// The connection tasks reconnect forever; stop them once nobody can use the pool.
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl RedisStore {
+    /// Builds the pool and starts connecting. Returns once connected or after `call_timeout`,
+    /// whichever comes first: an unreachable Redis is not an error (see the module docs). Must be
+    /// called inside a Tokio runtime.
+    pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
+        if config.key_prefix.contains(['{', '}']) {
+            return Err(StoreError::Unavailable(
+                "redis key prefix must not contain braces (they delimit cluster hash tags)".into(),
+            ));
+        }
+        let mut fred_config = Config::from_url(&config.url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {}", e.details())))?;
+        // Retry the first connection like any later one instead of failing the pod's startup.
+        fred_config.fail_fast = false;
+
+        let call_timeout = config.call_timeout.max(Duration::from_millis(1));
+        let connect_timeout = call_timeout.max(Duration::from_secs(1));
+        let pool = Builder::from_config(fred_config)
+            .with_performance_config(|perf| perf.default_command_timeout = call_timeout)
+            .with_connection_config(|conn| {
+                conn.connection_timeout = connect_timeout;
+                conn.internal_command_timeout = connect_timeout;
+                // Written at most once: replaying an append after a dropped connection could
+                // store it twice.
+                conn.max_command_attempts = 1;
+                // A silently dead connection (no RST, e.g. a partition) is dropped and redialled.
+                let unresponsive = (call_timeout * 2).max(Duration::from_secs(2));
+                conn.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(unresponsive),
+                    interval: unresponsive / 4,
+                };
+            })
+            // max_attempts 0 = forever; 100 ms doubling to 2 s, plus fred's default jitter.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build_pool(config.pool_size.max(1))
+            .map_err(|e| StoreError::Unavailable(format!("redis client: {}", e.details())))?;
+        let tasks = pool.connect_pool();
+
+        if tokio::time::timeout(call_timeout, pool.wait_for_connect())
+            .await
+            .is_err()
+            && !pool.clients().iter().any(|c| c.is_connected())
+        {
+            tracing::warn!(
+                url = %redact_url(&config.url),
+                "redis is not reachable yet; retrying in the background"
+            );
+        }
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                prefix: config.key_prefix,
+                limits: config.limits,
+                call_timeout,
+                append: Script::new(APPEND_LUA),
+                top: Script::new(TOP_LUA),
+                history: Script::new(HISTORY_LUA),
+                tasks,
+            }),
+        })
+    }
+
+    /// The history limits this store applies.
+    pub fn limits(&self) -> HistoryLimits {
+        self.inner.limits
+    }
+
+    /// The key of a session record (exposed for operators and tests).
+    pub fn session_key(&self, id: &SessionId) -> String {
+        format!("{}:sess:{}", self.inner.prefix, id)
+    }
+
+    /// The `seq`, history and epoch keys of a topic, in the order the scripts expect.
+    pub fn topic_keys(&self, topic: &Topic) -> [String; 3] {
+        let (p, t) = (&self.inner.prefix, topic.as_str());
+        [
+            format!("{p}:seq:{{{t}}}"),
+            format!("{p}:hist:{{{t}}}"),
+            format!("{p}:epoch:{{{t}}}"),
+        ]
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        millis(self.inner.limits.ttl)
+    }
+
+    /// Runs `op` under the call timeout.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, FredError>>,
+    ) -> Result<T, StoreError> {
+        let timeout = self.inner.call_timeout;
+        match tokio::time::timeout(timeout + TIMEOUT_GRACE, op).await {
+            Ok(result) => result.map_err(|e| map_error(e, timeout)),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
+    }
+
+    /// EVALSHA, loading the script on first use and falling back to EVAL on `NOSCRIPT`.
+    async fn eval(
+        &self,
+        script: &Script,
+        topic: &Topic,
+        args: Vec<String>,
+    ) -> Result<Vec<Value>, StoreError> {
+        let pool = &self.inner.pool;
+        let keys = self.topic_keys(topic).to_vec();
+        let value: Value = self
+            .bounded(async {
+                let sha = match script.sha.get() {
+                    Some(sha) => sha.clone(),
+                    None => {
+                        let sha: String = pool.script_load(script.source.as_str()).await?;
+                        script.sha.get_or_init(|| sha).clone()
+                    }
+                };
+                match pool.evalsha(sha, keys.clone(), args.clone()).await {
+                    Err(e) if e.details().starts_with("NOSCRIPT") => {
+                        pool.eval(script.source.as_str(), keys, args).await
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        match value {
+            Value::Array(items) => Ok(items),
+            other => Err(corrupt(format!("script returned {:?}", other.kind()))),
+        }
+    }
+
+    /// The common args of every topic script: a fresh epoch (used only for a new history) and
+    /// the ttl.
+    fn base_args(&self) -> Vec<String> {
+        vec![
+            Epoch::generate().as_str().to_owned(),
+            self.ttl_ms().to_string(),
+        ]
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn corrupt(msg: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(msg.into())
+}
+
+fn map_error(e: FredError, timeout: Duration) -> StoreError {
+    match e.kind() {
+        ErrorKind::Timeout => StoreError::Timeout(timeout),
+        ErrorKind::Parse => StoreError::Corrupt(e.details().to_owned()),
+        _ => StoreError::Unavailable(format!("redis: {}", e.details())),
+    }
+}
+
+/// Reads the `{seq, epoch, ...}` head that every topic script returns.
+fn parse_top(items: &mut std::vec::IntoIter<Value>) -> Result<Position, StoreError> {
+    let seq = items
+        .next()
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| corrupt("script reply without seq"))?;
+    let epoch = items
+        .next()
+        .and_then(Value::into_string)
+        .ok_or_else(|| corrupt("script reply without epoch"))?;
+    Ok(Position {
+        seq,
+        epoch: Epoch::new(epoch),
+    })
+}
+
+/// Reads one `id, data` pair of a history reply.
+fn parse_message(id: Value, data: Option<Value>) -> Result<StoredMessage, StoreError> {
+    let id = id
+        .into_string()
+        .ok_or_else(|| corrupt("history entry id is not text"))?;
+    let seq = id
+        .split_once('-')
+        .and_then(|(seq, _)| seq.parse::<u64>().ok())
+        .ok_or_else(|| corrupt(format!("history entry id {id:?}")))?;
+    let text = data
+        .and_then(Value::into_string)
+        .ok_or_else(|| corrupt(format!("history entry {id} has no text payload")))?;
+    let data = Payload::parse(&text)
+        .map_err(|e| corrupt(format!("history entry {id} is not JSON: {e}")))?;
+    Ok(StoredMessage { seq, data })
+}
+
+impl SessionStore for RedisStore {
+    async fn append(&self, topic: &Topic, data: &Payload) -> Result<Appended, StoreError> {
+        let mut args = self.base_args();
+        args.push(data.as_str().to_owned());
+        args.push(self.inner.limits.max_len.to_string());
+        let items = self.eval(&self.inner.append, topic, args).await?;
+        let top = parse_top(&mut items.into_iter())?;
+        Ok(Appended {
+            seq: top.seq,
+            epoch: top.epoch,
+        })
+    }
+
+    async fn top(&self, topic: &Topic) -> Result<Position, StoreError> {
+        let items = self.eval(&self.inner.top, topic, self.base_args()).await?;
+        parse_top(&mut items.into_iter())
+    }
+
+    async fn history(&self, topic: &Topic, after: u64) -> Result<HistoryPage, StoreError> {
+        let mut args = self.base_args();
+        // Entry ids are `<seq>-1`, so everything from `<after + 1>-0` on has seq > after.
+        args.push(format!("{}-0", after.saturating_add(1)));
+        args.push(after.to_string());
+        let items = self.eval(&self.inner.history, topic, args).await?;
+        let mut items = items.into_iter();
+        let top = parse_top(&mut items)?;
+        let mut messages = Vec::with_capacity(items.len() / 2);
+        while let Some(id) = items.next() {
+            messages.push(parse_message(id, items.next())?);
+        }
+        Ok(HistoryPage { top, messages })
+    }
+
+    async fn save_session(&self, session: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
+        let json = serde_json::to_string(session)
+            .map_err(|e| corrupt(format!("session not serializable: {e}")))?;
+        let key = self.session_key(&session.id);
+        let px = i64::try_from(millis(ttl)).unwrap_or(i64::MAX);
+        let pool = &self.inner.pool;
+        self.bounded(pool.set::<(), _, _>(key, json, Some(Expiration::PX(px)), None, false))
+            .await
+    }
+
+    async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let pool = &self.inner.pool;
+        let json: Option<String> = self.bounded(pool.get(self.session_key(id))).await?;
+        json.map(|json| {
+            serde_json::from_str(&json).map_err(|e| corrupt(format!("session {id}: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn delete_session(&self, id: &SessionId) -> Result<(), StoreError> {
+        let pool = &self.inner.pool;
+        self.bounded(pool.del::<(), _>(self.session_key(id))).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pool = &self.inner.pool;
+        self.bounded(pool.ping::<()>(None)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            redact_url("redis://user:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        let debug = format!("{:?}", RedisConfig::new("redis://:pw@h:1"));
+        assert!(!debug.contains("pw"), "{debug}");
+    }
+
+    #[test]
+    fn scripts_include_the_prelude() {
+        let script = Script::new(APPEND_LUA);
+        assert!(script.source.contains("local function topic_state()"));
+        assert!(script.source.ends_with(APPEND_LUA));
+    }
+}
