@@ -37,6 +37,10 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_KEY_PREFIX", default_value = "gw")]
     pub key_prefix: String,
 
+    /// Upper bound of every session store call; a slower store counts as unavailable.
+    #[arg(long, env = "GATEWAY_STORE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub store_timeout: Duration,
+
     /// This pod's name (reported in `welcome`, heartbeats, metrics). Default: `POD_NAME`, else
     /// the hostname.
     #[arg(long, env = "GATEWAY_POD_NAME")]
@@ -119,6 +123,22 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_DRAIN_RATE", default_value_t = 500)]
     pub drain_rate: u32,
 
+    /// Interval of this pod's heartbeats on the backplane (its load, for the fleet view).
+    #[arg(long, env = "GATEWAY_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Rebalancing: a pod sheds connections when above the fleet mean by more than this fraction.
+    #[arg(long, env = "GATEWAY_REBALANCE_TOLERANCE", default_value_t = 0.1)]
+    pub rebalance_tolerance: f64,
+
+    /// Rebalancing budget: connections closed with 1012 per second at most (0 disables).
+    #[arg(long, env = "GATEWAY_REBALANCE_RATE", default_value_t = 20)]
+    pub rebalance_rate: u32,
+
+    /// How often a pod compares itself with the fleet mean.
+    #[arg(long, env = "GATEWAY_REBALANCE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub rebalance_interval: Duration,
+
     /// After the last close frame, how long to wait for clients' close handshakes before exit.
     #[arg(long, env = "GATEWAY_CLOSE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub close_grace: Duration,
@@ -133,6 +153,8 @@ pub enum ConfigError {
     IdleNotAbovePing { idle: Duration, ping: Duration },
     #[error("--max-message-size ({0}) must be between 128 bytes and 16 MiB")]
     MessageSize(usize),
+    #[error("--rebalance-tolerance ({0}) must be between 0 and 10")]
+    Tolerance(f64),
     #[error("--listen and --admin-listen are both {0}")]
     SameAddress(SocketAddr),
     #[error("--allowed-origins entry {0:?} must look like scheme://host[:port]")]
@@ -163,6 +185,9 @@ impl Config {
             ("history-ttl", self.history_ttl),
             ("write-timeout", self.write_timeout),
             ("topic-resync-interval", self.topic_resync_interval),
+            ("store-timeout", self.store_timeout),
+            ("heartbeat-interval", self.heartbeat_interval),
+            ("rebalance-interval", self.rebalance_interval),
         ];
         for (flag, value) in durations {
             if value.is_zero() {
@@ -174,6 +199,9 @@ impl Config {
                 idle: self.idle_timeout,
                 ping: self.ping_interval,
             });
+        }
+        if !(0.0..=10.0).contains(&self.rebalance_tolerance) {
+            return Err(ConfigError::Tolerance(self.rebalance_tolerance));
         }
         if !(128..=16 << 20).contains(&self.max_message_size) {
             return Err(ConfigError::MessageSize(self.max_message_size));

@@ -14,6 +14,9 @@ use crate::hub::ConnId;
 #[derive(Debug)]
 pub struct ConnControl {
     closing: AtomicBool,
+    /// Set when a newer connection (on this pod or another) resumed the session: this one must
+    /// not save the session record over the newer one's.
+    taken_over: AtomicBool,
     request: Mutex<Option<(CloseCode, CloseAdvice)>>,
     notify: Notify,
 }
@@ -22,6 +25,7 @@ impl ConnControl {
     pub fn new() -> Self {
         Self {
             closing: AtomicBool::new(false),
+            taken_over: AtomicBool::new(false),
             request: Mutex::new(None),
             notify: Notify::new(),
         }
@@ -35,6 +39,16 @@ impl ConnControl {
         }
         *self.request.lock().expect("close request lock") = Some((code, advice));
         self.notify.notify_one();
+    }
+
+    /// Closes the connection because its session was resumed elsewhere.
+    pub fn take_over(&self) {
+        self.taken_over.store(true, Ordering::Release);
+        self.request_close(CloseCode::Normal, CloseAdvice::stop("session_taken_over"));
+    }
+
+    pub fn is_taken_over(&self) -> bool {
+        self.taken_over.load(Ordering::Acquire)
     }
 
     pub fn is_closing(&self) -> bool {
@@ -101,6 +115,13 @@ impl Connections {
         previous
             .filter(|p| *p != id)
             .and_then(|p| t.conns.get(&p).map(|e| e.control.clone()))
+    }
+
+    /// The connection holding `session` on this pod, if any.
+    pub fn session_control(&self, session: &SessionId) -> Option<Arc<ConnControl>> {
+        let t = self.inner.lock().expect("connections lock");
+        let id = t.sessions.get(session)?;
+        t.conns.get(id).map(|e| e.control.clone())
     }
 
     /// Whether `id` still holds `session` (it does not after a takeover).

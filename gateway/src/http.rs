@@ -45,6 +45,8 @@ pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) -> std::io:
         .route("/metrics", get(metrics))
         .route("/api/publish", post(api_publish))
         .route("/admin/drain", post(admin_drain).get(drain_status))
+        .route("/admin/cluster", get(admin_cluster))
+        .route("/scaler", get(scaler))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,
@@ -267,4 +269,30 @@ async fn admin_drain(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn drain_status(State(shared): State<Arc<Shared>>) -> Response {
     Json(drain_report(&shared)).into_response()
+}
+
+/// The fleet as this pod sees it: one entry per live pod.
+async fn admin_cluster(State(shared): State<Arc<Shared>>) -> Response {
+    let pods = shared.cluster.pods(crate::cluster::max_age(&shared));
+    Json(serde_json::json!({ "pod": shared.pod, "pods": pods })).into_response()
+}
+
+/// Connection counts for KEDA's metrics-api trigger (`valueLocation: fleet.connections`, or
+/// `pod.connections` for this pod alone).
+async fn scaler(State(shared): State<Arc<Shared>>) -> Response {
+    let pods = shared.cluster.pods(crate::cluster::max_age(&shared));
+    let live: Vec<_> = pods.iter().filter(|p| !p.beat.draining).collect();
+    let connections: u64 = pods.iter().map(|p| p.beat.connections).sum();
+    let capacity: u64 = live.iter().map(|p| p.beat.capacity).sum();
+    let per_pod = if live.is_empty() {
+        0
+    } else {
+        connections / live.len() as u64
+    };
+    let me = crate::cluster::heartbeat(&shared);
+    Json(serde_json::json!({
+        "pod": { "name": me.pod, "connections": me.connections, "capacity": me.capacity, "draining": me.draining },
+        "fleet": { "pods": pods.len(), "connections": connections, "capacity": capacity, "connections_per_pod": per_pod },
+    }))
+    .into_response()
 }

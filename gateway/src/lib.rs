@@ -10,6 +10,7 @@
 //! - `hub`: topic → local subscribers, restoring `seq` order with `sequencer`.
 //! - `envelope`: the payload of topic messages on the backplane.
 //! - `control`: closing a connection from outside its task; the pod's connection table.
+//! - `cluster`: heartbeats, the fleet view, pod-to-pod control, rebalancing with 1012.
 //! - `drain`: paced 1001 closes on SIGTERM or an operator's request.
 //! - `metrics`: each component's metrics, one registry.
 //!
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod client;
+mod cluster;
 pub mod config;
 mod connection;
 mod control;
@@ -48,10 +51,10 @@ use crate::envelope::Envelope;
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 
-/// The session store this build runs with (chosen from the configuration at startup).
-pub(crate) type Store = session_store::MemoryStore;
-/// The backplane this build runs with (chosen from the configuration at startup).
-pub(crate) type Bus = backplane::MemoryBackplane;
+/// The session store: memory (embedded default) or Redis, chosen from the configuration.
+pub(crate) type Store = session_store::AnyStore;
+/// The backplane: in-process (embedded default) or NATS, chosen from the configuration.
+pub(crate) type Bus = backplane::AnyBackplane;
 
 /// Why the gateway could not run.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,10 @@ pub enum GatewayError {
     Config(#[from] ConfigError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("session store: {0}")]
+    Store(#[from] session_store::StoreError),
+    #[error("backplane: {0}")]
+    Backplane(#[from] backplane::BackplaneError),
 }
 
 /// The sockets a gateway serves on, bound by the caller.
@@ -94,6 +101,9 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     /// Holds a token per live connection task.
     pub tasks: TaskTracker,
+    /// The public address, reported in heartbeats.
+    pub public_addr: SocketAddr,
+    pub cluster: cluster::ClusterView,
     /// Connections admitted (upgrades in flight included), bounded by `--max-connections`.
     pub slots: AtomicUsize,
 }
@@ -135,6 +145,38 @@ impl Shared {
     }
 }
 
+/// Redis when a URL is configured, else memory. An unreachable Redis is not an error here: the
+/// store keeps reconnecting, and the pod stays unready until it answers.
+async fn connect_store(config: &Config, limits: HistoryLimits) -> Result<Store, GatewayError> {
+    let Some(url) = &config.redis_url else {
+        return Ok(Store::Memory(session_store::MemoryStore::new(limits)));
+    };
+    let redis = session_store::RedisConfig {
+        key_prefix: config.key_prefix.clone(),
+        limits,
+        call_timeout: config.store_timeout,
+        ..session_store::RedisConfig::new(url.clone())
+    };
+    let store = session_store::RedisStore::connect(redis).await?;
+    if let Err(e) = store.ping().await {
+        tracing::warn!(error = %e, "Redis is not reachable yet; staying unready and retrying");
+    }
+    Ok(Store::Redis(store))
+}
+
+/// NATS when URLs are configured, else in-process. An unreachable NATS is not an error here
+/// either: the client keeps reconnecting, and the pod stays unready until it is connected.
+async fn connect_backplane(config: &Config, pod: &str) -> Result<Bus, GatewayError> {
+    if config.nats_url.is_empty() {
+        return Ok(Bus::Memory(backplane::MemoryBackplane::new()));
+    }
+    let nats = backplane::NatsConfig {
+        subject_prefix: config.key_prefix.clone(),
+        ..backplane::NatsConfig::new(config.nats_url.clone(), pod)
+    };
+    Ok(Bus::Nats(backplane::NatsBackplane::connect(nats).await?))
+}
+
 /// Runs a gateway on `listeners` until `shutdown` resolves, then drains: new upgrades are
 /// refused, every client gets a 1001 close paced over the drain window, and `run` returns once
 /// they are gone (or the window and the close grace have passed).
@@ -151,8 +193,8 @@ pub async fn run(
         max_len: config.history_size,
         ttl: config.history_ttl,
     };
-    let store = Store::new(limits);
-    let backplane = Bus::new();
+    let store = connect_store(&config, limits).await?;
+    let backplane = connect_backplane(&config, &pod).await?;
     let root = CancellationToken::new();
     let hub = Hub::new(
         store.clone(),
@@ -177,12 +219,17 @@ pub async fn run(
         shutdown: root.clone(),
         tasks: TaskTracker::new(),
         slots: AtomicUsize::new(0),
+        public_addr,
+        cluster: cluster::ClusterView::default(),
         config,
     });
     tracing::info!(%pod, %public_addr, %admin_addr, "gateway listening");
 
     let public = tokio::spawn(http::serve_public(listeners.public, shared.clone()));
     let admin = tokio::spawn(http::serve_admin(listeners.admin, shared.clone()));
+    tokio::spawn(cluster::run_heartbeats(shared.clone()));
+    tokio::spawn(cluster::run_control(shared.clone()));
+    tokio::spawn(cluster::run_rebalancer(shared.clone()));
 
     // Either a signal (the caller's future) or an operator's drain request starts the drain;
     // only the caller's future ends the process.

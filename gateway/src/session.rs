@@ -64,6 +64,7 @@ impl Conn {
             Some(Err(_)) | None => None,
         };
         let resumed = previous.is_some();
+        let last_pod = previous.as_ref().map(|r| r.last_pod.clone());
         let (state, mut restore) = match previous {
             Some(record) => (
                 SessionState {
@@ -96,10 +97,12 @@ impl Conn {
             .connections
             .bind_session(self.id, state.id.clone())
         {
-            old.request_close(
-                protocol::CloseCode::Normal,
-                protocol::CloseAdvice::stop("session_taken_over"),
-            );
+            old.take_over();
+        }
+        if let Some(pod) = last_pod.filter(|p| *p != self.shared.pod) {
+            // The session may still be open on its last pod (a client that reconnected before
+            // the old socket died): tell that pod to close it.
+            crate::cluster::send_takeover(&self.shared, &pod, &state.id).await;
         }
         let resume_token = ResumeToken {
             session: state.id.clone(),
@@ -340,7 +343,9 @@ impl Conn {
     /// Saves the session with the positions written so far: the resume window starts now.
     pub(crate) async fn save_session(&self) {
         let Some(session) = &self.session else { return };
-        if !self.shared.connections.holds_session(self.id, &session.id) {
+        if self.control.is_taken_over()
+            || !self.shared.connections.holds_session(self.id, &session.id)
+        {
             // Taken over by a newer connection, which owns the record now.
             return;
         }
