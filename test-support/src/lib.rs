@@ -80,6 +80,22 @@ impl ProcessGuard {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Waits up to `limit` for the process to exit by itself; `None` if it is still running.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the process now (an abrupt stop, as a crash would be).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
