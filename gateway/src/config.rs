@@ -20,6 +20,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
 
+    /// HAProxy agent-check address: answers each TCP connection with this pod's weight, or
+    /// `drain` while draining or full. Unset = no agent-check listener.
+    #[arg(long, env = "GATEWAY_AGENT_LISTEN")]
+    pub agent_listen: Option<SocketAddr>,
+
     /// Bearer token required by every admin endpoint (`Authorization: Bearer …`); unset = none.
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

@@ -186,11 +186,17 @@ async fn require_token(
     next: Next,
 ) -> Response {
     if let Some(expected) = &shared.config.admin_token {
-        let presented = request
-            .headers()
+        // Through the Kubernetes pod proxy, `Authorization` is dropped: accept our own header too.
+        let headers = request.headers();
+        let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| {
+                headers
+                    .get("x-gateway-admin-token")
+                    .and_then(|v| v.to_str().ok())
+            })
             .unwrap_or("");
         if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
             return (StatusCode::UNAUTHORIZED, "admin token required").into_response();

@@ -12,7 +12,9 @@
 //! - `control`: closing a connection from outside its task; the pod's connection table.
 //! - `cluster`: heartbeats, the fleet view, pod-to-pod control, rebalancing with 1012.
 //! - `drain`: paced 1001 closes on SIGTERM or an operator's request.
+//! - `agent`: HAProxy agent-check answers (weight, `drain`).
 //! - `metrics`: each component's metrics, one registry.
+//! - [`ops`]: the operator's `gateway drain` and `gateway status`.
 //!
 //! [`run`] takes bound listeners and a shutdown future, so a test runs a real server on port 0.
 
@@ -30,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod agent;
 pub mod client;
 mod cluster;
 pub mod config;
@@ -40,6 +43,7 @@ mod envelope;
 mod http;
 mod hub;
 mod metrics;
+pub mod ops;
 mod sequencer;
 mod session;
 
@@ -74,6 +78,8 @@ pub enum GatewayError {
 pub struct Listeners {
     pub public: TcpListener,
     pub admin: TcpListener,
+    /// HAProxy agent-check port, when configured.
+    pub agent: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -82,6 +88,10 @@ impl Listeners {
         Ok(Self {
             public: TcpListener::bind(config.listen).await?,
             admin: TcpListener::bind(config.admin_listen).await?,
+            agent: match config.agent_listen {
+                Some(addr) => Some(TcpListener::bind(addr).await?),
+                None => None,
+            },
         })
     }
 }
@@ -227,6 +237,9 @@ pub async fn run(
 
     let public = tokio::spawn(http::serve_public(listeners.public, shared.clone()));
     let admin = tokio::spawn(http::serve_admin(listeners.admin, shared.clone()));
+    if let Some(agent) = listeners.agent {
+        tokio::spawn(agent::serve(agent, shared.clone()));
+    }
     tokio::spawn(cluster::run_heartbeats(shared.clone()));
     tokio::spawn(cluster::run_control(shared.clone()));
     tokio::spawn(cluster::run_rebalancer(shared.clone()));

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::client::ClientArgs;
+use gateway::ops::{DrainArgs, StatusArgs, Target};
 use gateway::{Config, Listeners};
 
 #[derive(Debug, Parser)]
@@ -23,6 +24,10 @@ struct Cli {
 enum Command {
     /// Connect to a gateway from the terminal: print what arrives, publish what you type.
     Client(ClientArgs),
+    /// Drain one pod (1001 to every client, paced) and wait until it has no connections.
+    Drain(DrainArgs),
+    /// Print the fleet: connections, share, capacity and draining per pod.
+    Status(StatusArgs),
 }
 
 #[tokio::main]
@@ -37,6 +42,18 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Some(Command::Client(args)) => Ok(gateway::client::run(args).await?),
+        Some(Command::Drain(args)) => {
+            let target = Target::from_args(&args.target).await?;
+            gateway::ops::drain(&target, &args, &mut std::io::stdout()).await?;
+            Ok(())
+        }
+        Some(Command::Status(args)) => {
+            let target = Target::from_args(&args.target).await?;
+            if !gateway::ops::status(&target, &args, &mut std::io::stdout()).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         None => serve(cli.serve).await,
     }
 }

@@ -44,6 +44,10 @@ impl TestGateway {
         let listeners = Listeners {
             public: TcpListener::bind(c.listen).await.unwrap(),
             admin: TcpListener::bind(c.admin_listen).await.unwrap(),
+            agent: match c.agent_listen {
+                Some(a) => Some(TcpListener::bind(a).await.unwrap()),
+                None => None,
+            },
         };
         let public = listeners.public.local_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
