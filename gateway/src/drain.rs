@@ -74,13 +74,13 @@ pub async fn drain(shared: &Shared) {
             ?window,
             "closing clients with 1001"
         );
-        let mut next = tokio::time::Instant::now();
         for control in controls {
             let after_ms = rand::rng().random_range(0..MAX_AFTER_MS);
             control.request_close(CloseCode::GoingAway, CloseAdvice::reconnect(Some(after_ms)));
             shared.drain.closed.fetch_add(1, Ordering::Relaxed);
-            next += pause;
-            tokio::time::sleep_until(next).await;
+            // A relative pause: after a stall the drain slows down rather than bursting to
+            // catch up, so the rate never exceeds the plan.
+            tokio::time::sleep(pause).await;
         }
     }
     let deadline = tokio::time::Instant::now() + shared.config.close_grace;

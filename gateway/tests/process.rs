@@ -3,61 +3,15 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::json;
+use support::process::Pod;
 use support::{Client, seqs};
-use test_support::{NatsServer, ProcessGuard, RedisServer, free_port, spawn_guarded};
+use test_support::{NatsServer, RedisServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway");
-
-struct Pod {
-    process: ProcessGuard,
-    port: u16,
-    admin: u16,
-}
-
-impl Pod {
-    fn start(args: &[&str]) -> Self {
-        let (port, admin) = (free_port(), free_port());
-        let process = spawn_guarded(
-            Command::new(BIN)
-                .args([
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--admin-listen",
-                    &format!("127.0.0.1:{admin}"),
-                ])
-                .args(args)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit()),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "gateway did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            process,
-            port,
-            admin,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid().unwrap()))
-                .unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
 
 async fn hello(url: &str) -> (Client, serde_json::Value) {
     let mut c = Client::connect(url).await;

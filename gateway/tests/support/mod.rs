@@ -1,6 +1,9 @@
 //! Test harness: real gateways on port 0 and tokio-tungstenite clients.
 #![allow(dead_code)]
 
+pub mod process;
+pub mod resuming;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,80 @@
+//! Gateway processes (the real binary) for multi-pod and operator tests.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use test_support::{ProcessGuard, free_port, spawn_guarded};
+
+pub struct Pod {
+    pub process: ProcessGuard,
+    pub port: u16,
+    pub admin: u16,
+}
+
+impl Pod {
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_on(free_port(), args)
+    }
+
+    /// Starts on a given public port (e.g. one HAProxy already points at).
+    pub fn start_on(port: u16, args: &[&str]) -> Self {
+        let admin = free_port();
+        let process = spawn_guarded(
+            Command::new(env!("CARGO_BIN_EXE_gateway"))
+                .args([
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--admin-listen",
+                    &format!("127.0.0.1:{admin}"),
+                ])
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "gateway did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            process,
+            port,
+            admin,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid().unwrap()))
+                .unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Pod {
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.admin).into()
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin)
+    }
+
+    /// Sends SIGTERM (as Kubernetes does on pod deletion).
+    pub fn terminate(&self) {
+        let pid = self.process.pid().expect("running").to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
