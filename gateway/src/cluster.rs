@@ -201,7 +201,8 @@ pub fn excess(pods: &[PodView], me: &str, tolerance: f64) -> u64 {
     let total: u64 = live.iter().map(|p| p.beat.connections).sum();
     let mean = total as f64 / live.len() as f64;
     let have = mine.beat.connections as f64;
-    if have <= mean * (1.0 + tolerance) || have - mean < 1.0 {
+    // Below two connections of excess, shedding just moves the imbalance to another pod.
+    if have <= mean * (1.0 + tolerance) || have - mean < 2.0 {
         return 0;
     }
     (have - mean).floor() as u64
@@ -223,16 +224,13 @@ pub async fn run_rebalancer(shared: Arc<Shared>) {
             continue;
         }
         let pods = shared.cluster.pods(max_age(&shared));
-        // Re-read our own count: the view may be a beat old.
-        let pods: Vec<PodView> = pods
-            .into_iter()
-            .map(|mut p| {
-                if p.beat.pod == shared.pod {
-                    p.beat.connections = shared.connections.len() as u64;
-                }
-                p
-            })
-            .collect();
+        // While a pod drains its clients are moving through the fleet: counts are in flux and
+        // shedding now would only add reconnects. Wait until it has left the view.
+        if pods.iter().any(|p| p.beat.draining) {
+            continue;
+        }
+        // Every count, ours included, comes from the same round of heartbeats: mixing our live
+        // count with the others' older ones would shed while the fleet is still filling up.
         let mut shed = excess(&pods, &shared.pod, c.rebalance_tolerance);
         // At most one interval's budget per round: the view is refreshed between rounds.
         let budget =

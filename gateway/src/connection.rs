@@ -116,8 +116,10 @@ pub async fn serve(mut socket: WebSocket, shared: Arc<Shared>, peer: SocketAddr)
     };
     let close = conn.run(&mut socket, &mut rx).await;
     tracing::debug!(conn = id, %peer, ?close, "connection ending");
+    let started = std::time::Instant::now();
     conn.finish(&mut socket, close).await;
     shared.connections.remove(id);
+    tracing::debug!(conn = id, took = ?started.elapsed(), "connection closed");
 }
 
 impl Conn {

@@ -174,24 +174,18 @@ async fn connect_all(url: &str, n: usize) -> Vec<ResumingClient> {
     clients
 }
 
-/// Publishes on `topic` through pod `url` every `every` until told to stop; returns the last seq.
-fn publisher(
-    url: String,
-    every: Duration,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<u64>,
-) {
+/// Publishes on `load` through a pod's `/api/publish` every `every` until told to stop (not a
+/// WebSocket: rebalancing may close any socket); returns the last seq.
+fn publisher(admin: std::net::SocketAddr, every: Duration) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<u64>) {
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        let mut c = Client::connect(&url).await;
-        c.send(json!({"type": "hello"})).await;
-        c.expect("welcome").await;
-        let mut last = 0;
         let mut n = 0;
         loop {
             n += 1;
-            last = c.publish("load", json!({"n": n})).await;
+            let body = json!({"topic": "load", "data": {"n": n}}).to_string();
+            let (status, reply) = http(admin, "POST", "/api/publish", Some(&body), None).await;
+            assert_eq!(status, 200, "{reply}");
+            let last = serde_json::from_str::<Value>(&reply).unwrap()["seq"].as_u64().unwrap();
             tokio::select! {
                 _ = &mut rx => return last,
                 _ = tokio::time::sleep(every) => {}
@@ -215,7 +209,7 @@ async fn wait_for_all(clients: &[ResumingClient], last: u64) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leastconn_places_300_clients_evenly_over_3_pods() {
     let fleet = Fleet::start(3, 3, &[]).await;
     let clients = connect_all(&fleet.url(), 300).await;
@@ -227,15 +221,15 @@ async fn leastconn_places_300_clients_evenly_over_3_pods() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_a_pod_under_load_loses_nothing() {
-    let fleet = Fleet::start(3, 3, &["--drain-rate", "40"]).await;
+    let mut fleet = Fleet::start(3, 3, &["--drain-rate", "40"]).await;
     let clients = connect_all(&fleet.url(), 150).await;
-    let (stop, publishing) = publisher(fleet.pod(1).url(), Duration::from_millis(20));
+    let (stop, publishing) = publisher(fleet.pod(1).admin_addr(), Duration::from_millis(20));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let drained = Instant::now();
     fleet.pod(0).terminate();
-    let mut pod0 = fleet.pods.into_iter().next().unwrap().unwrap();
+    let mut pod0 = fleet.pods[0].take().unwrap();
     let status = pod0
         .process
         .wait_timeout(Duration::from_secs(30))
@@ -288,12 +282,12 @@ async fn draining_a_pod_under_load_loses_nothing() {
     assert!(peak <= 80, "1001s were not paced: {peak} in one second");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_rebalances_to_even_without_loss() {
     let extra = ["--rebalance-rate", "50", "--rebalance-interval", "1s"];
     let mut fleet = Fleet::start(3, 2, &extra).await;
     let clients = connect_all(&fleet.url(), 300).await;
-    let (stop, publishing) = publisher(fleet.pod(0).url(), Duration::from_millis(50));
+    let (stop, publishing) = publisher(fleet.pod(0).admin_addr(), Duration::from_millis(50));
     let started = Instant::now();
     fleet.start_pod(2, &extra);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -320,7 +314,7 @@ async fn scale_out_rebalances_to_even_without_loss() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_check_scaler_status_and_drain_commands() {
     let fleet = Fleet::start(2, 2, &["--drain-rate", "1"]).await;
     let read_agent = |port: u16| {

@@ -100,17 +100,18 @@ async fn run(
                     let v: Value = serde_json::from_str(t.as_str()).unwrap();
                     match v["type"].as_str() {
                         Some("welcome") => {
-                            let mut s = state.lock().unwrap();
-                            s.pod = v["pod"].as_str().unwrap_or_default().to_owned();
-                            s.connected = true;
-                            if let Some(at) = closed_at.take() {
-                                s.reconnect_secs.push(at.elapsed().as_secs_f64());
-                            }
-                            if v["resumed"] == true && v["topics"][topic]["recovered"] == false {
-                                s.unrecovered += 1;
-                            }
                             let resumed = v["resumed"] == true;
-                            drop(s);
+                            {
+                                let mut s = state.lock().unwrap();
+                                s.pod = v["pod"].as_str().unwrap_or_default().to_owned();
+                                s.connected = true;
+                                if let Some(at) = closed_at.take() {
+                                    s.reconnect_secs.push(at.elapsed().as_secs_f64());
+                                }
+                                if resumed && v["topics"][topic]["recovered"] == false {
+                                    s.unrecovered += 1;
+                                }
+                            }
                             resume = Some(v["resume"].clone());
                             if !resumed {
                                 let sub = json!({"type": "subscribe", "topic": topic});
@@ -128,19 +129,24 @@ async fn run(
                     }
                 }
                 Message::Close(c) => {
-                    let mut s = state.lock().unwrap();
-                    s.connected = false;
-                    s.pod.clear();
-                    if let Some(c) = c {
-                        s.closes.push((c.code.into(), Instant::now()));
-                        let advice: Value =
-                            serde_json::from_str(c.reason.as_str()).unwrap_or(Value::Null);
+                    let advice = {
+                        let mut s = state.lock().unwrap();
+                        s.connected = false;
+                        s.pod.clear();
+                        c.map(|c| {
+                            s.closes.push((c.code.into(), Instant::now()));
+                            serde_json::from_str::<Value>(c.reason.as_str()).unwrap_or(Value::Null)
+                        })
+                    };
+                    closed_at = Some(Instant::now());
+                    // Complete the close handshake, as browsers do.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                    if let Some(advice) = advice {
                         if advice["reconnect"] == false {
                             return;
                         }
                         wait = Duration::from_millis(advice["after_ms"].as_u64().unwrap_or(100));
                     }
-                    closed_at = Some(Instant::now());
                     break;
                 }
                 _ => {}
