@@ -93,7 +93,11 @@ impl ClusterView {
 pub fn heartbeat(shared: &Shared) -> Heartbeat {
     Heartbeat {
         pod: shared.pod.clone(),
-        addr: shared.public_addr.to_string(),
+        addr: shared
+            .config
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| shared.public_addr.to_string()),
         connections: shared.connections.len() as u64,
         capacity: shared.config.max_connections as u64,
         draining: shared.drain.is_draining(),
@@ -225,8 +229,11 @@ pub async fn run_rebalancer(shared: Arc<Shared>) {
         }
         let pods = shared.cluster.pods(max_age(&shared));
         // While a pod drains its clients are moving through the fleet: counts are in flux and
-        // shedding now would only add reconnects. Wait until it has left the view.
-        if pods.iter().any(|p| p.beat.draining) {
+        // shedding now would only add reconnects. Wait until it is empty.
+        if pods
+            .iter()
+            .any(|p| p.beat.draining && p.beat.connections > 0)
+        {
             continue;
         }
         // Every count, ours included, comes from the same round of heartbeats: mixing our live

@@ -29,6 +29,10 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Serve the demo page (built on the JS SDK) at `/` on the public port.
+    #[arg(long, env = "GATEWAY_DEMO")]
+    pub demo: bool,
+
     /// Redis URL for sessions and history (`redis://`, `rediss://`, `redis-sentinel://`,
     /// `redis-cluster://`). Unset = in-memory store (single node).
     #[arg(long, env = "GATEWAY_REDIS_URL")]
@@ -45,6 +49,11 @@ pub struct Config {
     /// Upper bound of every session store call; a slower store counts as unavailable.
     #[arg(long, env = "GATEWAY_STORE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,
+
+    /// The public address other pods and the fleet page show for this pod (e.g.
+    /// `$(POD_IP):8080` in Kubernetes). Default: the bound `--listen` address.
+    #[arg(long, env = "GATEWAY_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
 
     /// This pod's name (reported in `welcome`, heartbeats, metrics). Default: `POD_NAME`, else
     /// the hostname.

@@ -132,6 +132,7 @@ impl Conn {
         let hello_deadline = Instant::now() + config.handshake_timeout;
         let mut last_seen = Instant::now();
         let mut next_ping = Instant::now() + config.ping_interval;
+        let mut last_saved = Instant::now();
         let control = self.control.clone();
         loop {
             tokio::select! {
@@ -159,6 +160,12 @@ impl Conn {
                         return Close::Gone;
                     }
                     next_ping = Instant::now() + config.ping_interval;
+                    // Keep the stored session alive while connected, so a client whose pod dies
+                    // can resume however long it was quiet before.
+                    if self.session.is_some() && last_saved.elapsed() >= config.resume_window / 2 {
+                        last_saved = Instant::now();
+                        self.save_session().await;
+                    }
                     if self.write(socket, Message::Ping(Default::default())).await.is_err() {
                         return Close::Gone;
                     }
@@ -343,6 +350,10 @@ impl Conn {
     /// Sends the close frame (if any), waits briefly for the client's, and saves the session
     /// with its positions so the client can resume on any pod.
     async fn finish(&mut self, socket: &mut WebSocket, close: Close) {
+        if let Close::ByClient = close {
+            // tungstenite queued the reply to the client's close frame: send it.
+            let _ = timeout(self.shared.config.close_grace, socket.flush()).await;
+        }
         if let Some((code, advice)) = close.frame() {
             self.shared
                 .metrics

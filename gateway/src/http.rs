@@ -26,11 +26,14 @@ use crate::{Shared, connection};
 
 pub async fn serve_public(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     let stop = shared.shutdown.clone();
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(shared);
+        .route("/readyz", get(readyz));
+    if shared.config.demo {
+        app = app.merge(crate::assets::demo_routes());
+    }
+    let app = app.with_state(shared);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -51,6 +54,8 @@ pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) -> std::io:
             shared.clone(),
             require_token,
         ))
+        // After the token layer: the page is static; its API calls carry the token.
+        .merge(crate::assets::fleet_routes())
         .with_state(shared);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -309,18 +309,24 @@ impl TopicTask {
     /// still held after that is ahead of messages history no longer has: released as is.
     async fn catch_up(&self, seq: &mut Sequencer<(Payload, Option<u64>)>) {
         let started = std::time::Instant::now();
-        let page = match self
-            .hub
-            .store
-            .history(&self.topic, seq.next().saturating_sub(1))
-            .await
-        {
+        let after = seq.next().saturating_sub(1);
+        let mut page = match self.hub.store.history(&self.topic, after).await {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(topic = %self.topic, error = %e, "history read failed; will retry");
                 return;
             }
         };
+        if page.top.epoch != *seq.epoch() {
+            // The history restarted under a new epoch: read it from its beginning.
+            match self.hub.store.history(&self.topic, 0).await {
+                Ok(fresh) => page = fresh,
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "history read failed; will retry");
+                    return;
+                }
+            }
+        }
         self.hub.metrics.store.observe("history", started);
         for m in page.messages {
             let arrival = seq.arrive(m.seq, &page.top.epoch, (m.data, None));

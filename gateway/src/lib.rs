@@ -32,7 +32,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod abuse;
 mod agent;
+pub mod assets;
+pub mod auth;
 pub mod client;
 mod cluster;
 pub mod config;

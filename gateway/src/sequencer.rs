@@ -55,11 +55,12 @@ impl<T> Sequencer<T> {
     /// Accepts one arrival.
     pub fn arrive(&mut self, seq: u64, epoch: &Epoch, item: T) -> Arrival<T> {
         if *epoch != self.epoch {
-            // The topic's history was lost and restarted: its sequence starts over. Anything held
-            // belonged to the old history and can never be filled.
+            // The topic's history was lost and restarted: its sequence starts over at 1 (what
+            // arrives first may be a later message; the gap is filled from the new history).
+            // Anything held belonged to the old history and can never be filled.
             self.epoch = epoch.clone();
             self.held.clear();
-            self.next = seq;
+            self.next = 1;
         }
         if seq < self.next || self.held.contains_key(&seq) {
             return Arrival::Duplicate;
@@ -127,8 +128,9 @@ mod tests {
         assert_eq!(s.skip_gap().len(), 1);
         assert_eq!(s.next(), 9);
         let new = Epoch::new("f");
-        assert_eq!(seqs(s.arrive(1, &new, ())), vec![1]);
+        assert_eq!(s.arrive(2, &new, ()), Arrival::Held);
         assert_eq!(s.epoch(), &new);
+        assert_eq!(seqs(s.arrive(1, &new, ())), vec![1, 2]);
     }
 
     proptest! {

@@ -112,9 +112,11 @@ impl Conn {
 
         let mut topics = HashMap::new();
         let mut replay = Vec::new();
+        let mut skipped = 0;
         for (topic, position) in restore {
             if self.subs.len() >= self.shared.config.max_subscriptions {
-                break;
+                skipped += 1;
+                continue;
             }
             match self.join(&topic, Some(position)).await {
                 Ok(joined) => {
@@ -152,6 +154,17 @@ impl Conn {
             topics,
         };
         self.reply(socket, &welcome).await?;
+        if skipped > 0 {
+            let reply = ServerFrame::error(
+                ErrorCode::LimitReached,
+                format!(
+                    "{skipped} subscriptions not restored: at most {} per connection",
+                    self.shared.config.max_subscriptions
+                ),
+                None,
+            );
+            self.reply(socket, &reply).await?;
+        }
         for (topic, joined) in replay {
             self.replay(socket, &topic, joined).await?;
         }

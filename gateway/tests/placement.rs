@@ -176,7 +176,13 @@ async fn connect_all(url: &str, n: usize) -> Vec<ResumingClient> {
 
 /// Publishes on `load` through a pod's `/api/publish` every `every` until told to stop (not a
 /// WebSocket: rebalancing may close any socket); returns the last seq.
-fn publisher(admin: std::net::SocketAddr, every: Duration) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<u64>) {
+fn publisher(
+    admin: std::net::SocketAddr,
+    every: Duration,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<u64>,
+) {
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         let mut n = 0;
@@ -185,7 +191,9 @@ fn publisher(admin: std::net::SocketAddr, every: Duration) -> (tokio::sync::ones
             let body = json!({"topic": "load", "data": {"n": n}}).to_string();
             let (status, reply) = http(admin, "POST", "/api/publish", Some(&body), None).await;
             assert_eq!(status, 200, "{reply}");
-            let last = serde_json::from_str::<Value>(&reply).unwrap()["seq"].as_u64().unwrap();
+            let last = serde_json::from_str::<Value>(&reply).unwrap()["seq"]
+                .as_u64()
+                .unwrap();
             tokio::select! {
                 _ = &mut rx => return last,
                 _ = tokio::time::sleep(every) => {}

@@ -28,7 +28,10 @@ impl Pod {
                     &format!("127.0.0.1:{admin}"),
                 ])
                 .args(args)
-                .env("RUST_LOG", std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit()),
         );
