@@ -7,7 +7,7 @@
 //! Every way a connection can end is a [`Close`], mapped to its close code in one place.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -20,6 +20,8 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite;
 
 use crate::Shared;
+use crate::abuse::{FrameLimiter, HandshakePermit};
+use crate::auth::Grants;
 use crate::control::ConnControl;
 use crate::hub::{ConnId, Delivery, Subscriber};
 use crate::metrics::CodeLabel;
@@ -46,6 +48,10 @@ pub enum Close {
     Protocol,
     /// The store could not open or restore the session.
     Unavailable,
+    /// Authentication failed (`unauthorized`), or the token expired (`token_expired`).
+    Auth(&'static str),
+    /// Sustained abuse of the frame or publish rate limits.
+    Abusive,
 }
 
 impl Close {
@@ -65,6 +71,12 @@ impl Close {
                 CloseCode::ProtocolError,
                 CloseAdvice::stop("protocol_error"),
             )),
+            Close::Auth("token_expired") => Some((
+                CloseCode::Policy,
+                CloseAdvice::reconnect(None).with_error("token_expired"),
+            )),
+            Close::Auth(error) => Some((CloseCode::Policy, CloseAdvice::stop(error))),
+            Close::Abusive => Some((CloseCode::Policy, CloseAdvice::stop("rate_limited"))),
             Close::Unavailable => Some((
                 CloseCode::TryAgainLater,
                 CloseAdvice::reconnect(Some(2_000)).with_error("unavailable"),
@@ -99,10 +111,22 @@ pub struct Conn {
     pub tx: mpsc::Sender<Arc<Delivery>>,
     pub session: Option<SessionState>,
     pub subs: HashMap<Topic, SubState>,
+    /// What the client may subscribe and publish to (everything with `--auth off`).
+    pub grants: Grants,
+    /// When the token expires: the connection closes then unless `refresh` moved it.
+    pub expires: Option<Instant>,
+    pub limiter: FrameLimiter,
+    /// Held from the upgrade until `welcome`: bounds handshakes in flight.
+    pub handshake: Option<HandshakePermit>,
 }
 
 /// Serves one upgraded socket until it closes.
-pub async fn serve(mut socket: WebSocket, shared: Arc<Shared>, peer: SocketAddr) {
+pub async fn serve(
+    mut socket: WebSocket,
+    shared: Arc<Shared>,
+    peer: IpAddr,
+    handshake: HandshakePermit,
+) {
     let control = Arc::new(ConnControl::new());
     let id = shared.connections.register(control.clone());
     let (tx, mut rx) = mpsc::channel(shared.config.outbound_queue);
@@ -113,6 +137,15 @@ pub async fn serve(mut socket: WebSocket, shared: Arc<Shared>, peer: SocketAddr)
         tx,
         session: None,
         subs: HashMap::new(),
+        grants: Grants::all(),
+        expires: None,
+        limiter: FrameLimiter::new(
+            shared
+                .config
+                .security
+                .frame_limits(shared.config.max_message_size),
+        ),
+        handshake: Some(handshake),
     };
     let close = conn.run(&mut socket, &mut rx).await;
     tracing::debug!(conn = id, %peer, ?close, "connection ending");
@@ -155,6 +188,9 @@ impl Conn {
                     }
                 }
                 _ = sleep_until(hello_deadline), if self.session.is_none() => return Close::HelloTimeout,
+                _ = sleep_until(self.expires.unwrap_or(hello_deadline)), if self.expires.is_some() => {
+                    return Close::Auth("token_expired");
+                }
                 _ = sleep_until(next_ping) => {
                     if last_seen.elapsed() >= config.idle_timeout {
                         return Close::Gone;
@@ -178,6 +214,9 @@ impl Conn {
         match message {
             Message::Text(text) => {
                 self.shared.metrics.conn.received.inc();
+                if !self.admit_frame(socket).await? {
+                    return Ok(());
+                }
                 match client::decode(text.as_str()) {
                     Ok(frame) => self.on_frame(socket, frame).await,
                     Err(e) => {
@@ -188,6 +227,9 @@ impl Conn {
             }
             Message::Binary(_) => {
                 self.shared.metrics.conn.received.inc();
+                if !self.admit_frame(socket).await? {
+                    return Ok(());
+                }
                 let reply = ServerFrame::error(
                     ErrorCode::BadRequest,
                     "binary frames are not supported: send JSON text frames",
@@ -241,29 +283,9 @@ impl Conn {
                 topic,
                 data,
                 reference,
-            } => {
-                let reply = match self.shared.publish(&topic, data).await {
-                    Ok(appended) => ServerFrame::Published {
-                        topic,
-                        seq: appended.seq,
-                        reference,
-                    },
-                    Err(e) => ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference),
-                };
-                self.reply(socket, &reply).await
-            }
+            } => self.publish(socket, topic, data, reference).await,
             F::Ping { reference } => self.reply(socket, &ServerFrame::Pong { reference }).await,
-            F::Refresh { reference, .. } => {
-                // With authentication off there is nothing to refresh; the token is not read.
-                self.reply(
-                    socket,
-                    &ServerFrame::Refreshed {
-                        exp: None,
-                        reference,
-                    },
-                )
-                .await
-            }
+            F::Refresh { token, reference } => self.refresh(socket, token, reference).await,
         }
     }
 

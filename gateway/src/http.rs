@@ -24,8 +24,10 @@ use tokio::net::TcpListener;
 use crate::metrics::OutcomeLabel;
 use crate::{Shared, connection};
 
+/// Serves the public port: a hyper HTTP/1 server per socket (so the upgrade request has a
+/// header-read deadline against slowloris), after reading a PROXY v2 header from trusted
+/// proxies when `--proxy-protocol` is on.
 pub async fn serve_public(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    let stop = shared.shutdown.clone();
     let mut app = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
@@ -33,13 +35,63 @@ pub async fn serve_public(listener: TcpListener, shared: Arc<Shared>) -> std::io
     if shared.config.demo {
         app = app.merge(crate::assets::demo_routes());
     }
-    let app = app.with_state(shared);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await
+    let app = app.with_state(shared.clone());
+    let stop = shared.shutdown.clone();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(serve_socket(tcp, peer, app.clone(), shared.clone()));
+    }
+}
+
+async fn serve_socket(
+    mut tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    shared: Arc<Shared>,
+) {
+    let security = &shared.config.security;
+    let deadline = security.header_read_timeout;
+    let trusted = security
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&crate::abuse::canonical(peer.ip())));
+    let peer = if security.proxy_protocol && trusted {
+        match tokio::time::timeout(deadline, crate::abuse::read_proxy_v2(&mut tcp)).await {
+            Ok(Ok(header)) => header.source.unwrap_or(peer),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "bad PROXY header; closing");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        peer
+    };
+    let _ = tcp.set_nodelay(true);
+    let service =
+        hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), req)
+        });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(deadline)
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+        .with_upgrades();
+    if let Err(e) = connection.await {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
 }
 
 pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
@@ -130,6 +182,26 @@ async fn upgrade(
     if !origin_allowed(&shared.config.allowed_origins, &headers) {
         return refuse(&shared, StatusCode::FORBIDDEN, "origin", None);
     }
+    let ip = crate::abuse::client_ip(peer, &headers, &shared.config.security.trusted_proxies);
+    let ip_guard = match shared.ip_limiter.admit(ip) {
+        Ok(guard) => guard,
+        Err(refusal) => {
+            return refuse(
+                &shared,
+                StatusCode::TOO_MANY_REQUESTS,
+                refusal.reason.as_str(),
+                Some(refusal.retry_after_secs),
+            );
+        }
+    };
+    let Some(permit) = shared.handshakes.try_acquire() else {
+        return refuse(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "handshakes",
+            Some(1),
+        );
+    };
     let Some(slot) = Slot::reserve(&shared) else {
         return refuse(
             &shared,
@@ -155,7 +227,8 @@ async fn upgrade(
         .max_message_size(c.max_message_size)
         .max_frame_size(c.max_message_size)
         .on_upgrade(move |socket| async move {
-            connection::serve(socket, shared, peer).await;
+            connection::serve(socket, shared, ip, permit).await;
+            drop(ip_guard);
             drop(slot);
             drop(token);
         })

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod abuse;
+mod access;
 mod agent;
 pub mod assets;
 pub mod auth;
@@ -74,6 +75,8 @@ pub enum GatewayError {
     Store(#[from] session_store::StoreError),
     #[error("backplane: {0}")]
     Backplane(#[from] backplane::BackplaneError),
+    #[error("authentication: {0}")]
+    Auth(#[from] auth::AuthError),
 }
 
 /// The sockets a gateway serves on, bound by the caller.
@@ -117,6 +120,9 @@ pub(crate) struct Shared {
     /// The public address, reported in heartbeats.
     pub public_addr: SocketAddr,
     pub cluster: cluster::ClusterView,
+    pub auth: auth::Authenticator,
+    pub ip_limiter: abuse::IpLimiter,
+    pub handshakes: abuse::HandshakeLimiter,
     /// Connections admitted (upgrades in flight included), bounded by `--max-connections`.
     pub slots: AtomicUsize,
 }
@@ -206,6 +212,7 @@ pub async fn run(
         max_len: config.history_size,
         ttl: config.history_ttl,
     };
+    let authenticator = auth::Authenticator::new(config.security.auth_config())?;
     let store = connect_store(&config, limits).await?;
     let backplane = connect_backplane(&config, &pod).await?;
     let root = CancellationToken::new();
@@ -232,6 +239,9 @@ pub async fn run(
         shutdown: root.clone(),
         tasks: TaskTracker::new(),
         slots: AtomicUsize::new(0),
+        auth: authenticator.clone(),
+        ip_limiter: abuse::IpLimiter::new(config.security.ip_limits()),
+        handshakes: abuse::HandshakeLimiter::new(config.security.max_handshakes),
         public_addr,
         cluster: cluster::ClusterView::default(),
         config,
@@ -243,6 +253,10 @@ pub async fn run(
     if let Some(agent) = listeners.agent {
         tokio::spawn(agent::serve(agent, shared.clone()));
     }
+    if let Err(e) = authenticator.refresh_jwks().await {
+        tracing::warn!(error = %e, "JWKS not loaded yet; retrying in the background");
+    }
+    authenticator.spawn_jwks_refresh(root.clone());
     tokio::spawn(cluster::run_heartbeats(shared.clone()));
     tokio::spawn(cluster::run_control(shared.clone()));
     tokio::spawn(cluster::run_rebalancer(shared.clone()));

@@ -28,6 +28,8 @@ enum Command {
     Drain(DrainArgs),
     /// Print the fleet: connections, share, capacity and draining per pod.
     Status(StatusArgs),
+    /// Mint an HS256 test token with the gateway's secret.
+    Token(gateway::auth::TokenArgs),
 }
 
 #[tokio::main]
@@ -45,6 +47,10 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Drain(args)) => {
             let target = Target::from_args(&args.target).await?;
             gateway::ops::drain(&target, &args, &mut std::io::stdout()).await?;
+            Ok(())
+        }
+        Some(Command::Token(args)) => {
+            println!("{}", gateway::auth::mint_from_args(&args)?);
             Ok(())
         }
         Some(Command::Status(args)) => {

@@ -37,11 +37,11 @@ impl Conn {
     pub(crate) async fn hello(
         &mut self,
         socket: &mut WebSocket,
-        _token: Option<String>,
+        token: Option<String>,
         resume: Option<String>,
         positions: HashMap<Topic, Position>,
     ) -> Result<(), Close> {
-        let user: Option<String> = None;
+        let user = self.authenticate(token)?;
         let previous = match resume.as_deref().map(ResumeToken::parse) {
             Some(Ok(token)) => match self.shared.store.load_session(&token.session).await {
                 // A session resumes only with its secret and only for the same user.
@@ -92,6 +92,9 @@ impl Conn {
             // The client's own positions are what it really received: they win over ours.
             restore.extend(positions);
         }
+        // Grants may have shrunk since the session was saved (a new token): restore only what
+        // this token allows.
+        restore.retain(|topic, _| self.grants.can_subscribe(topic));
         if let Some(old) = self
             .shared
             .connections
@@ -154,6 +157,8 @@ impl Conn {
             topics,
         };
         self.reply(socket, &welcome).await?;
+        // The handshake is over: let the next one in.
+        self.handshake = None;
         if skipped > 0 {
             let reply = ServerFrame::error(
                 ErrorCode::LimitReached,
@@ -169,6 +174,37 @@ impl Conn {
             self.replay(socket, &topic, joined).await?;
         }
         Ok(())
+    }
+
+    /// Checks `hello.token` and sets the connection's grants and expiry; returns the user.
+    fn authenticate(&mut self, token: Option<String>) -> Result<Option<String>, Close> {
+        let auth = &self.shared.auth;
+        if auth.mode() == crate::auth::AuthMode::Off {
+            self.grants = crate::auth::Grants::all();
+            return Ok(None);
+        }
+        match token {
+            Some(token) => match auth.verify(&token) {
+                Ok(identity) => {
+                    self.expires = identity
+                        .expires_in()
+                        .map(|d| tokio::time::Instant::now() + d);
+                    self.grants = identity.grants;
+                    Ok(Some(identity.user))
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e, "token refused");
+                    Err(Close::Auth(e.close_error()))
+                }
+            },
+            None => match auth.anonymous() {
+                Some(grants) => {
+                    self.grants = grants;
+                    Ok(None)
+                }
+                None => Err(Close::Auth("unauthorized")),
+            },
+        }
     }
 
     pub(crate) async fn subscribe(
@@ -187,6 +223,14 @@ impl Conn {
                 recovered: None,
                 reference,
             };
+            return self.reply(socket, &reply).await;
+        }
+        if !self.grants.can_subscribe(&topic) {
+            let reply = ServerFrame::error(
+                ErrorCode::Forbidden,
+                format!("may not subscribe to {topic}"),
+                reference,
+            );
             return self.reply(socket, &reply).await;
         }
         if self.subs.len() >= self.shared.config.max_subscriptions {

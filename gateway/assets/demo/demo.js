@@ -85,20 +85,19 @@ let sub = client.subscribe(topic, onMessage, { onGap });
 
 let lostAt = null;
 let lostPod = null;
-client.on('state', (state, info) => {
+let afterMs = null;
+client.on('state', (state) => {
   const badge = $('state');
   badge.textContent = state;
   badge.dataset.state = state;
-  if (state === 'reconnecting' && info.delayMs != null) {
-    log(`reconnecting in ${info.delayMs} ms (attempt ${info.attempt})`);
-  } else if (state !== 'connected') {
-    log(state);
-  }
+  if (state === 'connecting' || state === 'closed') log(state);
 });
+client.on('reconnecting', (info) => log(`reconnecting in ${info.delayMs} ms (attempt ${info.attempt})`));
 client.on('close', (info) => {
   if (lostAt == null) {
     lostAt = performance.now();
     lostPod = client.pod;
+    afterMs = info.advice && info.advice.after_ms != null ? info.advice.after_ms : null;
   }
   const why = info.error ? ` ${info.error}` : '';
   const after = info.advice && info.advice.after_ms != null ? `, after_ms ${info.advice.after_ms}` : '';
@@ -109,7 +108,7 @@ client.on('welcome', (w) => {
   $('session').textContent = w.session.slice(0, 8);
   if (lostAt != null) {
     const ms = Math.round(performance.now() - lostAt);
-    demo.resumes.push({ ms, from: lostPod, to: w.pod, resumed: w.resumed });
+    demo.resumes.push({ ms, afterMs, from: lostPod, to: w.pod, resumed: w.resumed });
     log(`${w.resumed ? 'resumed session' : 'new session'} on ${w.pod} after ${ms} ms (was on ${lostPod || '–'})`, 'good');
     lostAt = null;
   } else {

@@ -59,3 +59,48 @@ pub fn mint_hs256(
     )
     .map_err(|e| AuthError::Config(format!("cannot sign: {e}")))
 }
+
+/// Flags of `gateway token`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// HS256 secret file (else the GATEWAY_JWT_SECRET environment variable).
+    #[arg(long, env = "GATEWAY_JWT_SECRET_FILE")]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The user id (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// Topic patterns the user may subscribe to (comma-separated; `*` suffix, `{user}`).
+    #[arg(long, value_delimiter = ',')]
+    pub sub_topics: Vec<String>,
+    /// Topic patterns the user may publish to.
+    #[arg(long, value_delimiter = ',')]
+    pub pub_topics: Vec<String>,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    #[arg(long)]
+    pub issuer: Option<String>,
+    #[arg(long)]
+    pub audience: Option<String>,
+}
+
+/// `gateway token`: mints a test token with the gateway's own HS256 secret.
+pub fn mint_from_args(args: &TokenArgs) -> Result<String, AuthError> {
+    let secret = match &args.secret_file {
+        Some(path) => keys::read_secret_file(path)?,
+        None => std::env::var(super::SECRET_ENV)
+            .map(String::into_bytes)
+            .map_err(|_| {
+                AuthError::Config("give --secret-file or set GATEWAY_JWT_SECRET".into())
+            })?,
+    };
+    mint_hs256(
+        &secret,
+        &args.sub,
+        &args.sub_topics,
+        &args.pub_topics,
+        args.ttl,
+        args.issuer.as_deref(),
+        args.audience.as_deref(),
+    )
+}

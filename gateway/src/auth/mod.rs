@@ -28,7 +28,7 @@ mod tests_config;
 
 use jwks::Jwks;
 use keys::Key;
-pub use mint::mint_hs256;
+pub use mint::{TokenArgs, mint_from_args, mint_hs256};
 pub use permissions::{Grants, InvalidPattern, TopicSet, check_pattern};
 
 /// The environment variable holding an HS256 secret (an alternative to a secret file; never a

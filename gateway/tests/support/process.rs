@@ -27,6 +27,7 @@ impl Pod {
                     "--admin-listen",
                     &format!("127.0.0.1:{admin}"),
                 ])
+                .args(unlimited(args))
                 .args(args)
                 .env(
                     "RUST_LOG",
@@ -80,4 +81,20 @@ impl Pod {
                 .success()
         );
     }
+}
+
+/// Abuse limits off unless the test sets them: tests connect many clients from one address.
+fn unlimited(args: &[&str]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for (flag, value) in [
+        ("--max-conns-per-ip", "0"),
+        ("--max-new-conns-per-ip", "0"),
+        ("--max-frame-rate", "0"),
+        ("--max-publish-bytes-rate", "0"),
+    ] {
+        if !args.contains(&flag) {
+            out.extend([flag, value]);
+        }
+    }
+    out
 }

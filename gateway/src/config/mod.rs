@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+mod security;
+
+pub use security::SecurityConfig;
+
 /// Flags of `gateway serve` (the default command).
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -156,6 +160,9 @@ pub struct Config {
     /// After the last close frame, how long to wait for clients' close handshakes before exit.
     #[arg(long, env = "GATEWAY_CLOSE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub close_grace: Duration,
+
+    #[command(flatten)]
+    pub security: SecurityConfig,
 }
 
 /// A configuration that cannot work.
@@ -173,6 +180,12 @@ pub enum ConfigError {
     SameAddress(SocketAddr),
     #[error("--allowed-origins entry {0:?} must look like scheme://host[:port]")]
     Origin(String),
+    #[error(
+        "--admin-listen {0} is not loopback: set --admin-token (or --admin-insecure to allow it)"
+    )]
+    AdminExposed(SocketAddr),
+    #[error("--max-handshakes must be greater than zero")]
+    Handshakes,
     #[error("--key-prefix {0:?} may only contain A-Z a-z 0-9 _ -")]
     KeyPrefix(String),
 }
@@ -227,6 +240,15 @@ impl Config {
             if !origin.contains("://") || origin.ends_with('/') {
                 return Err(ConfigError::Origin(origin.clone()));
             }
+        }
+        if !self.admin_listen.ip().is_loopback()
+            && self.admin_token.is_none()
+            && !self.security.admin_insecure
+        {
+            return Err(ConfigError::AdminExposed(self.admin_listen));
+        }
+        if self.security.max_handshakes == 0 {
+            return Err(ConfigError::Handshakes);
         }
         if self.key_prefix.is_empty()
             || !self

@@ -1,0 +1,139 @@
+//! What a connection may do: its rate limits, publishing under its grants, and `refresh`.
+//!
+//! Every frame passes [`Conn::admit_frame`] first: over the frame rate it is answered with
+//! `rate_limited` and dropped; sustained abuse closes the connection with 1008. Publishing also
+//! spends the byte budget. Grants come from the token (see `auth`) and change only on `refresh`,
+//! which removes the subscriptions the new token no longer allows.
+
+use axum::extract::ws::WebSocket;
+use protocol::client::Ref;
+use protocol::{ErrorCode, Payload, ServerFrame, Topic};
+
+use crate::abuse::Verdict;
+use crate::auth::AuthMode;
+use crate::connection::{Close, Conn};
+
+impl Conn {
+    /// Whether the frame may be processed; answers `rate_limited` when not.
+    pub(crate) async fn admit_frame(&mut self, socket: &mut WebSocket) -> Result<bool, Close> {
+        let verdict = self.limiter.check_frame();
+        self.rate_verdict(socket, verdict, None).await
+    }
+
+    async fn rate_verdict(
+        &mut self,
+        socket: &mut WebSocket,
+        verdict: Verdict,
+        reference: Option<Ref>,
+    ) -> Result<bool, Close> {
+        match verdict {
+            Verdict::Allow => Ok(true),
+            Verdict::Limited => {
+                let reply = ServerFrame::error(
+                    ErrorCode::RateLimited,
+                    "slow down: frame dropped",
+                    reference,
+                );
+                self.reply(socket, &reply).await?;
+                Ok(false)
+            }
+            Verdict::Abusive => Err(Close::Abusive),
+        }
+    }
+
+    pub(crate) async fn publish(
+        &mut self,
+        socket: &mut WebSocket,
+        topic: Topic,
+        data: Payload,
+        reference: Option<Ref>,
+    ) -> Result<(), Close> {
+        if !self.grants.can_publish(&topic) {
+            let reply = ServerFrame::error(
+                ErrorCode::Forbidden,
+                format!("may not publish to {topic}"),
+                reference,
+            );
+            return self.reply(socket, &reply).await;
+        }
+        let verdict = self.limiter.check_publish(data.len());
+        if !self.rate_verdict(socket, verdict, reference).await? {
+            return Ok(());
+        }
+        let reply = match self.shared.publish(&topic, data).await {
+            Ok(appended) => ServerFrame::Published {
+                topic,
+                seq: appended.seq,
+                reference,
+            },
+            Err(e) => ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference),
+        };
+        self.reply(socket, &reply).await
+    }
+
+    /// `refresh`: a new token for the same user; grants and expiry follow it.
+    pub(crate) async fn refresh(
+        &mut self,
+        socket: &mut WebSocket,
+        token: String,
+        reference: Option<Ref>,
+    ) -> Result<(), Close> {
+        if self.shared.auth.mode() == AuthMode::Off {
+            // Nothing to refresh; the token is not read.
+            return self
+                .reply(
+                    socket,
+                    &ServerFrame::Refreshed {
+                        exp: None,
+                        reference,
+                    },
+                )
+                .await;
+        }
+        let identity = match self.shared.auth.verify(&token) {
+            Ok(identity) => identity,
+            Err(e) => {
+                let reply = ServerFrame::error(ErrorCode::Unauthorized, e.close_error(), reference);
+                return self.reply(socket, &reply).await;
+            }
+        };
+        let user = self.session.as_ref().and_then(|s| s.user.clone());
+        if user.as_deref() != Some(identity.user.as_str()) {
+            let reply = ServerFrame::error(
+                ErrorCode::Forbidden,
+                "a refreshed token must be for the same user",
+                reference,
+            );
+            return self.reply(socket, &reply).await;
+        }
+        self.expires = identity
+            .expires_in()
+            .map(|d| tokio::time::Instant::now() + d);
+        self.grants = identity.grants;
+        let revoked: Vec<Topic> = self
+            .subs
+            .keys()
+            .filter(|t| !self.grants.can_subscribe(t))
+            .cloned()
+            .collect();
+        for topic in revoked {
+            self.subs.remove(&topic);
+            self.shared.hub.unsubscribe(&topic, self.id);
+            self.shared.metrics.conn.subscriptions.dec();
+            let reply = ServerFrame::Unsubscribed {
+                topic,
+                reason: Some("forbidden"),
+                reference: None,
+            };
+            self.reply(socket, &reply).await?;
+        }
+        self.reply(
+            socket,
+            &ServerFrame::Refreshed {
+                exp: identity.exp,
+                reference,
+            },
+        )
+        .await
+    }
+}
