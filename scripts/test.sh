@@ -48,4 +48,7 @@ cargo test --workspace --locked
 say "deploy/ manifests (offline validation)"
 bash scripts/validate-manifests.sh
 
+say "JS SDK, demo and fleet pages (Node tests and headless Chromium)"
+bash scripts/test-js.sh
+
 say "all checks passed"

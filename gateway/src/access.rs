@@ -15,9 +15,13 @@ use crate::connection::{Close, Conn};
 
 impl Conn {
     /// Whether the frame may be processed; answers `rate_limited` when not.
-    pub(crate) async fn admit_frame(&mut self, socket: &mut WebSocket) -> Result<bool, Close> {
+    pub(crate) async fn admit_frame(
+        &mut self,
+        socket: &mut WebSocket,
+        reference: Option<Ref>,
+    ) -> Result<bool, Close> {
         let verdict = self.limiter.check_frame();
-        self.rate_verdict(socket, verdict, None).await
+        self.rate_verdict(socket, verdict, reference).await
     }
 
     async fn rate_verdict(

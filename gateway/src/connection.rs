@@ -214,10 +214,16 @@ impl Conn {
         match message {
             Message::Text(text) => {
                 self.shared.metrics.conn.received.inc();
-                if !self.admit_frame(socket).await? {
+                // Decode first so a rate-limited frame's `rate_limited` carries its `ref`.
+                let decoded = client::decode(text.as_str());
+                let reference = match &decoded {
+                    Ok(frame) => reference_of(frame),
+                    Err(e) => e.reference(),
+                };
+                if !self.admit_frame(socket, reference).await? {
                     return Ok(());
                 }
-                match client::decode(text.as_str()) {
+                match decoded {
                     Ok(frame) => self.on_frame(socket, frame).await,
                     Err(e) => {
                         let reply = ServerFrame::error(e.code(), e.to_string(), e.reference());
@@ -227,7 +233,7 @@ impl Conn {
             }
             Message::Binary(_) => {
                 self.shared.metrics.conn.received.inc();
-                if !self.admit_frame(socket).await? {
+                if !self.admit_frame(socket, None).await? {
                     return Ok(());
                 }
                 let reply = ServerFrame::error(

