@@ -145,16 +145,20 @@ pub async fn run_heartbeats(shared: Arc<Shared>) {
 }
 
 /// Handles this pod's control subject until shutdown.
-pub async fn run_control(shared: Arc<Shared>) {
+pub async fn run_control(shared: Arc<Shared>, ready: Option<backplane::Subscription>) {
     let subject = Subject::Control(shared.pod.clone());
-    let mut sub = loop {
-        match shared.backplane.subscribe(&subject).await {
-            Ok(sub) => break sub,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot subscribe to control subject; retrying");
-                tokio::select! {
-                    _ = shared.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    let mut sub = if let Some(sub) = ready {
+        sub
+    } else {
+        loop {
+            match shared.backplane.subscribe(&subject).await {
+                Ok(sub) => break sub,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe to control subject; retrying");
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                 }
             }
         }

@@ -248,6 +248,15 @@ pub async fn run(
     });
     tracing::info!(%pod, %public_addr, %admin_addr, "gateway listening");
 
+    // Listen on our control subject before taking clients: a takeover sent by another pod
+    // right after a client resumed there must not be missed. (With NATS down this returns at
+    // once and the subscription goes live on reconnect.)
+    let control = shared
+        .backplane
+        .subscribe(&Subject::Control(pod.clone()))
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "control subject not subscribed yet; retrying"))
+        .ok();
     let public = tokio::spawn(http::serve_public(listeners.public, shared.clone()));
     let admin = tokio::spawn(http::serve_admin(listeners.admin, shared.clone()));
     if let Some(agent) = listeners.agent {
@@ -258,7 +267,7 @@ pub async fn run(
     }
     authenticator.spawn_jwks_refresh(root.clone());
     tokio::spawn(cluster::run_heartbeats(shared.clone()));
-    tokio::spawn(cluster::run_control(shared.clone()));
+    tokio::spawn(cluster::run_control(shared.clone(), control));
     tokio::spawn(cluster::run_rebalancer(shared.clone()));
 
     // Either a signal (the caller's future) or an operator's drain request starts the drain;
