@@ -60,15 +60,10 @@ say "npm ci (clients/js: ws, playwright-core; no browser download)"
 
 say "cargo build -p gateway"
 cargo build -p gateway --locked
-# The tests run a private copy, so a concurrent build into target/ cannot swap it mid-run.
+cargo_target=${CARGO_TARGET_DIR:-$root/target}
+# The tests run a private copy, so a later build cannot swap the binary mid-run.
 mkdir -p target/test-output/js target/js-test
-cp target/debug/gateway target/js-test/gateway
-if ! target/js-test/gateway --help | grep -q -- '--demo'; then
-  # target/debug/gateway came from another checkout sharing this target dir: build our own.
-  echo "target/debug/gateway has no --demo; building this checkout into target/js-test/cargo"
-  CARGO_TARGET_DIR=target/js-test/cargo cargo build -p gateway --locked
-  cp target/js-test/cargo/debug/gateway target/js-test/gateway
-fi
+cp "$cargo_target/debug/gateway" target/js-test/gateway
 export GATEWAY_BIN="$root/target/js-test/gateway"
 
 say "node --test: SDK unit tests, real gateways, browser (headless chromium)"

@@ -209,8 +209,14 @@ pub fn excess(pods: &[PodView], me: &str, tolerance: f64) -> u64 {
     let total: u64 = live.iter().map(|p| p.beat.connections).sum();
     let mean = total as f64 / live.len() as f64;
     let have = mine.beat.connections as f64;
-    // Below two connections of excess, shedding just moves the imbalance to another pod.
-    if have <= mean * (1.0 + tolerance) || have - mean < 2.0 {
+    // Shed when this pod is too far above the mean, or when another pod is too far below it
+    // (a new pod after a scale-out): stopping at mean × (1 + tolerance) would leave the new pod
+    // short for good. Below two connections of excess, shedding just moves the imbalance.
+    let above = have > mean * (1.0 + tolerance);
+    let laggard = live
+        .iter()
+        .any(|p| (p.beat.connections as f64) < mean * (1.0 - tolerance));
+    if !(above || laggard) || have - mean < 2.0 {
         return 0;
     }
     (have - mean).floor() as u64
@@ -308,6 +314,15 @@ mod tests {
             pod("c", 95, false),
         ];
         assert_eq!(excess(&even, "a", 0.1), 0);
+        // Within tolerance of the mean itself, but the new pod is far below: keep shedding.
+        let stuck = [
+            pod("a", 1_061, false),
+            pod("b", 1_100, false),
+            pod("c", 840, false),
+        ];
+        assert_eq!(excess(&stuck, "b", 0.1), 99);
+        assert_eq!(excess(&stuck, "a", 0.1), 60);
+        assert_eq!(excess(&stuck, "c", 0.1), 0);
         // A draining pod is not a target: its clients leave anyway.
         let draining = [
             pod("a", 100, false),

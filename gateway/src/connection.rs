@@ -150,7 +150,7 @@ pub async fn serve(
     let close = conn.run(&mut socket, &mut rx).await;
     tracing::debug!(conn = id, %peer, ?close, "connection ending");
     let started = std::time::Instant::now();
-    conn.finish(&mut socket, close).await;
+    Box::pin(conn.finish(&mut socket, close)).await;
     shared.connections.remove(id);
     tracing::debug!(conn = id, took = ?started.elapsed(), "connection closed");
 }
@@ -172,7 +172,9 @@ impl Conn {
                 biased;
                 (code, advice) = control.requested() => return Close::Requested(code, advice),
                 Some(first) = rx.recv(), if self.session.is_some() => {
-                    if let Err(close) = self.deliver(socket, rx, first).await {
+                    // Boxed: the handlers' state machines are large, and inlined they would be
+                    // reserved in every idle connection's task (about 12 KiB each).
+                    if let Err(close) = Box::pin(self.deliver(socket, rx, first)).await {
                         return close;
                     }
                 }
@@ -183,7 +185,7 @@ impl Conn {
                         Some(Ok(message)) => message,
                         Some(Err(e)) => return read_error(e),
                     };
-                    if let Err(close) = self.on_message(socket, message).await {
+                    if let Err(close) = Box::pin(self.on_message(socket, message)).await {
                         return close;
                     }
                 }
@@ -226,7 +228,8 @@ impl Conn {
                 match decoded {
                     Ok(frame) => self.on_frame(socket, frame).await,
                     Err(e) => {
-                        let reply = ServerFrame::error(e.code(), e.to_string(), e.reference());
+                        let message = bounded(e.to_string());
+                        let reply = ServerFrame::error(e.code(), message, e.reference());
                         self.reply(socket, &reply).await
                     }
                 }
@@ -433,6 +436,24 @@ fn reference_of(frame: &client::ClientFrame) -> Option<client::Ref> {
         | F::Ping { reference }
         | F::Refresh { reference, .. } => *reference,
     }
+}
+
+/// Longest decode error message sent back, in bytes.
+const MAX_ERROR_MESSAGE: usize = 200;
+
+/// Cuts a decode error message: serde's quotes the offending value, which can be as long as
+/// the frame and, escaped twice (Debug, then JSON), twice as long: more than the write buffer
+/// holds, which would drop the connection instead of answering.
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut cut = MAX_ERROR_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
 }
 
 /// Maps a read error to how the connection ends.

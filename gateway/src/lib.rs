@@ -92,7 +92,7 @@ impl Listeners {
     /// Binds the addresses of `config`.
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
         Ok(Self {
-            public: TcpListener::bind(config.listen).await?,
+            public: bind_with_backlog(config.listen)?,
             admin: TcpListener::bind(config.admin_listen).await?,
             agent: match config.agent_listen {
                 Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -100,6 +100,19 @@ impl Listeners {
             },
         })
     }
+}
+
+/// Binds with a deep accept queue: after a drain or a restart thousands of clients reconnect
+/// within a second, and the default backlog (128) turns that into SYN retries of 1 s and 3 s.
+fn bind_with_backlog(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// What every part of a running gateway shares.

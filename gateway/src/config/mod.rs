@@ -124,7 +124,7 @@ pub struct Config {
     pub topic_resync_interval: Duration,
 
     /// tungstenite read buffer per connection, in bytes. Small keeps idle connections cheap.
-    #[arg(long, env = "GATEWAY_READ_BUFFER_SIZE", default_value_t = 4 * 1024)]
+    #[arg(long, env = "GATEWAY_READ_BUFFER_SIZE", default_value_t = 1024)]
     pub read_buffer_size: usize,
 
     /// Bytes buffered per connection before a write goes to the socket; writes are batched up to
