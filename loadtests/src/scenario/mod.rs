@@ -1,0 +1,8 @@
+//! The scenarios, one module each, sharing [`common`].
+
+pub mod common;
+pub mod connect;
+pub mod drain;
+pub mod fanout;
+pub mod rebalance;
+pub mod storm;

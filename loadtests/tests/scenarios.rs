@@ -1,0 +1,289 @@
+//! Every scenario end to end at tiny scale against real gateways (and the baseline), asserting
+//! wsload's own bookkeeping. No timing assertions: the machine is shared and noisy.
+
+mod support;
+
+use loadtests::scenario::{connect, drain, fanout, rebalance, storm};
+use serde_json::Value;
+use support::{Fault, Pod, baseline, faulty_proxy, parse};
+use test_support::{NatsServer, RedisServer};
+
+fn totals(report: &Value) -> (u64, u64, u64, u64, u64) {
+    let t = &report["totals"];
+    let n = |k: &str| {
+        t[k].as_u64()
+            .unwrap_or_else(|| panic!("totals.{k} in {report}"))
+    };
+    (
+        n("expected"),
+        n("delivered"),
+        n("lost"),
+        n("duplicates"),
+        n("order_violations"),
+    )
+}
+
+fn assert_clean(report: &Value) {
+    let (expected, delivered, lost, dups, order) = totals(report);
+    assert!(expected > 0, "nothing was expected: {report}");
+    assert_eq!(
+        (delivered, lost, dups, order),
+        (expected, 0, 0, 0),
+        "{report}"
+    );
+    assert_eq!(report["failed_sessions"], 0, "{report}");
+}
+
+fn fanout_flags(url: &str) -> Vec<String> {
+    [
+        "--url",
+        url,
+        "--subscribers",
+        "20",
+        "--topics",
+        "2",
+        "--publishers",
+        "2",
+        "--rate",
+        "40",
+        "--duration",
+        "2",
+        "--max-duration",
+        "60",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+async fn fanout_via(url: &str, extra: &[&str]) -> Value {
+    let mut flags = fanout_flags(url);
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    fanout::run(parse(&flags)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_on_one_gateway_loses_nothing() {
+    let pod = Pod::start(|_| {}).await;
+    let report = fanout_via(&pod.ws_url(), &[]).await;
+    assert_clean(&report);
+    assert_eq!(report["pods"]["pod-0"], 20, "{report}");
+    assert!(report["published"]["acked"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_on_the_baseline_loses_nothing() {
+    let url = baseline().await;
+    let report = fanout_via(&url, &["--target", "baseline"]).await;
+    assert_clean(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_step_mode_records_steps() {
+    let url = baseline().await;
+    let report = fanout_via(
+        &url,
+        &[
+            "--target",
+            "baseline",
+            "--step",
+            "--max-rate",
+            "100",
+            "--step-factor",
+            "2",
+        ],
+    )
+    .await;
+    // 40 then 80 msg/s; 160 is above --max-rate (unless p99 stopped it first).
+    let steps = report["steps"].as_array().unwrap();
+    assert!(!steps.is_empty() && steps.len() <= 2, "{report}");
+    assert_clean(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_message_is_reported_lost() {
+    let pod = Pod::start(|_| {}).await;
+    let proxy = faulty_proxy(pod.ws_url(), Fault::Drop).await;
+    let report = fanout_via(&proxy, &["--settle", "2"]).await;
+    let (expected, delivered, lost, dups, order) = totals(&report);
+    assert_eq!((lost, dups, order), (1, 0, 0), "{report}");
+    assert_eq!(delivered, expected - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicated_message_is_reported_as_a_duplicate() {
+    let pod = Pod::start(|_| {}).await;
+    let proxy = faulty_proxy(pod.ws_url(), Fault::Duplicate).await;
+    let report = fanout_via(&proxy, &[]).await;
+    let (expected, delivered, lost, dups, order) = totals(&report);
+    assert_eq!((lost, dups, order), (0, 1, 0), "{report}");
+    assert_eq!(delivered, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_order_message_is_an_order_violation() {
+    let pod = Pod::start(|_| {}).await;
+    let proxy = faulty_proxy(pod.ws_url(), Fault::Swap).await;
+    let report = fanout_via(&proxy, &[]).await;
+    let (expected, delivered, lost, dups, order) = totals(&report);
+    assert_eq!((lost, dups, order), (0, 0, 1), "{report}");
+    assert_eq!(delivered, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_opens_every_session_and_reads_rss() {
+    let pod = Pod::start(|_| {}).await;
+    let pid = std::process::id().to_string();
+    let url = pod.ws_url();
+    let args: connect::ConnectArgs = parse(&[
+        "--url",
+        &url,
+        "--clients",
+        "20",
+        "--topics",
+        "3",
+        "--gateway-pid",
+        &pid,
+        "--hold",
+        "0",
+    ]);
+    let report = connect::run(args).await.unwrap();
+    assert_eq!(
+        (report["ready"].as_u64(), report["failed"].as_u64()),
+        (Some(20), Some(0))
+    );
+    assert!(
+        report["gateway_rss_after"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(report["handshakes_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_spreads_over_worker_processes() {
+    // The workers are this crate's own binary, which cargo builds for integration tests.
+    let Some(exe) = option_env!("CARGO_BIN_EXE_wsload") else {
+        return;
+    };
+    let pod = Pod::start(|_| {}).await;
+    let out = tokio::process::Command::new(exe)
+        .args([
+            "connect",
+            "--url",
+            &pod.ws_url(),
+            "--clients",
+            "20",
+            "--per-worker",
+            "8",
+        ])
+        .args(["--hold", "0", "--json", "/dev/stdout"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json_start = text.find('{').unwrap();
+    let report: Value = serde_json::from_str(&text[json_start..]).unwrap();
+    assert_eq!(
+        (report["workers"].as_u64(), report["ready"].as_u64()),
+        (Some(3), Some(20))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_brings_every_session_back() {
+    let pod = Pod::start(|_| {}).await;
+    let url = pod.ws_url();
+    let args: storm::StormArgs = parse(&["--url", &url, "--clients", "20", "--topics", "2"]);
+    let report = storm::run(args).await.unwrap();
+    assert_eq!(report["accepted"], 20, "{report}");
+    assert_eq!(report["failed_sessions"], 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_of_one_pod_loses_nothing() {
+    let (redis, nats) = (RedisServer::start(), NatsServer::start());
+    let mut pods = Vec::new();
+    for i in 0..3 {
+        // No rebalancing: it would move clients off pod-0 before the drain does.
+        let name = format!("pod-{i}");
+        pods.push(Pod::in_fleet(&redis.url(), &nats.url(), &name, |c| c.rebalance_rate = 0).await);
+    }
+    let (u0, u1, u2, admin) = (
+        pods[0].ws_url(),
+        pods[1].ws_url(),
+        pods[2].ws_url(),
+        pods[0].admin_url(),
+    );
+    let args: drain::DrainArgs = parse(&[
+        "--url",
+        &u0,
+        "--reconnect-url",
+        &u1,
+        "--reconnect-url",
+        &u2,
+        "--admin",
+        &admin,
+        "--clients",
+        "20",
+        "--topics",
+        "2",
+        "--publishers",
+        "1",
+        "--rate",
+        "20",
+        "--warmup",
+        "1",
+        "--tail",
+        "1",
+    ]);
+    let report = drain::run(args).await.unwrap();
+    assert_eq!(report["goaways_1001"], 20, "{report}");
+    assert_eq!(report["resumed"], 20, "{report}");
+    assert_clean(&report);
+    assert_eq!(report["pods_first"]["pod-0"], 20, "{report}");
+    assert!(report["pods_last"].get("pod-0").is_none(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_onto_a_new_pod_loses_nothing() {
+    let (redis, nats) = (RedisServer::start(), NatsServer::start());
+    let mut pods = Vec::new();
+    for i in 0..3 {
+        pods.push(Pod::in_fleet(&redis.url(), &nats.url(), &format!("pod-{i}"), |_| {}).await);
+    }
+    let (u0, u1, new_url, new_admin) = (
+        pods[0].ws_url(),
+        pods[1].ws_url(),
+        pods[2].ws_url(),
+        pods[2].admin_url(),
+    );
+    let args: rebalance::RebalanceArgs = parse(&[
+        "--url",
+        &u0,
+        "--url",
+        &u1,
+        "--new-url",
+        &new_url,
+        "--new-admin",
+        &new_admin,
+        "--clients",
+        "30",
+        "--topics",
+        "2",
+        "--rate",
+        "20",
+        "--timeout",
+        "8",
+        "--tail",
+        "1",
+    ]);
+    let report = rebalance::run(args).await.unwrap();
+    // Whether and when the fleet converges is the benchmark's question, not the test's.
+    assert_eq!(report["new_pod_seen"], true, "{report}");
+    assert_clean(&report);
+}
