@@ -89,8 +89,9 @@ async fn serve_socket(
         .header_read_timeout(deadline)
         .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
         .with_upgrades();
-    if let Err(e) = connection.await {
-        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    match connection.await {
+        Ok(()) => tracing::trace!(%peer, "HTTP connection done"),
+        Err(e) => tracing::debug!(%peer, error = %e, "HTTP connection ended"),
     }
 }
 

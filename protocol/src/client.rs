@@ -125,6 +125,11 @@ struct Envelope<'a> {
 
 /// Decodes one text frame.
 pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
+    // serde would also read a struct from a JSON array of its fields in order: only objects
+    // are frames.
+    if !text.trim_start().starts_with('{') {
+        return Err(DecodeError::NotJson("a frame must be a JSON object".into()));
+    }
     let env: Envelope<'_> =
         serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let reference = env.reference;
@@ -226,6 +231,7 @@ mod tests {
         let e = decode(r#"{"type":"subscribe","topic":"a b","ref":5}"#).unwrap_err();
         assert_eq!((e.code(), e.reference()), (ErrorCode::BadRequest, Some(5)));
         assert_eq!(decode("[1]").unwrap_err().code(), ErrorCode::BadRequest);
+        assert!(decode(r#"["subscribe",7,"chat.a",null,null,null,null,null]"#).is_err());
         assert_eq!(decode("{").unwrap_err().code(), ErrorCode::BadRequest);
         assert_eq!(decode("{}").unwrap_err(), DecodeError::MissingType);
     }
