@@ -161,10 +161,14 @@ impl Conn {
         socket: &mut WebSocket,
         rx: &mut mpsc::Receiver<Arc<Delivery>>,
     ) -> Close {
-        let config = self.shared.config.clone();
-        let hello_deadline = Instant::now() + config.handshake_timeout;
+        // Copies of the few settings needed here: the whole Config would sit in every idle
+        // connection's task.
+        let c = &self.shared.config;
+        let (ping_interval, idle_timeout) = (c.ping_interval, c.idle_timeout);
+        let save_every = c.resume_window / 2;
+        let hello_deadline = Instant::now() + c.handshake_timeout;
         let mut last_seen = Instant::now();
-        let mut next_ping = Instant::now() + config.ping_interval;
+        let mut next_ping = Instant::now() + ping_interval;
         let mut last_saved = Instant::now();
         let control = self.control.clone();
         loop {
@@ -194,15 +198,16 @@ impl Conn {
                     return Close::Auth("token_expired");
                 }
                 _ = sleep_until(next_ping) => {
-                    if last_seen.elapsed() >= config.idle_timeout {
+                    if last_seen.elapsed() >= idle_timeout {
                         return Close::Gone;
                     }
-                    next_ping = Instant::now() + config.ping_interval;
+                    next_ping = Instant::now() + ping_interval;
                     // Keep the stored session alive while connected, so a client whose pod dies
                     // can resume however long it was quiet before.
-                    if self.session.is_some() && last_saved.elapsed() >= config.resume_window / 2 {
+                    if self.session.is_some() && last_saved.elapsed() >= save_every {
                         last_saved = Instant::now();
-                        self.save_session().await;
+                        // Boxed like the handlers: a store call's future is large.
+                        Box::pin(self.save_session()).await;
                     }
                     if self.write(socket, Message::Ping(Default::default())).await.is_err() {
                         return Close::Gone;
