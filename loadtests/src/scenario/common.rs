@@ -93,6 +93,18 @@ pub struct Started {
     pub first_error: Option<String>,
 }
 
+impl Started {
+    /// Fails the scenario when not a single session could connect (nothing to measure).
+    pub fn require_any(self) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            self.ready > 0,
+            "no client could connect: {}",
+            self.first_error.as_deref().unwrap_or("no error reported")
+        );
+        Ok(self)
+    }
+}
+
 /// Opens `n` sessions (session `i` subscribes to `topics[i % len]`), at most `rate` per second
 /// and `concurrency` handshakes at a time, and waits until each is ready or has failed.
 pub async fn connect_sessions(

@@ -53,12 +53,9 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<serde_json::Value> {
     let admin = Admin::new(&args.admin, c.admin_token.clone())?;
     let run = c.run(&args.reconnect_urls, false)?;
     let topics = common::topic_names(args.topics);
-    let started = common::connect_sessions(&run, c, args.clients, &topics).await?;
-    anyhow::ensure!(
-        started.ready > 0,
-        "no client connected: {:?}",
-        started.first_error
-    );
+    let started = common::connect_sessions(&run, c, args.clients, &topics)
+        .await?
+        .require_any()?;
     let (rate_tx, pubs) = common::start_publishers(
         &run,
         args.publishers,

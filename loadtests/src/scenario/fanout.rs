@@ -68,12 +68,9 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let c = &args.common;
     let run = c.run(&[], false)?;
     let topics = common::topic_names(args.topics);
-    let started = common::connect_sessions(&run, c, args.subscribers, &topics).await?;
-    anyhow::ensure!(
-        started.ready > 0,
-        "no subscriber could connect: {}",
-        started.first_error.unwrap_or_default()
-    );
+    let started = common::connect_sessions(&run, c, args.subscribers, &topics)
+        .await?
+        .require_any()?;
     // Subscribers per topic, for the offered load.
     let per_topic = started.ready as f64 / topics.len() as f64;
     let (rate_tx, pubs) = common::start_publishers(

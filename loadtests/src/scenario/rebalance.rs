@@ -55,12 +55,9 @@ pub async fn run(args: RebalanceArgs) -> anyhow::Result<serde_json::Value> {
     again.push(args.new_url.clone());
     let run = c.run(&again, true)?;
     let topics = common::topic_names(args.topics);
-    let started = common::connect_sessions(&run, c, args.clients, &topics).await?;
-    anyhow::ensure!(
-        started.ready > 0,
-        "no client connected: {:?}",
-        started.first_error
-    );
+    let started = common::connect_sessions(&run, c, args.clients, &topics)
+        .await?
+        .require_any()?;
     let (rate_tx, pubs) = common::start_publishers(
         &run,
         args.publishers,

@@ -30,12 +30,9 @@ pub async fn run(args: StormArgs) -> anyhow::Result<serde_json::Value> {
     let c = &args.common;
     let run = c.run(&[], false)?;
     let topics = common::topic_names(args.topics);
-    let started = common::connect_sessions(&run, c, args.clients, &topics).await?;
-    anyhow::ensure!(
-        started.ready > 0,
-        "no client connected: {:?}",
-        started.first_error
-    );
+    let started = common::connect_sessions(&run, c, args.clients, &topics)
+        .await?
+        .require_any()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let storm = Instant::now();
