@@ -337,22 +337,6 @@ pub async fn read_until_closed(tcp: &mut TcpStream, limit: Duration) -> Vec<u8> 
     }
 }
 
-/// Flags turning the abuse limits off unless `args` sets them (as `Pod::start` does).
-fn unlimited(args: &[&str]) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    for (flag, value) in [
-        ("--max-conns-per-ip", "0"),
-        ("--max-new-conns-per-ip", "0"),
-        ("--max-frame-rate", "0"),
-        ("--max-publish-bytes-rate", "0"),
-    ] {
-        if !args.contains(&flag) {
-            out.extend([flag, value]);
-        }
-    }
-    out
-}
-
 /// A gateway process on loopback whose stderr (its log, at `rust_log`) goes to `log`. `args`
 /// must not set `--listen` or `--admin-listen`.
 pub fn start_logged(args: &[&str], rust_log: &str, log: &Path) -> Pod {
@@ -373,7 +357,7 @@ pub fn start_exposed(admin_host: &str, args: &[&str], rust_log: &str, log: &Path
             Command::new(env!("CARGO_BIN_EXE_gateway"))
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--admin-listen", &format!("{admin_host}:{admin}")])
-                .args(unlimited(args))
+                .args(super::process::unlimited(args))
                 .args(args)
                 .env("RUST_LOG", rust_log)
                 .stdout(Stdio::null())

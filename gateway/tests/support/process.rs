@@ -84,7 +84,7 @@ impl Pod {
 }
 
 /// Abuse limits off unless the test sets them: tests connect many clients from one address.
-fn unlimited(args: &[&str]) -> Vec<&'static str> {
+pub fn unlimited(args: &[&str]) -> Vec<&'static str> {
     let mut out = Vec::new();
     for (flag, value) in [
         ("--max-conns-per-ip", "0"),
