@@ -7,7 +7,7 @@
 
 use axum::extract::ws::WebSocket;
 use protocol::client::Ref;
-use protocol::{ErrorCode, Payload, ServerFrame, Topic};
+use protocol::{ErrorCode, Payload, PublishId, ServerFrame, Topic};
 
 use crate::abuse::Verdict;
 use crate::auth::AuthMode;
@@ -50,6 +50,7 @@ impl Conn {
         socket: &mut WebSocket,
         topic: Topic,
         data: Payload,
+        id: Option<PublishId>,
         reference: Option<Ref>,
     ) -> Result<(), Close> {
         if !self.grants.can_publish(&topic) {
@@ -64,13 +65,19 @@ impl Conn {
         if !self.rate_verdict(socket, verdict, reference).await? {
             return Ok(());
         }
-        let reply = match self.shared.publish(&topic, data).await {
+        let reply = match self.shared.publish(&topic, data, id.as_ref()).await {
             Ok(appended) => ServerFrame::Published {
                 topic,
                 seq: appended.seq,
                 reference,
             },
-            Err(e) => ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference),
+            // The append may have run before the failure (e.g. a replica acknowledgement timed
+            // out): only a retry with the same id is safe from storing it twice.
+            Err(e) => ServerFrame::error(
+                ErrorCode::Unavailable,
+                format!("{e}; retry with the same publish id"),
+                reference,
+            ),
         };
         self.reply(socket, &reply).await
     }

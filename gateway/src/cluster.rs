@@ -38,8 +38,9 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ControlMessage {
-    /// Close the connection holding `session`: it was resumed on another pod.
-    Takeover { session: SessionId },
+    /// Close the connection holding `session` if it holds a generation older than
+    /// `generation`: the session was claimed again on another pod.
+    Takeover { session: SessionId, generation: u64 },
 }
 
 /// The latest heartbeat of every live pod.
@@ -169,10 +170,8 @@ pub async fn run_control(shared: Arc<Shared>, ready: Option<backplane::Subscript
             msg = sub.next() => {
                 let Some(bytes) = msg else { return };
                 match serde_json::from_slice::<ControlMessage>(&bytes) {
-                    Ok(ControlMessage::Takeover { session }) => {
-                        if let Some(control) = shared.connections.session_control(&session) {
-                            control.take_over();
-                        }
+                    Ok(ControlMessage::Takeover { session, generation }) => {
+                        shared.connections.take_over_older(&session, generation);
                     }
                     Err(e) => tracing::warn!(error = %e, "malformed control message"),
                 }
@@ -181,10 +180,12 @@ pub async fn run_control(shared: Arc<Shared>, ready: Option<backplane::Subscript
     }
 }
 
-/// Asks `pod` to close its connection of `session`, if it still has one.
-pub async fn send_takeover(shared: &Shared, pod: &str, session: &SessionId) {
+/// Asks `pod` to close its connection of `session` if that one holds a generation older than
+/// `generation`.
+pub async fn send_takeover(shared: &Shared, pod: &str, session: &SessionId, generation: u64) {
     let msg = ControlMessage::Takeover {
         session: session.clone(),
+        generation,
     };
     let payload = Bytes::from(serde_json::to_vec(&msg).expect("control message serializes"));
     if let Err(e) = shared

@@ -10,11 +10,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use protocol::{
-    CloseAdvice, CloseCode, Epoch, ErrorCode, ServerFrame, SessionId, Topic, client, encode_message,
-};
+use protocol::{CloseAdvice, CloseCode, ErrorCode, ServerFrame, SessionId, Topic, client};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite;
@@ -25,6 +23,7 @@ use crate::auth::Grants;
 use crate::control::ConnControl;
 use crate::hub::{ConnId, Delivery, Subscriber};
 use crate::metrics::CodeLabel;
+use crate::replay::{Step, SubState};
 
 /// Deliveries written per flush at most, so one busy connection cannot starve its own reads.
 const MAX_BATCH: usize = 256;
@@ -52,6 +51,11 @@ pub enum Close {
     Auth(&'static str),
     /// Sustained abuse of the frame or publish rate limits.
     Abusive,
+    /// A subscription fell behind further than history reaches: the client must resume (and
+    /// is told `recovered: false` for that topic).
+    Lagged,
+    /// A newer connection of the same session holds it (this pod or another).
+    TakenOver,
 }
 
 impl Close {
@@ -81,16 +85,13 @@ impl Close {
                 CloseCode::TryAgainLater,
                 CloseAdvice::reconnect(Some(2_000)).with_error("unavailable"),
             )),
+            Close::Lagged => Some((
+                CloseCode::TryAgainLater,
+                CloseAdvice::reconnect(Some(500)).with_error("lagged"),
+            )),
+            Close::TakenOver => Some((CloseCode::Normal, CloseAdvice::stop("session_taken_over"))),
         }
     }
-}
-
-/// Where a connection is in one topic.
-#[derive(Debug, Clone)]
-pub struct SubState {
-    /// The last `seq` written to the client.
-    pub last_seq: u64,
-    pub epoch: Epoch,
 }
 
 /// The session a connection holds after `hello`.
@@ -100,6 +101,8 @@ pub struct SessionState {
     pub secret: String,
     pub user: Option<String>,
     pub created_ms: u64,
+    /// The generation this connection claimed: only it may save the session.
+    pub generation: u64,
 }
 
 /// A connection's state, owned by its task.
@@ -296,14 +299,17 @@ impl Conn {
             F::Publish {
                 topic,
                 data,
+                id,
                 reference,
-            } => self.publish(socket, topic, data, reference).await,
+            } => self.publish(socket, topic, data, id, reference).await,
             F::Ping { reference } => self.reply(socket, &ServerFrame::Pong { reference }).await,
             F::Refresh { token, reference } => self.refresh(socket, token, reference).await,
         }
     }
 
-    /// Writes queued deliveries, `first` and whatever else is queued, then flushes once.
+    /// Writes queued deliveries, `first` and whatever else is queued, then flushes once. A
+    /// delivery after a gap, and any topic whose messages did not fit in the queue, is filled
+    /// from history first.
     async fn deliver(
         &mut self,
         socket: &mut WebSocket,
@@ -311,59 +317,42 @@ impl Conn {
         first: Arc<Delivery>,
     ) -> Result<(), Close> {
         let write_timeout = self.shared.config.write_timeout;
-        let batch = async {
-            let mut next = Some(first);
-            let mut written = 0;
-            while let Some(delivery) = next.take() {
-                // Asked to close (e.g. this subscriber missed a message): deliver nothing more.
-                if self.control.is_closing() {
-                    break;
-                }
-                if let Some(message) = self.prepare(&delivery) {
-                    socket.feed(message).await.map_err(|_| Close::Gone)?;
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(delivery) = next.take() {
+            self.control.release(delivery.data.len());
+            // Asked to close (e.g. drained): deliver nothing more.
+            if self.control.is_closing() {
+                break;
+            }
+            match self.step(&delivery) {
+                Step::Write(message) => {
+                    match timeout(write_timeout, socket.feed(message)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) | Err(_) => return Err(Close::Gone),
+                    }
                     written += 1;
                 }
-                if written < MAX_BATCH {
-                    next = rx.try_recv().ok();
+                Step::Skip => {}
+                Step::Gap => {
+                    self.flush(socket).await?;
+                    self.fill(socket, &delivery.topic).await?;
+                    // History covered it (it was stored before it was published), so it is a
+                    // duplicate now; anything else means the epoch moved on meanwhile.
+                    if let Step::Write(message) = self.step(&delivery) {
+                        match timeout(write_timeout, socket.feed(message)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) | Err(_) => return Err(Close::Gone),
+                        }
+                    }
                 }
             }
-            socket.flush().await.map_err(|_| Close::Gone)
-        };
-        timeout(write_timeout, batch)
-            .await
-            .unwrap_or(Err(Close::Gone))
-    }
-
-    /// The frame for `delivery`, or `None` when this connection must skip it (not subscribed
-    /// any more, or already written from history).
-    fn prepare(&mut self, delivery: &Delivery) -> Option<Message> {
-        let sub = self.subs.get_mut(&delivery.topic)?;
-        let frame = if delivery.epoch != sub.epoch {
-            sub.epoch = delivery.epoch.clone();
-            Utf8Bytes::from(encode_message(
-                &delivery.topic,
-                delivery.seq,
-                Some(&delivery.epoch),
-                &delivery.data,
-            ))
-        } else if delivery.seq <= sub.last_seq {
-            return None;
-        } else {
-            delivery.frame.clone()
-        };
-        if delivery.seq != sub.last_seq + 1 && sub.last_seq != 0 {
-            tracing::warn!(conn = self.id, topic = %delivery.topic, expected = sub.last_seq + 1, got = delivery.seq, "gap in delivery");
+            if written < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
         }
-        sub.last_seq = delivery.seq;
-        let metrics = &self.shared.metrics.conn;
-        metrics.delivered.inc();
-        if let Some(published) = delivery.published_us {
-            let now = crate::envelope::now_us();
-            metrics
-                .delivery_latency
-                .observe(now.saturating_sub(published) as f64 / 1e6);
-        }
-        Some(Message::Text(frame))
+        self.flush(socket).await?;
+        self.fill_lagging(socket).await
     }
 
     /// Sends one reply frame.
@@ -383,9 +372,16 @@ impl Conn {
         }
     }
 
-    /// Sends the close frame (if any), waits briefly for the client's, and saves the session
-    /// with its positions so the client can resume on any pod.
+    /// Saves the session with its positions so the client can resume on any pod, then sends
+    /// the close frame (if any) and waits briefly for the client's. Saving first means a
+    /// drained client that reconnects at once finds its positions already stored.
     async fn finish(&mut self, socket: &mut WebSocket, close: Close) {
+        // Written but not flushed is not sent: a flush failure leaves the positions where
+        // the last successful flush put them.
+        if !matches!(close, Close::Gone) {
+            let _ = timeout(self.shared.config.close_grace, self.flush(socket)).await;
+        }
+        self.save_session().await;
         if let Close::ByClient = close {
             // tungstenite queued the reply to the client's close frame: send it.
             let _ = timeout(self.shared.config.close_grace, socket.flush()).await;
@@ -420,7 +416,6 @@ impl Conn {
             .conn
             .subscriptions
             .dec_by(self.subs.len() as i64);
-        self.save_session().await;
     }
 
     pub fn subscriber(&self) -> Subscriber {

@@ -1,16 +1,17 @@
-//! Asking a connection to close from outside its task (hub, drain, rebalancing, takeover), and
-//! the pod's table of open connections.
+//! Reaching a connection from outside its task (hub, drain, rebalancing, takeover), and the
+//! pod's table of open connections with the session generation each one holds.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use protocol::{CloseAdvice, CloseCode, SessionId};
+use protocol::{CloseAdvice, CloseCode, SessionId, Topic};
 use tokio::sync::Notify;
 
 use crate::hub::ConnId;
 
-/// A close request: the first one wins.
+/// What the rest of the pod may ask of a connection: close (the first request wins), and
+/// catch up a topic from history because its queue had no room.
 #[derive(Debug)]
 pub struct ConnControl {
     closing: AtomicBool,
@@ -19,6 +20,12 @@ pub struct ConnControl {
     taken_over: AtomicBool,
     request: Mutex<Option<(CloseCode, CloseAdvice)>>,
     notify: Notify,
+    /// Payload bytes in the connection's outbound queue (the queue's byte bound).
+    queued_bytes: AtomicUsize,
+    /// Topics with messages that did not fit in the queue: the connection reads them from
+    /// history after writing what is queued.
+    lagging: Mutex<Vec<Topic>>,
+    has_lag: AtomicBool,
 }
 
 impl ConnControl {
@@ -28,7 +35,43 @@ impl ConnControl {
             taken_over: AtomicBool::new(false),
             request: Mutex::new(None),
             notify: Notify::new(),
+            queued_bytes: AtomicUsize::new(0),
+            lagging: Mutex::new(Vec::new()),
+            has_lag: AtomicBool::new(false),
         }
+    }
+
+    /// Reserves `bytes` of the queue's byte budget `limit`; `false` when they do not fit.
+    pub fn reserve(&self, bytes: usize, limit: usize) -> bool {
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        // One message always fits in an empty queue, however large.
+        if before > 0 && before + bytes > limit {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back what [`ConnControl::reserve`] took, once the message left the queue.
+    pub fn release(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// `topic` has messages this connection did not get from its queue.
+    pub fn mark_lagging(&self, topic: &Topic) {
+        let mut lagging = self.lagging.lock().expect("lagging lock");
+        if !lagging.contains(topic) {
+            lagging.push(topic.clone());
+        }
+        self.has_lag.store(true, Ordering::Release);
+    }
+
+    /// The topics to catch up from history, emptied.
+    pub fn take_lagging(&self) -> Vec<Topic> {
+        if !self.has_lag.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.lagging.lock().expect("lagging lock"))
     }
 
     /// Asks the connection to close with `code`. Once asked, the connection delivers nothing
@@ -75,7 +118,18 @@ impl Default for ConnControl {
 #[derive(Debug)]
 struct Entry {
     control: Arc<ConnControl>,
-    session: Option<SessionId>,
+    /// The session and the generation this connection claimed for it.
+    session: Option<(SessionId, u64)>,
+}
+
+/// The outcome of [`Connections::bind_session`].
+#[derive(Debug)]
+pub enum Bind {
+    /// This connection holds the session now; the one that held it before (an older
+    /// generation) must be closed.
+    Bound(Option<Arc<ConnControl>>),
+    /// A connection on this pod already holds a newer generation: this one lost the race.
+    Superseded,
 }
 
 /// Every open connection of the pod, for drain, rebalancing and session takeover.
@@ -88,7 +142,7 @@ pub struct Connections {
 #[derive(Debug, Default)]
 struct Tables {
     conns: HashMap<ConnId, Entry>,
-    sessions: HashMap<SessionId, ConnId>,
+    sessions: HashMap<SessionId, (ConnId, u64)>,
 }
 
 impl Connections {
@@ -104,24 +158,39 @@ impl Connections {
         id
     }
 
-    /// Binds a session to a connection; returns the control of the connection that held the
-    /// session before, if any (it must be closed: a session lives on one connection).
-    pub fn bind_session(&self, id: ConnId, session: SessionId) -> Option<Arc<ConnControl>> {
+    /// Binds `session` at `generation` (claimed from the store) to connection `id`, unless a
+    /// connection of this pod already holds a newer generation of it.
+    pub fn bind_session(&self, id: ConnId, session: SessionId, generation: u64) -> Bind {
         let mut t = self.inner.lock().expect("connections lock");
-        let previous = t.sessions.insert(session.clone(), id);
+        let previous = match t.sessions.get(&session) {
+            Some(&(holder, held)) if holder != id && held > generation => {
+                return Bind::Superseded;
+            }
+            Some(&(holder, _)) if holder != id => t.conns.get(&holder).map(|e| e.control.clone()),
+            _ => None,
+        };
+        t.sessions.insert(session.clone(), (id, generation));
         if let Some(entry) = t.conns.get_mut(&id) {
-            entry.session = Some(session);
+            entry.session = Some((session, generation));
         }
-        previous
-            .filter(|p| *p != id)
-            .and_then(|p| t.conns.get(&p).map(|e| e.control.clone()))
+        Bind::Bound(previous)
     }
 
-    /// The connection holding `session` on this pod, if any.
-    pub fn session_control(&self, session: &SessionId) -> Option<Arc<ConnControl>> {
+    /// Takes over the connection holding `session` if it holds a generation older than
+    /// `generation`: a takeover that arrives late never closes a newer connection.
+    pub fn take_over_older(&self, session: &SessionId, generation: u64) -> bool {
         let t = self.inner.lock().expect("connections lock");
-        let id = t.sessions.get(session)?;
-        t.conns.get(id).map(|e| e.control.clone())
+        let Some(&(id, held)) = t.sessions.get(session) else {
+            return false;
+        };
+        if held >= generation {
+            return false;
+        }
+        if let Some(entry) = t.conns.get(&id) {
+            entry.control.take_over();
+            return true;
+        }
+        false
     }
 
     /// Whether `id` still holds `session` (it does not after a takeover).
@@ -131,14 +200,16 @@ impl Connections {
             .expect("connections lock")
             .sessions
             .get(session)
-            == Some(&id)
+            .is_some_and(|(holder, _)| *holder == id)
     }
 
     pub fn remove(&self, id: ConnId) {
         let mut t = self.inner.lock().expect("connections lock");
         if let Some(entry) = t.conns.remove(&id)
-            && let Some(session) = entry.session
-            && t.sessions.get(&session) == Some(&id)
+            && let Some((session, _)) = entry.session
+            && t.sessions
+                .get(&session)
+                .is_some_and(|(holder, _)| *holder == id)
         {
             t.sessions.remove(&session);
         }

@@ -303,6 +303,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 struct PublishRequest {
     topic: String,
     data: Box<protocol::RawJson>,
+    /// Idempotency key: a retry with the same id returns the first `seq` and stores nothing.
+    id: Option<String>,
 }
 
 async fn api_publish(
@@ -319,11 +321,27 @@ async fn api_publish(
                 .into_response();
         }
     };
-    match shared.publish(&topic, Payload::from_raw(&req.data)).await {
-        Ok(appended) => {
-            Json(serde_json::json!({"topic": topic, "seq": appended.seq, "epoch": appended.epoch}))
-                .into_response()
+    let id = match req.id.as_deref().map(protocol::PublishId::new).transpose() {
+        Ok(id) => id,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": "bad_request", "message": e.to_string()})),
+            )
+                .into_response();
         }
+    };
+    match shared
+        .publish(&topic, Payload::from_raw(&req.data), id.as_ref())
+        .await
+    {
+        Ok(appended) => Json(serde_json::json!({
+            "topic": topic,
+            "seq": appended.seq,
+            "epoch": appended.epoch,
+            "duplicate": appended.duplicate,
+        }))
+        .into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"error": "unavailable", "message": e.to_string()})),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use backplane::{Backplane, Subject};
-use protocol::{Payload, Topic};
+use protocol::{Payload, PublishId, Topic};
 use session_store::{Appended, HistoryLimits, SessionStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,7 @@ mod http;
 mod hub;
 mod metrics;
 pub mod ops;
+mod replay;
 mod sequencer;
 mod session;
 
@@ -150,11 +151,21 @@ pub(crate) enum PublishError {
 impl Shared {
     /// Publishes on `topic`: appends to history (which assigns `seq`), then publishes on the
     /// backplane. A backplane failure is not an error for the publisher: the message is in
-    /// history, and every pod's topic task re-reads history to catch up.
-    pub async fn publish(&self, topic: &Topic, data: Payload) -> Result<Appended, PublishError> {
+    /// history, and every pod's topic task re-reads history to catch up. A retry with the same
+    /// `id` returns the first publish's result and publishes nothing (the first one's message
+    /// is the one in history).
+    pub async fn publish(
+        &self,
+        topic: &Topic,
+        data: Payload,
+        id: Option<&PublishId>,
+    ) -> Result<Appended, PublishError> {
         let started = std::time::Instant::now();
-        let appended = self.store.append(topic, &data).await?;
+        let appended = self.store.append(topic, &data, id).await?;
         self.metrics.store.observe("append", started);
+        if appended.duplicate {
+            return Ok(appended);
+        }
         let envelope = Envelope {
             seq: appended.seq,
             epoch: appended.epoch.clone(),
@@ -187,6 +198,7 @@ async fn connect_store(config: &Config, limits: HistoryLimits) -> Result<Store, 
         key_prefix: config.key_prefix.clone(),
         limits,
         call_timeout: config.store_timeout,
+        min_replicas: config.redis_min_replicas,
         ..session_store::RedisConfig::new(url.clone())
     };
     let store = session_store::RedisStore::connect(redis).await?;
@@ -224,6 +236,7 @@ pub async fn run(
     let limits = HistoryLimits {
         max_len: config.history_size,
         ttl: config.history_ttl,
+        dedup_window: config.dedup_window,
     };
     let authenticator = auth::Authenticator::new(config.security.auth_config())?;
     let store = connect_store(&config, limits).await?;
@@ -236,6 +249,7 @@ pub async fn run(
         HubConfig {
             gap_timeout: config.gap_timeout,
             resync_interval: config.topic_resync_interval,
+            queue_bytes: config.outbound_queue_bytes,
         },
         root.clone(),
     );

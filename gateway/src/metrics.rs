@@ -117,6 +117,11 @@ pub struct HubMetrics {
     pub dropped: Family<ReasonLabel, Counter>,
     pub backplane_publish: Histogram,
     pub gap_fills: Counter,
+    /// Topics moved to a new epoch as this pod saw it, by reason: `new_epoch` (the store or an
+    /// arrival had a newer one), `store_behind` (history's top below what was delivered).
+    pub epoch_changes: Family<ReasonLabel, Counter>,
+    /// Messages a subscriber's full queue had no room for: it reads them from history.
+    pub lagged: Counter,
 }
 
 impl Default for HubMetrics {
@@ -126,6 +131,8 @@ impl Default for HubMetrics {
             dropped: Family::default(),
             backplane_publish: latency_histogram(),
             gap_fills: Counter::default(),
+            epoch_changes: Family::default(),
+            lagged: Counter::default(),
         }
     }
 }
@@ -153,6 +160,22 @@ impl HubMetrics {
             "Gaps in a topic's sequence filled from history",
             self.gap_fills.clone(),
         );
+        r.register(
+            "topic_epoch_changes",
+            "Topics moved to a new epoch, by reason",
+            self.epoch_changes.clone(),
+        );
+        r.register(
+            "subscriber_lagged",
+            "Messages a full subscriber queue had no room for, read from history instead",
+            self.lagged.clone(),
+        );
+    }
+
+    pub fn epoch_change(&self, reason: &'static str) {
+        self.epoch_changes
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn drop(&self, reason: &'static str) {

@@ -4,25 +4,37 @@
 //! Recovery is where the guarantees live. A subscription joins the hub first and reads the
 //! topic's history second: every message after the read is then in the connection's queue, the
 //! history covers everything up to it, and the connection drops whatever it already wrote
-//! (`seq` at or below its position), so the client sees each message once, in order.
+//! (`seq` at or below its position), so the client sees each message once, in order. Whether a
+//! position is recovered is decided from the first page of history; the messages themselves are
+//! written after `subscribed`/`welcome`, page by page (see `replay`), so a resume never holds a
+//! topic's backlog in memory.
+//!
+//! A session lives on one connection at a time. `hello` claims the session's next generation
+//! in the store; the previous holder (found in the same atomic step) is told to close, but only
+//! if it holds an older generation, and only the latest generation may save the record. Two
+//! concurrent resumes of one session therefore leave exactly one connection, the later claim.
 
 use std::collections::{BTreeMap, HashMap};
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::WebSocket;
 use protocol::{
-    ErrorCode, Position, ResumeToken, ServerFrame, SessionId, Topic, client::Ref, encode_message,
+    ErrorCode, Position, ResumeToken, ServerFrame, SessionId, Topic, client::Ref,
     server::ResumedTopic,
 };
-use session_store::{SessionRecord, SessionStore, StoredMessage, now_ms, recover};
+use session_store::{SessionRecord, SessionStore, now_ms, recover};
 
-use crate::connection::{Close, Conn, SessionState, SubState};
+use crate::connection::{Close, Conn, SessionState};
+use crate::control::Bind;
+use crate::replay::SubState;
+
+/// Messages read to decide whether a position is recovered (and to estimate its replay size).
+const SAMPLE: usize = 16;
 
 /// What subscribing a topic gave.
 struct Joined {
     top: Position,
     /// `Some` when a position was given: whether everything after it could be recovered.
     recovered: Option<bool>,
-    missed: Vec<StoredMessage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,14 +76,14 @@ impl Conn {
             Some(Err(_)) | None => None,
         };
         let resumed = previous.is_some();
-        let last_pod = previous.as_ref().map(|r| r.last_pod.clone());
-        let (state, mut restore) = match previous {
+        let (mut state, mut restore) = match previous {
             Some(record) => (
                 SessionState {
                     id: record.id,
                     secret: record.secret,
                     user: record.user,
                     created_ms: record.created_ms,
+                    generation: 0,
                 },
                 record.subscriptions,
             ),
@@ -83,6 +95,7 @@ impl Conn {
                         secret: token.secret,
                         user,
                         created_ms: now_ms(),
+                        generation: 0,
                     },
                     BTreeMap::new(),
                 )
@@ -95,18 +108,7 @@ impl Conn {
         // Grants may have shrunk since the session was saved (a new token): restore only what
         // this token allows.
         restore.retain(|topic, _| self.grants.can_subscribe(topic));
-        if let Some(old) = self
-            .shared
-            .connections
-            .bind_session(self.id, state.id.clone())
-        {
-            old.take_over();
-        }
-        if let Some(pod) = last_pod.filter(|p| *p != self.shared.pod) {
-            // The session may still be open on its last pod (a client that reconnected before
-            // the old socket died): tell that pod to close it.
-            crate::cluster::send_takeover(&self.shared, &pod, &state.id).await;
-        }
+        self.claim(socket, &mut state).await?;
         let resume_token = ResumeToken {
             session: state.id.clone(),
             secret: state.secret.clone(),
@@ -116,22 +118,26 @@ impl Conn {
         let mut topics = HashMap::new();
         let mut replay = Vec::new();
         let mut skipped = 0;
+        let mut budget = self.shared.config.replay_budget;
         for (topic, position) in restore {
             if self.subs.len() >= self.shared.config.max_subscriptions {
                 skipped += 1;
                 continue;
             }
-            match self.join(&topic, Some(position)).await {
+            match self.join(&topic, Some(position), &mut budget).await {
                 Ok(joined) => {
+                    let recovered = joined.recovered.unwrap_or(false);
                     topics.insert(
                         topic.clone(),
                         ResumedTopic {
                             seq: joined.top.seq,
                             epoch: joined.top.epoch.clone(),
-                            recovered: joined.recovered.unwrap_or(false),
+                            recovered,
                         },
                     );
-                    replay.push((topic, joined));
+                    if recovered {
+                        replay.push(topic);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(%topic, error = %e, "cannot restore subscription");
@@ -141,12 +147,18 @@ impl Conn {
                 }
             }
         }
-        if let Err(e) = self.store_session().await {
-            tracing::warn!(error = %e, "cannot save session");
-            let reply =
-                ServerFrame::error(ErrorCode::Unavailable, "session store unavailable", None);
-            self.reply(socket, &reply).await?;
-            return Err(Close::Unavailable);
+        // The positions saved here are the client's own (nothing is replayed yet): a hello
+        // that fails from now on leaves a record the client can resume from.
+        match self.store_session().await {
+            Ok(true) => {}
+            Ok(false) => return Err(Close::TakenOver),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot save session");
+                let reply =
+                    ServerFrame::error(ErrorCode::Unavailable, "session store unavailable", None);
+                self.reply(socket, &reply).await?;
+                return Err(Close::Unavailable);
+            }
         }
         let welcome = ServerFrame::Welcome {
             session: resume_token.session.to_string(),
@@ -170,8 +182,52 @@ impl Conn {
             );
             self.reply(socket, &reply).await?;
         }
-        for (topic, joined) in replay {
-            self.replay(socket, &topic, joined).await?;
+        for topic in replay {
+            self.fill(socket, &topic).await?;
+        }
+        if resumed {
+            // Save what the replay sent, so a client resuming without positions after this
+            // connection dies starts where the replay stopped.
+            self.save_session().await;
+        }
+        Ok(())
+    }
+
+    /// Claims the session's next generation and closes whoever held it before.
+    async fn claim(
+        &mut self,
+        socket: &mut WebSocket,
+        state: &mut SessionState,
+    ) -> Result<(), Close> {
+        let shared = self.shared.clone();
+        let claim = match shared
+            .store
+            .claim_session(&state.id, &shared.pod, shared.config.resume_window)
+            .await
+        {
+            Ok(claim) => claim,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim session");
+                let reply =
+                    ServerFrame::error(ErrorCode::Unavailable, "session store unavailable", None);
+                self.reply(socket, &reply).await?;
+                return Err(Close::Unavailable);
+            }
+        };
+        state.generation = claim.generation;
+        match shared
+            .connections
+            .bind_session(self.id, state.id.clone(), claim.generation)
+        {
+            Bind::Bound(Some(old)) => old.take_over(),
+            Bind::Bound(None) => {}
+            Bind::Superseded => return Err(Close::TakenOver),
+        }
+        if let Some(owner) = claim.previous.filter(|o| o.pod != shared.pod) {
+            // The session may still be open on the pod that held it (a client that reconnected
+            // before the old socket died): tell that pod to close it. Only older generations
+            // close, so a late message never hits a newer connection.
+            crate::cluster::send_takeover(&shared, &owner.pod, &state.id, claim.generation).await;
         }
         Ok(())
     }
@@ -218,7 +274,7 @@ impl Conn {
             // Already subscribed: confirm where the client is; nothing is sent twice.
             let reply = ServerFrame::Subscribed {
                 topic,
-                seq: sub.last_seq,
+                seq: sub.fed,
                 epoch: sub.epoch.clone(),
                 recovered: None,
                 reference,
@@ -244,7 +300,8 @@ impl Conn {
             );
             return self.reply(socket, &reply).await;
         }
-        let joined = match self.join(&topic, since).await {
+        let mut budget = self.shared.config.replay_budget;
+        let joined = match self.join(&topic, since, &mut budget).await {
             Ok(joined) => joined,
             Err(e) => {
                 let reply = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference);
@@ -259,10 +316,10 @@ impl Conn {
             reference,
         };
         self.reply(socket, &reply).await?;
-        self.replay(socket, &topic, joined).await?;
-        if let Err(e) = self.store_session().await {
-            tracing::warn!(error = %e, "cannot save session after subscribe");
+        if joined.recovered == Some(true) {
+            self.fill(socket, &topic).await?;
         }
+        self.save_session().await;
         Ok(())
     }
 
@@ -282,9 +339,7 @@ impl Conn {
         }
         self.shared.hub.unsubscribe(&topic, self.id);
         self.shared.metrics.conn.subscriptions.dec();
-        if let Err(e) = self.store_session().await {
-            tracing::warn!(error = %e, "cannot save session after unsubscribe");
-        }
+        self.save_session().await;
         let reply = ServerFrame::Unsubscribed {
             topic,
             reason: None,
@@ -293,8 +348,15 @@ impl Conn {
         self.reply(socket, &reply).await
     }
 
-    /// Joins the hub for `topic`, then reads what the client missed since `since`.
-    async fn join(&mut self, topic: &Topic, since: Option<Position>) -> Result<Joined, JoinError> {
+    /// Joins the hub for `topic`, then decides from the first page of history whether what
+    /// the client missed since `since` can be replayed within `budget` (payload bytes, spent
+    /// by the estimate).
+    async fn join(
+        &mut self,
+        topic: &Topic,
+        since: Option<Position>,
+        budget: &mut usize,
+    ) -> Result<Joined, JoinError> {
         self.shared
             .hub
             .subscribe(topic, self.id, self.subscriber())
@@ -304,59 +366,50 @@ impl Conn {
             Some(since) => self
                 .shared
                 .store
-                .history(topic, since.seq)
+                .history(topic, since.seq, SAMPLE)
                 .await
-                .map(|page| recover(since, page)),
+                .map(|page| {
+                    let bytes = page.bytes();
+                    let sampled = page.messages.len().max(1);
+                    let recovery = recover(since, page);
+                    let missed = recovery.top.seq.saturating_sub(since.seq) as usize;
+                    (recovery.recovered, recovery.top, missed * bytes / sampled)
+                }),
             None => self
                 .shared
                 .store
                 .top(topic)
                 .await
-                .map(|top| session_store::Recovery {
-                    recovered: false,
-                    messages: Vec::new(),
-                    top,
-                }),
+                .map(|top| (false, top, 0)),
         };
         self.shared
             .metrics
             .store
             .observe(if since.is_some() { "history" } else { "top" }, started);
-        let recovery = match read {
+        let (mut recovered, top, estimate) = match read {
             Ok(r) => r,
             Err(e) => {
                 self.shared.hub.unsubscribe(topic, self.id);
                 return Err(e.into());
             }
         };
-        self.subs.insert(
-            topic.clone(),
-            SubState {
-                last_seq: recovery.top.seq,
-                epoch: recovery.top.epoch.clone(),
-            },
-        );
+        if recovered && estimate > *budget {
+            tracing::info!(%topic, estimate, budget = *budget, "replay over the budget: not recovered");
+            recovered = false;
+        }
+        let at = match (&since, recovered) {
+            (Some(since), true) => {
+                *budget -= estimate;
+                since.clone()
+            }
+            _ => top.clone(),
+        };
+        self.subs.insert(topic.clone(), SubState::at(at));
         self.shared.metrics.conn.subscriptions.inc();
         Ok(Joined {
-            top: recovery.top,
-            recovered: since.map(|_| recovery.recovered),
-            missed: recovery.messages,
+            top,
+            recovered: since.map(|_| recovered),
         })
-    }
-
-    /// Writes the messages a client missed, oldest first.
-    async fn replay(
-        &mut self,
-        socket: &mut WebSocket,
-        topic: &Topic,
-        joined: Joined,
-    ) -> Result<(), Close> {
-        for m in joined.missed.iter().filter(|m| m.seq <= joined.top.seq) {
-            let frame = encode_message(topic, m.seq, None, &m.data);
-            self.write(socket, Message::Text(frame.into())).await?;
-            self.shared.metrics.conn.delivered.inc();
-        }
-        Ok(())
     }
 
     fn record(&self) -> Option<SessionRecord> {
@@ -368,36 +421,36 @@ impl Conn {
             subscriptions: self
                 .subs
                 .iter()
-                .map(|(t, sub)| {
-                    (
-                        t.clone(),
-                        Position {
-                            seq: sub.last_seq,
-                            epoch: sub.epoch.clone(),
-                        },
-                    )
-                })
+                .map(|(t, sub)| (t.clone(), sub.sent.clone()))
                 .collect(),
             created_ms: s.created_ms,
             last_pod: self.shared.pod.clone(),
         })
     }
 
-    async fn store_session(&self) -> Result<(), session_store::StoreError> {
-        let Some(record) = self.record() else {
-            return Ok(());
+    /// Saves the record under this connection's generation; `Ok(false)` when a newer
+    /// connection claimed the session.
+    async fn store_session(&self) -> Result<bool, session_store::StoreError> {
+        let (Some(record), Some(session)) = (self.record(), self.session.as_ref()) else {
+            return Ok(true);
         };
         let started = std::time::Instant::now();
         let result = self
             .shared
             .store
-            .save_session(&record, self.shared.config.resume_window)
+            .save_session(
+                &record,
+                session.generation,
+                self.shared.config.resume_window,
+            )
             .await;
         self.shared.metrics.store.observe("save_session", started);
         result
     }
 
-    /// Saves the session with the positions written so far: the resume window starts now.
+    /// Saves the session with the positions sent so far: the resume window starts now. A
+    /// refused save means a newer connection claimed the session (its takeover message may
+    /// have been lost): this one closes.
     pub(crate) async fn save_session(&self) {
         let Some(session) = &self.session else { return };
         if self.control.is_taken_over()
@@ -406,8 +459,15 @@ impl Conn {
             // Taken over by a newer connection, which owns the record now.
             return;
         }
-        if let Err(e) = self.store_session().await {
-            tracing::warn!(error = %e, "cannot save session on disconnect; the client resumes from its own positions");
+        match self.store_session().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(session = %session.id, "session claimed by a newer connection");
+                self.control.take_over();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot save session; the client resumes from its own positions");
+            }
         }
     }
 }

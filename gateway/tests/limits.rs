@@ -80,10 +80,13 @@ async fn a_peer_that_never_answers_pings_is_dropped() {
     assert!(saw_end, "idle connection was not dropped");
 }
 
+/// A reader whose queue overflows during a burst is not closed: the messages that did not fit
+/// are written from history once it has written its queue, in order, without a gap.
 #[tokio::test]
-async fn a_slow_consumer_is_closed_1013_and_others_keep_receiving() {
+async fn a_lagging_reader_catches_up_from_history_instead_of_being_closed() {
     let gw = TestGateway::with(|c| {
-        c.outbound_queue = 64;
+        c.outbound_queue = 16;
+        c.history_size = 2_500;
         c.write_timeout = Duration::from_secs(60);
         c.write_buffer_size = 16 * 1024;
     })
@@ -97,20 +100,72 @@ async fn a_slow_consumer_is_closed_1013_and_others_keep_receiving() {
         assert_eq!(support::seqs(&msgs), (1..=2_000).collect::<Vec<_>>());
         fast
     });
-    // 2,000 × 8 KiB = 16 MiB: far beyond socket buffers, so the slow client's queue fills.
+    // 2,000 × 8 KiB = 16 MiB: far beyond socket buffers and the 16-message queue, within
+    // history.
     let data = "x".repeat(8 * 1024);
     for _ in 0..2_000 {
         gw.publish_api("firehose", json!(data)).await;
     }
     let mut fast = reader.await.unwrap();
-    let closed = slow.closed().await;
-    assert_eq!(closed.code, 1013);
-    assert_eq!(closed.reason["error"], "slow_consumer");
-    assert_eq!(closed.reason["reconnect"], true);
+    let msgs = slow.messages(2_000).await;
+    assert_eq!(support::seqs(&msgs), (1..=2_000).collect::<Vec<_>>());
+    slow.send(json!({"type": "ping"})).await;
+    slow.expect("pong").await;
     fast.send(json!({"type": "ping"})).await;
     fast.expect("pong").await;
     let (_, metrics) = gw.admin_get("/metrics").await;
-    assert!(metrics.contains(r#"gateway_messages_dropped_total{reason="slow_consumer"}"#));
+    assert!(
+        !metrics.contains("gateway_subscriber_lagged_total 0"),
+        "the slow reader's queue never overflowed: the test proves nothing"
+    );
+    assert!(!metrics.contains(r#"gateway_closes_total{code="1013"}"#));
+}
+
+/// A reader that falls further behind than history reaches is closed with 1013 `lagged` after
+/// everything history still had, gap-free; its resume says `recovered: false`. Never a skip.
+#[tokio::test]
+async fn a_reader_behind_history_is_closed_1013_and_told_recovered_false() {
+    let gw = TestGateway::with(|c| {
+        c.outbound_queue = 16;
+        c.history_size = 100;
+        c.write_timeout = Duration::from_secs(60);
+        c.write_buffer_size = 16 * 1024;
+    })
+    .await;
+    let (mut slow, welcome) = gw.hello().await;
+    slow.subscribe("firehose").await;
+    let (mut fast, _) = gw.hello().await;
+    fast.subscribe("firehose").await;
+    let reader = tokio::spawn(async move {
+        let msgs = fast.messages(2_000).await;
+        assert_eq!(support::seqs(&msgs), (1..=2_000).collect::<Vec<_>>());
+        fast
+    });
+    let data = "x".repeat(8 * 1024);
+    for _ in 0..2_000 {
+        gw.publish_api("firehose", json!(data)).await;
+    }
+    let mut fast = reader.await.unwrap();
+    let (msgs, closed) = slow.messages_until_close().await;
+    let got = support::seqs(&msgs);
+    assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "a gap before the close");
+    assert!(got.len() < 2_000, "the slow reader got everything: the test proves nothing");
+    assert_eq!(closed.code, 1013);
+    assert_eq!(closed.reason["error"], "lagged");
+    assert_eq!(closed.reason["reconnect"], true);
+
+    let mut again = gw.client().await;
+    let last = got.last().copied().unwrap_or(0);
+    let epoch = fast.subscribe("firehose").await["epoch"].clone();
+    again
+        .send(json!({"type": "hello", "resume": welcome["resume"],
+            "positions": {"firehose": {"seq": last, "epoch": epoch}}}))
+        .await;
+    let resumed = again.expect("welcome").await;
+    assert_eq!(resumed["resumed"], true);
+    assert_eq!(resumed["topics"]["firehose"]["recovered"], false);
+    assert_eq!(resumed["topics"]["firehose"]["seq"], 2_000);
+    let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(metrics.contains(r#"gateway_closes_total{code="1013"} 1"#));
 }
 

@@ -1098,6 +1098,7 @@ fn decode_agrees(v: &Value) -> Result<(), TestCaseError> {
                     topic,
                     data,
                     reference,
+                    ..
                 } => {
                     prop_assert_eq!(field("topic", 2), json!(topic.as_str()));
                     prop_assert_eq!(field("ref", 1), json!(reference));

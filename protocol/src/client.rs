@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::RawJson;
-use crate::names::{Payload, Position, Topic};
+use crate::names::{Payload, Position, PublishId, Topic};
 use crate::server::ErrorCode;
 
 /// A correlation id chosen by the client and echoed in the reply.
@@ -35,6 +35,8 @@ pub enum ClientFrame {
     Publish {
         topic: Topic,
         data: Payload,
+        /// Idempotency key: a retry with the same id stores nothing new.
+        id: Option<PublishId>,
         reference: Option<Ref>,
     },
     Ping {
@@ -82,6 +84,12 @@ pub enum DecodeError {
         reason: crate::InvalidName,
         reference: Option<Ref>,
     },
+    #[error("invalid `{field}`: {reason}")]
+    InvalidField {
+        field: &'static str,
+        reason: crate::InvalidName,
+        reference: Option<Ref>,
+    },
 }
 
 impl DecodeError {
@@ -90,7 +98,8 @@ impl DecodeError {
             Self::NotJson(_)
             | Self::MissingType
             | Self::MissingField { .. }
-            | Self::InvalidTopic { .. } => ErrorCode::BadRequest,
+            | Self::InvalidTopic { .. }
+            | Self::InvalidField { .. } => ErrorCode::BadRequest,
             Self::UnknownType { .. } => ErrorCode::UnknownType,
         }
     }
@@ -101,7 +110,8 @@ impl DecodeError {
             Self::NotJson(_) | Self::MissingType => None,
             Self::UnknownType { reference, .. }
             | Self::MissingField { reference, .. }
-            | Self::InvalidTopic { reference, .. } => *reference,
+            | Self::InvalidTopic { reference, .. }
+            | Self::InvalidField { reference, .. } => *reference,
         }
     }
 }
@@ -121,6 +131,8 @@ struct Envelope<'a> {
     token: Option<String>,
     resume: Option<String>,
     positions: Option<HashMap<Topic, Position>>,
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Decodes one text frame.
@@ -165,6 +177,16 @@ pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
                     reference,
                 })
                 .map(Payload::from_raw)?,
+            id: env
+                .id
+                .as_deref()
+                .map(PublishId::new)
+                .transpose()
+                .map_err(|reason| DecodeError::InvalidField {
+                    field: "id",
+                    reason,
+                    reference,
+                })?,
             reference,
         },
         "ping" => ClientFrame::Ping { reference },
@@ -197,13 +219,32 @@ mod tests {
             ClientFrame::Publish {
                 topic,
                 data,
+                id,
                 reference,
             } => {
                 assert_eq!(topic.as_str(), "a");
                 assert_eq!(data.as_str(), r#"{"x":[1,2]}"#);
+                assert_eq!(id, None);
                 assert_eq!(reference, Some(7));
             }
             other => panic!("{other:?}"),
+        }
+        match decode(r#"{"type":"publish","topic":"a","data":1,"id":"order-17:a"}"#) {
+            Ok(ClientFrame::Publish { id: Some(id), .. }) => assert_eq!(id.as_str(), "order-17:a"),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#""""#,
+            r#""has space""#,
+            &format!("\"{}\"", "a".repeat(65)),
+        ] {
+            let frame = format!(r#"{{"type":"publish","topic":"a","data":1,"id":{bad},"ref":3}}"#);
+            let e = decode(&frame).unwrap_err();
+            assert_eq!(
+                (e.code(), e.reference()),
+                (ErrorCode::BadRequest, Some(3)),
+                "{bad}"
+            );
         }
         assert!(matches!(
             decode(r#"{"type":"subscribe","topic":"a","since":{"seq":3,"epoch":"e"}}"#),

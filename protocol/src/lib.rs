@@ -22,7 +22,7 @@ pub mod server;
 
 pub use client::{ClientFrame, DecodeError};
 pub use close::{CloseAdvice, CloseCode};
-pub use names::{Epoch, InvalidName, Payload, Position, ResumeToken, SessionId, Topic};
+pub use names::{Epoch, InvalidName, Payload, Position, PublishId, ResumeToken, SessionId, Topic};
 pub use server::{ErrorCode, ServerFrame, encode_message};
 
 /// Raw JSON payload of a message, validated once when it enters the gateway.

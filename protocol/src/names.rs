@@ -20,6 +20,50 @@ pub enum InvalidName {
     ResumeToken,
     #[error("malformed session id")]
     SessionId,
+    #[error("publish id must be 1-64 characters of A-Z a-z 0-9 _ . : -")]
+    PublishId,
+}
+
+/// A publisher's idempotency key (`publish.id`): 1–64 characters of `[A-Za-z0-9_.:-]`.
+///
+/// A retry with the same id on the same topic within the dedup window returns the first
+/// publish's `seq` and stores nothing. The character set keeps it safe inside a store key.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct PublishId(String);
+
+impl PublishId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn new(id: &str) -> Result<Self, InvalidName> {
+        let valid = !id.is_empty()
+            && id.len() <= Self::MAX_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if valid {
+            Ok(Self(id.to_owned()))
+        } else {
+            Err(InvalidName::PublishId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PublishId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PublishId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        PublishId::new(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A topic name: 1–200 characters of `[A-Za-z0-9_.:-]`.
@@ -118,8 +162,27 @@ impl fmt::Display for SessionId {
 pub struct Epoch(String);
 
 impl Epoch {
+    /// A new epoch: 16 lowercase hex digits, the creation time in Unix milliseconds (48 bits)
+    /// followed by 16 random bits, so epochs created later order after earlier ones (see
+    /// [`Epoch::is_newer_than`]) and two created in the same millisecond still differ.
     pub fn generate() -> Self {
-        Self(random_hex(4))
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Self::at(ms, rand::rng().random::<u16>())
+    }
+
+    /// The epoch created at `ms` (Unix milliseconds) with the random suffix `salt`.
+    pub fn at(ms: u64, salt: u16) -> Self {
+        Self(format!("{:012x}{salt:04x}", ms & 0xffff_ffff_ffff))
+    }
+
+    /// Whether this epoch was created after `other`. Epochs are ordered by length, then
+    /// lexicographically: fixed-width hex orders like the number it spells, and the 8-digit
+    /// random epochs of earlier versions order before every time-prefixed one.
+    pub fn is_newer_than(&self, other: &Epoch) -> bool {
+        (self.0.len(), self.0.as_str()) > (other.0.len(), other.0.as_str())
     }
 
     pub fn new(s: impl Into<String>) -> Self {
@@ -234,6 +297,19 @@ impl fmt::Debug for ResumeToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epochs_order_by_creation_time() {
+        let old = Epoch::at(1_000, 0xffff);
+        let new = Epoch::at(1_001, 0);
+        assert_eq!(new.as_str().len(), 16);
+        assert!(new.is_newer_than(&old));
+        assert!(!old.is_newer_than(&new));
+        assert!(!old.is_newer_than(&old));
+        // The 8-digit random epochs of earlier versions are older than any new one.
+        assert!(Epoch::at(0, 0).is_newer_than(&Epoch::new("ffffffff")));
+        assert!(Epoch::generate().is_newer_than(&old));
+    }
 
     #[test]
     fn topic_rules() {

@@ -10,9 +10,16 @@
 //! - `conformance` (feature `conformance`): the behavioural suite both implementations pass.
 //!
 //! Every topic has a history: publishing assigns the next `seq` and appends to a history capped
-//! by count and age, atomically. Each topic also has an [`Epoch`]; when the history is lost (a
-//! flushed store, an expired topic) the epoch changes, so positions from before cannot be
-//! mistaken for positions in the new history.
+//! by count and age, atomically. Each topic also has an [`Epoch`]; whenever the history may have
+//! gone backwards (a flushed store, an expired topic, a Redis restarted from a snapshot or
+//! failed over to a replica) the epoch changes, so positions from before cannot be mistaken for
+//! positions in the new history. Epochs are ordered: a newer one compares greater.
+//!
+//! History is read in bounded pages ([`SessionStore::history`] takes a count and the store caps
+//! a page's bytes at [`PAGE_BYTES`]), so no single call holds a topic's whole backlog in memory
+//! or blocks Redis for long. Sessions are owned by one connection at a time: a connection
+//! claims a session's next *generation* ([`SessionStore::claim_session`]) and only the latest
+//! generation may save it.
 
 #![forbid(unsafe_code)]
 
@@ -20,7 +27,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use protocol::{Epoch, Payload, Position, SessionId, Topic};
+use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic};
 use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "conformance"))]
@@ -49,6 +56,8 @@ pub struct HistoryLimits {
     pub max_len: usize,
     /// How long a message stays in history, and how long an idle topic keeps its `seq`/`epoch`.
     pub ttl: Duration,
+    /// How long a publish id is remembered: a retry with the same id within it stores nothing.
+    pub dedup_window: Duration,
 }
 
 impl Default for HistoryLimits {
@@ -56,9 +65,14 @@ impl Default for HistoryLimits {
         Self {
             max_len: 1_000,
             ttl: Duration::from_secs(600),
+            dedup_window: Duration::from_secs(120),
         }
     }
 }
+
+/// Most payload bytes one history page carries (it always carries at least one message): bounds
+/// the memory a reader holds and the time one Redis call takes.
+pub const PAGE_BYTES: usize = 256 * 1024;
 
 /// A message as kept in history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,16 +86,43 @@ pub struct StoredMessage {
 pub struct Appended {
     pub seq: u64,
     pub epoch: Epoch,
+    /// `true` when the publish id was seen before: `seq`/`epoch` are the first publish's, and
+    /// nothing was stored (the caller must not fan it out again).
+    pub duplicate: bool,
 }
 
-/// The messages of a topic after some `seq`, with the topic's current top.
+/// A page of a topic's messages after some `seq`, with the topic's current top.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryPage {
     /// The latest `seq` and the epoch, read together with the messages.
     pub top: Position,
-    /// Messages with `seq` above the requested one, in order; possibly not starting right after
-    /// it when older messages were trimmed.
+    /// Messages with `seq` above the requested one, in order, at most the requested count and
+    /// about [`PAGE_BYTES`]; possibly not starting right after it when older messages were
+    /// trimmed. More may follow when the last one is below `top.seq`.
     pub messages: Vec<StoredMessage>,
+}
+
+impl HistoryPage {
+    /// Payload bytes in the page.
+    pub fn bytes(&self) -> usize {
+        self.messages.iter().map(|m| m.data.len()).sum()
+    }
+}
+
+/// Who holds a session: the pod and the generation it claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub pod: String,
+    pub generation: u64,
+}
+
+/// The result of [`SessionStore::claim_session`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// This claim's generation: higher than every earlier claim of the session.
+    pub generation: u64,
+    /// The claim before this one, if the session had one: its connection must be closed.
+    pub previous: Option<Owner>,
 }
 
 /// A session as stored between connections, so any pod can resume it.
@@ -102,30 +143,62 @@ pub struct SessionRecord {
 
 /// Storage of sessions, topic sequences and history. Cheap to clone and share.
 pub trait SessionStore: Send + Sync + 'static {
-    /// Assigns the next `seq` of `topic` and appends `data` to its history, atomically.
+    /// Assigns the next `seq` of `topic` and appends `data` to its history, atomically. With an
+    /// `id` seen on this topic within the dedup window, stores nothing and returns the first
+    /// append's result with `duplicate` set.
     fn append(
         &self,
         topic: &Topic,
         data: &Payload,
+        id: Option<&PublishId>,
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
     /// The latest `seq` and epoch of a topic (`seq` 0 for a topic never published to). Creates
     /// the epoch if the topic has none yet, so the answer is stable for later appends.
     fn top(&self, topic: &Topic) -> impl Future<Output = Result<Position, StoreError>> + Send;
 
-    /// The topic's history after `after` (exclusive), and its top.
+    /// The tops of many topics in one batch (pipelined), in the order given.
+    fn tops(
+        &self,
+        topics: &[Topic],
+    ) -> impl Future<Output = Result<Vec<Position>, StoreError>> + Send;
+
+    /// One page of the topic's history after `after` (exclusive): at most `limit` messages and
+    /// about [`PAGE_BYTES`] (at least one message when there is one), and the topic's top.
     fn history(
         &self,
         topic: &Topic,
         after: u64,
+        limit: usize,
     ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send;
 
-    /// Stores a session; it expires `ttl` after this call unless saved again.
+    /// Moves `topic` to a new epoch (seq 0, empty history) if its epoch is still `stale`:
+    /// called by a pod that finds the store behind what it already delivered in that epoch (the
+    /// store went backwards without noticing). Returns the topic's top afterwards.
+    fn new_epoch(
+        &self,
+        topic: &Topic,
+        stale: &Epoch,
+    ) -> impl Future<Output = Result<Position, StoreError>> + Send;
+
+    /// Claims the next generation of session `id` for a connection on `pod`, atomically, and
+    /// says who held it before. The claim lives `ttl` unless saved again.
+    fn claim_session(
+        &self,
+        id: &SessionId,
+        pod: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Stores a session for the connection holding `generation`; it expires `ttl` after this
+    /// call unless saved again. Returns `false` (and stores nothing) when a later claim holds
+    /// the session: a taken-over connection never overwrites the newer one's record.
     fn save_session(
         &self,
         session: &SessionRecord,
+        generation: u64,
         ttl: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     fn load_session(
         &self,
@@ -171,20 +244,52 @@ macro_rules! delegate {
 }
 
 impl SessionStore for AnyStore {
-    async fn append(&self, topic: &Topic, data: &Payload) -> Result<Appended, StoreError> {
-        delegate!(self, append(topic, data))
+    async fn append(
+        &self,
+        topic: &Topic,
+        data: &Payload,
+        id: Option<&PublishId>,
+    ) -> Result<Appended, StoreError> {
+        delegate!(self, append(topic, data, id))
     }
 
     async fn top(&self, topic: &Topic) -> Result<Position, StoreError> {
         delegate!(self, top(topic))
     }
 
-    async fn history(&self, topic: &Topic, after: u64) -> Result<HistoryPage, StoreError> {
-        delegate!(self, history(topic, after))
+    async fn tops(&self, topics: &[Topic]) -> Result<Vec<Position>, StoreError> {
+        delegate!(self, tops(topics))
     }
 
-    async fn save_session(&self, session: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
-        delegate!(self, save_session(session, ttl))
+    async fn history(
+        &self,
+        topic: &Topic,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        delegate!(self, history(topic, after, limit))
+    }
+
+    async fn new_epoch(&self, topic: &Topic, stale: &Epoch) -> Result<Position, StoreError> {
+        delegate!(self, new_epoch(topic, stale))
+    }
+
+    async fn claim_session(
+        &self,
+        id: &SessionId,
+        pod: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        delegate!(self, claim_session(id, pod, ttl))
+    }
+
+    async fn save_session(
+        &self,
+        session: &SessionRecord,
+        generation: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, save_session(session, generation, ttl))
     }
 
     async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
@@ -210,7 +315,8 @@ pub struct Recovery {
     pub top: Position,
 }
 
-/// Decides whether `since` can be recovered from `page` (fetched with `after = since.seq`).
+/// Decides whether `since` can be recovered from `page` (the first page fetched with
+/// `after = since.seq`; later pages continue from the last message).
 ///
 /// Recovered means: same epoch, the client is not ahead of the top, and the page starts right
 /// after the client's `seq` (nothing in between was trimmed).

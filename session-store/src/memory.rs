@@ -1,19 +1,21 @@
 //! The in-process store: the embedded default of a single gateway.
 //!
-//! Same semantics as the Redis store (capped history by count and age, epochs, session TTLs)
-//! so the gateway behaves the same in both modes. Expired entries are swept lazily: on access,
-//! and over the whole map every few thousand writes.
+//! Same semantics as the Redis store (capped history by count and age, epochs, publish ids,
+//! session generations and TTLs) so the gateway behaves the same in both modes. A process-local
+//! store never goes backwards, so its epochs change only when a topic expires. Expired entries
+//! are swept lazily: on access, and over the whole map every few thousand writes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::{Epoch, Payload, Position, SessionId, Topic};
+use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic};
 use tokio::time::Instant;
 
 use crate::{
-    Appended, HistoryLimits, HistoryPage, SessionRecord, SessionStore, StoreError, StoredMessage,
+    Appended, Claim, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, SessionRecord, SessionStore,
+    StoreError, StoredMessage,
 };
 
 const SWEEP_EVERY: u64 = 4_096;
@@ -27,8 +29,15 @@ pub struct MemoryStore {
 struct Inner {
     limits: HistoryLimits,
     topics: Mutex<HashMap<Topic, TopicState>>,
-    sessions: Mutex<HashMap<SessionId, (SessionRecord, Instant)>>,
+    sessions: Mutex<HashMap<SessionId, SessionEntry>>,
     writes: AtomicU64,
+}
+
+#[derive(Debug)]
+struct SessionEntry {
+    record: Option<SessionRecord>,
+    owner: Owner,
+    expires: Instant,
 }
 
 #[derive(Debug)]
@@ -36,15 +45,28 @@ struct TopicState {
     seq: u64,
     epoch: Epoch,
     history: VecDeque<(StoredMessage, Instant)>,
+    /// Publish ids seen recently, with what their first append got.
+    ids: HashMap<PublishId, (u64, Instant)>,
     touched: Instant,
 }
 
 impl TopicState {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, after: Option<&Epoch>) -> Self {
+        let mut epoch = Epoch::generate();
+        if let Some(old) = after
+            && !epoch.is_newer_than(old)
+        {
+            // Within the same millisecond as the old one (or a clock step back): stay ordered.
+            epoch = Epoch::at(
+                u64::from_str_radix(&old.as_str()[..12], 16).unwrap_or(0) + 1,
+                0,
+            );
+        }
         Self {
             seq: 0,
-            epoch: Epoch::generate(),
+            epoch,
             history: VecDeque::new(),
+            ids: HashMap::new(),
             touched: now,
         }
     }
@@ -88,9 +110,9 @@ impl MemoryStore {
         let mut topics = self.inner.topics.lock().expect("topics lock");
         let state = topics
             .entry(topic.clone())
-            .or_insert_with(|| TopicState::new(now));
+            .or_insert_with(|| TopicState::new(now, None));
         if now.duration_since(state.touched) >= self.inner.limits.ttl {
-            *state = TopicState::new(now);
+            *state = TopicState::new(now, Some(&state.epoch));
         }
         state.trim(&self.inner.limits, now);
         f(state, now)
@@ -111,7 +133,7 @@ impl MemoryStore {
             .sessions
             .lock()
             .expect("sessions lock")
-            .retain(|_, (_, expires)| *expires > now);
+            .retain(|_, entry| entry.expires > now);
     }
 }
 
@@ -122,11 +144,31 @@ impl Default for MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
-    async fn append(&self, topic: &Topic, data: &Payload) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        topic: &Topic,
+        data: &Payload,
+        id: Option<&PublishId>,
+    ) -> Result<Appended, StoreError> {
         let limits = self.inner.limits;
         let appended = self.with_topic(topic, |state, now| {
-            state.seq += 1;
             state.touched = now;
+            if let Some(id) = id {
+                state
+                    .ids
+                    .retain(|_, (_, at)| now.duration_since(*at) < limits.dedup_window);
+                if let Some((seq, _)) = state.ids.get(id) {
+                    return Appended {
+                        seq: *seq,
+                        epoch: state.epoch.clone(),
+                        duplicate: true,
+                    };
+                }
+            }
+            state.seq += 1;
+            if let Some(id) = id {
+                state.ids.insert(id.clone(), (state.seq, now));
+            }
             if limits.max_len > 0 {
                 state.history.push_back((
                     StoredMessage {
@@ -140,6 +182,7 @@ impl SessionStore for MemoryStore {
             Appended {
                 seq: state.seq,
                 epoch: state.epoch.clone(),
+                duplicate: false,
             }
         });
         self.maybe_sweep();
@@ -150,33 +193,116 @@ impl SessionStore for MemoryStore {
         Ok(self.with_topic(topic, |state, _| state.top()))
     }
 
-    async fn history(&self, topic: &Topic, after: u64) -> Result<HistoryPage, StoreError> {
-        Ok(self.with_topic(topic, |state, _| HistoryPage {
-            top: state.top(),
-            messages: state
+    async fn tops(&self, topics: &[Topic]) -> Result<Vec<Position>, StoreError> {
+        Ok(topics
+            .iter()
+            .map(|t| self.with_topic(t, |state, _| state.top()))
+            .collect())
+    }
+
+    async fn history(
+        &self,
+        topic: &Topic,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        Ok(self.with_topic(topic, |state, _| {
+            let mut bytes = 0;
+            let messages = state
                 .history
                 .iter()
                 .filter(|(m, _)| m.seq > after)
+                .take(limit.max(1))
+                .take_while(|(m, _)| {
+                    let first = bytes == 0;
+                    bytes += m.data.len().max(1);
+                    first || bytes <= PAGE_BYTES
+                })
                 .map(|(m, _)| m.clone())
-                .collect(),
+                .collect();
+            HistoryPage {
+                top: state.top(),
+                messages,
+            }
         }))
     }
 
-    async fn save_session(&self, session: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
-        let expires = Instant::now() + ttl;
-        self.inner
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .insert(session.id.clone(), (session.clone(), expires));
+    async fn new_epoch(&self, topic: &Topic, stale: &Epoch) -> Result<Position, StoreError> {
+        Ok(self.with_topic(topic, |state, now| {
+            if state.epoch == *stale {
+                *state = TopicState::new(now, Some(stale));
+            }
+            state.top()
+        }))
+    }
+
+    async fn claim_session(
+        &self,
+        id: &SessionId,
+        pod: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let now = Instant::now();
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        let entry = sessions.entry(id.clone()).or_insert_with(|| SessionEntry {
+            record: None,
+            owner: Owner {
+                pod: String::new(),
+                generation: 0,
+            },
+            expires: now,
+        });
+        let live = entry.expires > now;
+        if !live {
+            entry.record = None;
+        }
+        let previous = (live && entry.owner.generation > 0).then(|| entry.owner.clone());
+        // Generations only grow, even across an expired entry, so a stale takeover can never
+        // match a newer connection.
+        let generation = entry.owner.generation + 1;
+        entry.owner = Owner {
+            pod: pod.to_owned(),
+            generation,
+        };
+        entry.expires = entry.expires.max(now + ttl);
+        drop(sessions);
         self.maybe_sweep();
-        Ok(())
+        Ok(Claim {
+            generation,
+            previous,
+        })
+    }
+
+    async fn save_session(
+        &self,
+        session: &SessionRecord,
+        generation: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        let entry = sessions
+            .entry(session.id.clone())
+            .or_insert_with(|| SessionEntry {
+                record: None,
+                owner: Owner {
+                    pod: session.last_pod.clone(),
+                    generation,
+                },
+                expires: now,
+            });
+        if entry.owner.generation != generation {
+            return Ok(false);
+        }
+        entry.record = Some(session.clone());
+        entry.expires = now + ttl;
+        Ok(true)
     }
 
     async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let mut sessions = self.inner.sessions.lock().expect("sessions lock");
         match sessions.get(id) {
-            Some((record, expires)) if *expires > Instant::now() => Ok(Some(record.clone())),
+            Some(entry) if entry.expires > Instant::now() => Ok(entry.record.clone()),
             Some(_) => {
                 sessions.remove(id);
                 Ok(None)

@@ -5,21 +5,27 @@
 //! - `p:hist:{topic}`: the topic's history, a stream capped exactly at `max_len` entries. Entry
 //!   ids are `<seq>-1`; fields `d` (the payload's JSON text, byte for byte) and `t` (Redis server
 //!   time in ms when appended, used for age trimming).
-//! - `p:epoch:{topic}`: the topic's epoch.
-//! - `p:sess:<id>`: a session, as a JSON string written with `SET .. PX ttl` (one atomic command
-//!   sets the record and its expiry; the record has a nested map, which a flat hash would have to
-//!   re-encode anyway).
+//! - `p:epoch:{topic}`: the topic's epoch and the incarnation that wrote it, `<epoch>|<run id>`.
+//! - `p:pid:{topic}:<id>`: a publish id seen within the dedup window, `<seq>|<epoch>`.
+//! - `p:session:<id>`: a session, a hash: `r` the record as JSON, `g` the generation of the
+//!   latest claim, `o` the pod that claimed it. Claiming and saving are Lua scripts, so only the
+//!   latest claim's connection can write the record.
 //!
-//! The braces are literal: `{topic}` is a Redis Cluster hash tag, so a topic's three keys live in
-//! one slot and one Lua script can touch them all. Topic names cannot contain braces, and the
-//! prefix is refused if it does.
+//! The braces are literal: `{topic}` is a Redis Cluster hash tag, so a topic's keys live in one
+//! slot and one Lua script can touch them all. Topic names cannot contain braces, and the prefix
+//! is refused if it does.
 //!
-//! All three topic keys carry the history ttl, refreshed on every append, so an idle topic
-//! disappears after the ttl; so does a topic whose keys were flushed or evicted. A topic is valid
-//! only while both its `seq` and `epoch` keys exist: the scripts (in `lua/`) start a new history
-//! with a fresh epoch and `seq` 0 as soon as either is missing, so a position from before can never
-//! be mistaken for one in the new history. `top` and `history` create that state for an unknown
-//! topic, so the epoch they report is the one later appends use.
+//! All topic keys carry the history ttl, refreshed on every append, so an idle topic disappears
+//! after the ttl; so does a topic whose keys were flushed or evicted. A topic is valid only while
+//! both its `seq` and `epoch` keys exist **and** its epoch was written by the Redis process now
+//! serving it (its `run_id`, read by the script): the scripts (in `lua/`) start a new history
+//! with a later epoch and `seq` 0 as soon as either is missing or the process changed. A restart
+//! from a snapshot or an AOF, a failover to a replica or a restored backup brings back data that
+//! looks valid but may be older than what clients were sent; the new epoch makes every position
+//! from before unrecoverable (`recovered: false`) instead of silently reusing `seq` numbers. It
+//! also changes on a restart that lost nothing: the store cannot tell, and a visible restart is
+//! the safe side. `top` and `history` create that state for an unknown topic, so the epoch they
+//! report is the one later appends use.
 //!
 //! # Connection behaviour
 //! [`RedisStore::connect`] accepts any URL `fred` parses (`redis://`, `rediss://` with a TLS
@@ -33,21 +39,27 @@
 //! Every call is bounded by `call_timeout`: `fred`'s own command timeout marks an expired command
 //! so it is never written late after a reconnect, and an outer timeout bounds the whole call.
 //! Commands are written at most once (no replay after a dropped connection) because `append` is
-//! not idempotent; the gateway decides whether to retry.
+//! not idempotent without a publish id; the gateway decides whether to retry.
+//!
+//! With `min_replicas` > 0 an append also waits (`WAIT`, on the same connection, bounded by the
+//! call timeout) until that many replicas have it, so a failover to one of them cannot lose it;
+//! fewer acknowledgements fail the call with [`StoreError::Unavailable`] (the message *is*
+//! stored: a retry with the same publish id returns it without storing it twice).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fred::prelude::{
-    Builder, ClientLike, Error as FredError, ErrorKind, Expiration, KeysInterface, LuaInterface,
-    Pool, ReconnectPolicy, Value,
+    Builder, ClientLike, Error as FredError, ErrorKind, HashesInterface, KeysInterface,
+    LuaInterface, Pool, ReconnectPolicy, ServerInterface, Value,
 };
 use fred::types::ConnectHandle;
 use fred::types::config::{Config, UnresponsiveConfig};
-use protocol::{Epoch, Payload, Position, SessionId, Topic};
+use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic};
 
 use crate::{
-    Appended, HistoryLimits, HistoryPage, SessionRecord, SessionStore, StoreError, StoredMessage,
+    Appended, Claim, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, SessionRecord, SessionStore,
+    StoreError, StoredMessage,
 };
 
 /// Added to the call timeout for the outer bound, so `fred`'s per-command timeout (which also
@@ -58,6 +70,12 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 const APPEND_LUA: &str = include_str!("lua/append.lua");
 const TOP_LUA: &str = include_str!("lua/top.lua");
 const HISTORY_LUA: &str = include_str!("lua/history.lua");
+const NEW_EPOCH_LUA: &str = include_str!("lua/new_epoch.lua");
+const CLAIM_SESSION_LUA: &str = include_str!("lua/claim_session.lua");
+const SAVE_SESSION_LUA: &str = include_str!("lua/save_session.lua");
+
+/// Topics whose tops are read concurrently in one batch: fred pipelines them on the pool.
+const TOPS_BATCH: usize = 256;
 
 /// How to reach Redis and how to lay out keys.
 #[derive(Clone)]
@@ -71,6 +89,8 @@ pub struct RedisConfig {
     pub call_timeout: Duration,
     /// Connections in the round-robin pool (default 4; at least 1).
     pub pool_size: usize,
+    /// Replicas that must acknowledge an append before it succeeds (`WAIT`; default 0).
+    pub min_replicas: u32,
 }
 
 impl RedisConfig {
@@ -81,6 +101,7 @@ impl RedisConfig {
             limits: HistoryLimits::default(),
             call_timeout: Duration::from_secs(2),
             pool_size: 4,
+            min_replicas: 0,
         }
     }
 }
@@ -100,6 +121,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("limits", &self.limits)
             .field("call_timeout", &self.call_timeout)
             .field("pool_size", &self.pool_size)
+            .field("min_replicas", &self.min_replicas)
             .finish()
     }
 }
@@ -123,9 +145,14 @@ struct Script {
 }
 
 impl Script {
+    /// A topic script: the shared prelude, then `body`.
     fn new(body: &str) -> Self {
+        Self::standalone(&format!("{PRELUDE}\n{body}"))
+    }
+
+    fn standalone(source: &str) -> Self {
         Self {
-            source: format!("{PRELUDE}\n{body}"),
+            source: source.to_owned(),
             sha: OnceLock::new(),
         }
     }
@@ -143,9 +170,13 @@ struct Inner {
     prefix: String,
     limits: HistoryLimits,
     call_timeout: Duration,
+    min_replicas: u32,
     append: Script,
     top: Script,
     history: Script,
+    new_epoch: Script,
+    claim_session: Script,
+    save_session: Script,
     tasks: Vec<ConnectHandle>,
 }
 
@@ -213,9 +244,13 @@ impl RedisStore {
                 prefix: config.key_prefix,
                 limits: config.limits,
                 call_timeout,
+                min_replicas: config.min_replicas,
                 append: Script::new(APPEND_LUA),
                 top: Script::new(TOP_LUA),
                 history: Script::new(HISTORY_LUA),
+                new_epoch: Script::new(NEW_EPOCH_LUA),
+                claim_session: Script::standalone(CLAIM_SESSION_LUA),
+                save_session: Script::standalone(SAVE_SESSION_LUA),
                 tasks,
             }),
         })
@@ -226,9 +261,14 @@ impl RedisStore {
         self.inner.limits
     }
 
-    /// The key of a session record (exposed for operators and tests).
+    /// The key of a session (exposed for operators and tests).
     pub fn session_key(&self, id: &SessionId) -> String {
-        format!("{}:sess:{}", self.inner.prefix, id)
+        format!("{}:session:{}", self.inner.prefix, id)
+    }
+
+    /// The dedup key of publish `id` on `topic` (in the topic's slot).
+    fn publish_id_key(&self, topic: &Topic, id: &str) -> String {
+        format!("{}:pid:{{{}}}:{id}", self.inner.prefix, topic.as_str())
     }
 
     /// The `seq`, history and epoch keys of a topic, in the order the scripts expect.
@@ -257,36 +297,48 @@ impl RedisStore {
         }
     }
 
-    /// EVALSHA, loading the script on first use and falling back to EVAL on `NOSCRIPT`.
+    /// Runs a topic script on the topic's keys.
     async fn eval(
         &self,
         script: &Script,
         topic: &Topic,
         args: Vec<String>,
     ) -> Result<Vec<Value>, StoreError> {
-        let pool = &self.inner.pool;
         let keys = self.topic_keys(topic).to_vec();
-        let value: Value = self
-            .bounded(async {
-                let sha = match script.sha.get() {
-                    Some(sha) => sha.clone(),
-                    None => {
-                        let sha: String = pool.script_load(script.source.as_str()).await?;
-                        script.sha.get_or_init(|| sha).clone()
-                    }
-                };
-                match pool.evalsha(sha, keys.clone(), args.clone()).await {
-                    Err(e) if e.details().starts_with("NOSCRIPT") => {
-                        pool.eval(script.source.as_str(), keys, args).await
-                    }
-                    other => other,
-                }
-            })
-            .await?;
-        match value {
+        match self
+            .eval_on(self.inner.pool.next(), script, keys, args)
+            .await?
+        {
             Value::Array(items) => Ok(items),
             other => Err(corrupt(format!("script returned {:?}", other.kind()))),
         }
+    }
+
+    /// EVALSHA on `client`, loading the script on first use and falling back to EVAL on
+    /// `NOSCRIPT`.
+    async fn eval_on(
+        &self,
+        client: &fred::prelude::Client,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, StoreError> {
+        self.bounded(async {
+            let sha = match script.sha.get() {
+                Some(sha) => sha.clone(),
+                None => {
+                    let sha: String = client.script_load(script.source.as_str()).await?;
+                    script.sha.get_or_init(|| sha).clone()
+                }
+            };
+            match client.evalsha(sha, keys.clone(), args.clone()).await {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    client.eval(script.source.as_str(), keys, args).await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     /// The common args of every topic script: a fresh epoch (used only for a new history) and
@@ -349,15 +401,45 @@ fn parse_message(id: Value, data: Option<Value>) -> Result<StoredMessage, StoreE
 }
 
 impl SessionStore for RedisStore {
-    async fn append(&self, topic: &Topic, data: &Payload) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        topic: &Topic,
+        data: &Payload,
+        id: Option<&PublishId>,
+    ) -> Result<Appended, StoreError> {
         let mut args = self.base_args();
         args.push(data.as_str().to_owned());
         args.push(self.inner.limits.max_len.to_string());
-        let items = self.eval(&self.inner.append, topic, args).await?;
-        let top = parse_top(&mut items.into_iter())?;
+        args.push(id.map(|id| id.as_str().to_owned()).unwrap_or_default());
+        args.push(millis(self.inner.limits.dedup_window).to_string());
+        let mut keys = self.topic_keys(topic).to_vec();
+        // Without an id the fourth key is never touched, but keeps one key list for the script.
+        keys.push(self.publish_id_key(topic, id.map_or("-", PublishId::as_str)));
+        // One connection for the script and the WAIT after it: WAIT counts this connection's
+        // writes.
+        let client = self.inner.pool.next();
+        let items = match self.eval_on(client, &self.inner.append, keys, args).await? {
+            Value::Array(items) => items,
+            other => return Err(corrupt(format!("script returned {:?}", other.kind()))),
+        };
+        let mut items = items.into_iter();
+        let top = parse_top(&mut items)?;
+        let duplicate = items.next().and_then(|v| v.as_u64()) == Some(1);
+        let min = self.inner.min_replicas;
+        if min > 0 && !duplicate {
+            let timeout = i64::try_from(millis(self.inner.call_timeout)).unwrap_or(i64::MAX);
+            let acked: i64 = self.bounded(client.wait(i64::from(min), timeout)).await?;
+            if acked < i64::from(min) {
+                return Err(StoreError::Unavailable(format!(
+                    "only {acked} of {min} replicas acknowledged seq {} (it is stored: retry with the same publish id)",
+                    top.seq
+                )));
+            }
+        }
         Ok(Appended {
             seq: top.seq,
             epoch: top.epoch,
+            duplicate,
         })
     }
 
@@ -366,11 +448,29 @@ impl SessionStore for RedisStore {
         parse_top(&mut items.into_iter())
     }
 
-    async fn history(&self, topic: &Topic, after: u64) -> Result<HistoryPage, StoreError> {
+    async fn tops(&self, topics: &[Topic]) -> Result<Vec<Position>, StoreError> {
+        let mut out = Vec::with_capacity(topics.len());
+        for batch in topics.chunks(TOPS_BATCH) {
+            let tops = futures_util::future::join_all(batch.iter().map(|t| self.top(t))).await;
+            for top in tops {
+                out.push(top?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn history(
+        &self,
+        topic: &Topic,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
         let mut args = self.base_args();
         // Entry ids are `<seq>-1`, so everything from `<after + 1>-0` on has seq > after.
         args.push(format!("{}-0", after.saturating_add(1)));
         args.push(after.to_string());
+        args.push(limit.max(1).to_string());
+        args.push(PAGE_BYTES.to_string());
         let items = self.eval(&self.inner.history, topic, args).await?;
         let mut items = items.into_iter();
         let top = parse_top(&mut items)?;
@@ -381,19 +481,69 @@ impl SessionStore for RedisStore {
         Ok(HistoryPage { top, messages })
     }
 
-    async fn save_session(&self, session: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
+    async fn new_epoch(&self, topic: &Topic, stale: &Epoch) -> Result<Position, StoreError> {
+        let mut args = self.base_args();
+        args.push(stale.as_str().to_owned());
+        let items = self.eval(&self.inner.new_epoch, topic, args).await?;
+        parse_top(&mut items.into_iter())
+    }
+
+    async fn claim_session(
+        &self,
+        id: &SessionId,
+        pod: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let keys = vec![self.session_key(id)];
+        let args = vec![pod.to_owned(), millis(ttl).to_string()];
+        let reply = self
+            .eval_on(
+                self.inner.pool.next(),
+                &self.inner.claim_session,
+                keys,
+                args,
+            )
+            .await?;
+        let Value::Array(items) = reply else {
+            return Err(corrupt("claim reply is not an array"));
+        };
+        let mut items = items.into_iter();
+        let generation = items
+            .next()
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| corrupt("claim reply without generation"))?;
+        let previous = match (items.next(), items.next()) {
+            (Some(pod), Some(generation)) => Some(Owner {
+                pod: pod.into_string().unwrap_or_default(),
+                generation: generation.as_u64().unwrap_or(0),
+            }),
+            _ => None,
+        };
+        Ok(Claim {
+            generation,
+            previous,
+        })
+    }
+
+    async fn save_session(
+        &self,
+        session: &SessionRecord,
+        generation: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(session)
             .map_err(|e| corrupt(format!("session not serializable: {e}")))?;
-        let key = self.session_key(&session.id);
-        let px = i64::try_from(millis(ttl)).unwrap_or(i64::MAX);
-        let pool = &self.inner.pool;
-        self.bounded(pool.set::<(), _, _>(key, json, Some(Expiration::PX(px)), None, false))
-            .await
+        let keys = vec![self.session_key(&session.id)];
+        let args = vec![generation.to_string(), json, millis(ttl).to_string()];
+        let reply = self
+            .eval_on(self.inner.pool.next(), &self.inner.save_session, keys, args)
+            .await?;
+        Ok(reply.as_u64() == Some(1))
     }
 
     async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let pool = &self.inner.pool;
-        let json: Option<String> = self.bounded(pool.get(self.session_key(id))).await?;
+        let json: Option<String> = self.bounded(pool.hget(self.session_key(id), "r")).await?;
         json.map(|json| {
             serde_json::from_str(&json).map_err(|e| corrupt(format!("session {id}: {e}")))
         })

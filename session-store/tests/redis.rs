@@ -7,7 +7,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, KeysInterface, ReconnectPolicy, StreamsInterface,
+    Builder, Client, ClientLike, Config, HashesInterface, KeysInterface, ReconnectPolicy,
+    StreamsInterface,
 };
 use protocol::{Payload, SessionId, Topic};
 use session_store::conformance::Harness;
@@ -105,7 +106,11 @@ where
 async fn keys_follow_the_documented_layout() {
     let server = RedisServer::start();
     let ttl = Duration::from_secs(30);
-    let limits = HistoryLimits { max_len: 10, ttl };
+    let limits = HistoryLimits {
+        max_len: 10,
+        ttl,
+        ..HistoryLimits::default()
+    };
     let store = RedisStore::connect(RedisConfig {
         key_prefix: "custom".into(),
         ..config(&server.url(), limits, Duration::from_secs(2))
@@ -114,7 +119,7 @@ async fn keys_follow_the_documented_layout() {
     .expect("connect");
     let t = topic("chat.room-1");
     let appended = store
-        .append(&t, &json(r#"{"hi":1}"#))
+        .append(&t, &json(r#"{"hi":1}"#), None)
         .await
         .expect("append");
 
@@ -124,10 +129,11 @@ async fn keys_follow_the_documented_layout() {
     assert_eq!(hist, "custom:hist:{chat.room-1}");
     assert_eq!(epoch, "custom:epoch:{chat.room-1}");
     assert_eq!(admin.get::<String, _>(&seq).await.expect("seq"), "1");
-    assert_eq!(
-        admin.get::<String, _>(&epoch).await.expect("epoch"),
-        appended.epoch.as_str()
-    );
+    // The epoch is stored with the incarnation (run id) of the server that wrote it.
+    let stored: String = admin.get(&epoch).await.expect("epoch");
+    let (stored_epoch, incarnation) = stored.split_once('|').expect("epoch|run_id");
+    assert_eq!(stored_epoch, appended.epoch.as_str());
+    assert_eq!(incarnation.len(), 40, "run id {incarnation}");
     let entries: Vec<(String, HashMap<String, String>)> = admin
         .xrange_values(&hist, "-", "+", None)
         .await
@@ -143,12 +149,12 @@ async fn keys_follow_the_documented_layout() {
 
     let session = record();
     store
-        .save_session(&session, Duration::from_secs(5))
+        .save_session(&session, 1, Duration::from_secs(5))
         .await
         .expect("save");
     let key = store.session_key(&session.id);
-    assert_eq!(key, format!("custom:sess:{}", session.id));
-    let stored: String = admin.get(&key).await.expect("get session");
+    assert_eq!(key, format!("custom:session:{}", session.id));
+    let stored: String = admin.hget(&key, "r").await.expect("get session");
     let parsed: SessionRecord = serde_json::from_str(&stored).expect("session is JSON");
     assert_eq!(parsed, session);
     let pttl: i64 = admin.pttl(&key).await.expect("pttl");
@@ -165,7 +171,7 @@ async fn losing_either_key_starts_a_new_epoch() {
     let [seq_key, _, epoch_key] = store.topic_keys(&t);
     for i in 0..3 {
         store
-            .append(&t, &json(&i.to_string()))
+            .append(&t, &json(&i.to_string()), None)
             .await
             .expect("append");
     }
@@ -173,10 +179,13 @@ async fn losing_either_key_starts_a_new_epoch() {
 
     // The seq is gone but the epoch survived (e.g. evicted): the old positions are void.
     admin.del::<(), _>(&seq_key).await.expect("del");
-    let second = store.append(&t, &json("\"a\"")).await.expect("append");
+    let second = store
+        .append(&t, &json("\"a\""), None)
+        .await
+        .expect("append");
     assert_eq!(second.seq, 1);
     assert_ne!(second.epoch, first.epoch);
-    let page = store.history(&t, 0).await.expect("history");
+    let page = store.history(&t, 0, 10_000).await.expect("history");
     assert_eq!(page.messages.len(), 1, "the stale stream was dropped");
 
     // The epoch is gone but the seq survived.
@@ -184,7 +193,10 @@ async fn losing_either_key_starts_a_new_epoch() {
     let top = store.top(&t).await.expect("top");
     assert_eq!(top.seq, 0);
     assert_ne!(top.epoch, second.epoch);
-    let third = store.append(&t, &json("\"b\"")).await.expect("append");
+    let third = store
+        .append(&t, &json("\"b\""), None)
+        .await
+        .expect("append");
     assert_eq!((third.seq, &third.epoch), (1, &top.epoch));
 }
 
@@ -199,13 +211,20 @@ async fn stores_on_one_redis_share_topics_and_sessions() {
     assert_eq!(b.top(&t).await.expect("top"), top);
     for i in 0..6u64 {
         let store = if i % 2 == 0 { &a } else { &b };
-        let appended = store.append(&t, &json("1")).await.expect("append");
+        let appended = store.append(&t, &json("1"), None).await.expect("append");
         assert_eq!((appended.seq, &appended.epoch), (i + 1, &top.epoch));
     }
-    assert_eq!(b.history(&t, 0).await.expect("history").messages.len(), 6);
+    assert_eq!(
+        b.history(&t, 0, 10_000)
+            .await
+            .expect("history")
+            .messages
+            .len(),
+        6
+    );
 
     let session = record();
-    a.save_session(&session, Duration::from_secs(60))
+    a.save_session(&session, 1, Duration::from_secs(60))
         .await
         .expect("save");
     assert_eq!(
@@ -228,9 +247,9 @@ async fn a_corrupt_session_is_reported_not_panicked() {
     let id = SessionId::generate();
     let admin = admin(&server.url()).await;
     admin
-        .set::<(), _, _>(store.session_key(&id), "{not json", None, None, false)
+        .hset::<(), _, _>(store.session_key(&id), ("r", "{not json"))
         .await
-        .expect("set");
+        .expect("hset");
     assert!(matches!(
         store.load_session(&id).await,
         Err(StoreError::Corrupt(_))
@@ -251,10 +270,10 @@ async fn assert_all_calls_fail(store: &RedisStore, call_timeout: Duration) {
             assert!(took < bound, "{} took {took:?}", stringify!($call));
         }};
     }
-    fails!(store.append(&t, &json("1")));
+    fails!(store.append(&t, &json("1"), None));
     fails!(store.top(&t));
-    fails!(store.history(&t, 0));
-    fails!(store.save_session(&session, Duration::from_secs(5)));
+    fails!(store.history(&t, 0, 10_000));
+    fails!(store.save_session(&session, 1, Duration::from_secs(5)));
     fails!(store.load_session(&session.id));
     fails!(store.delete_session(&session.id));
     fails!(store.ping());
@@ -266,7 +285,7 @@ async fn calls_fail_fast_while_redis_is_down_and_recover_after_restart() {
     let call_timeout = Duration::from_millis(500);
     let store = connect(&server.url(), HistoryLimits::default(), call_timeout).await;
     let t = topic("restart");
-    let before = store.append(&t, &json("1")).await.expect("append");
+    let before = store.append(&t, &json("1"), None).await.expect("append");
 
     server.kill();
     assert_all_calls_fail(&store, call_timeout).await;
@@ -276,7 +295,7 @@ async fn calls_fail_fast_while_redis_is_down_and_recover_after_restart() {
     server.restart();
     eventually(Duration::from_secs(10), || store.ping()).await;
     let after = store
-        .append(&t, &json("2"))
+        .append(&t, &json("2"), None)
         .await
         .expect("append after restart");
     // seq 1: none of the appends that failed during the outage was written late.
@@ -300,7 +319,7 @@ async fn starts_without_redis_and_connects_when_it_appears() {
     let _server = RedisServer::start_on(port);
     eventually(Duration::from_secs(10), || store.ping()).await;
     let appended = store
-        .append(&topic("late"), &json("1"))
+        .append(&topic("late"), &json("1"), None)
         .await
         .expect("append");
     assert_eq!(appended.seq, 1);

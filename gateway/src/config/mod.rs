@@ -80,9 +80,20 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
-    /// Messages queued for one connection before it counts as a slow consumer (closed with 1013).
+    /// Messages queued for one connection. When full, the connection's next messages are not
+    /// queued: it reads them from history once it has written the queue (it is closed only if
+    /// history no longer has them, and then resumes with `recovered: false`).
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
+
+    /// Payload bytes queued for one connection, the byte bound of `--outbound-queue`.
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", default_value_t = 4 << 20)]
+    pub outbound_queue_bytes: usize,
+
+    /// Payload bytes one `hello` may replay across its topics; a topic whose missed messages
+    /// would go past it is answered `recovered: false` instead of being replayed.
+    #[arg(long, env = "GATEWAY_REPLAY_BUDGET", default_value_t = 16 << 20)]
+    pub replay_budget: usize,
 
     /// A write to a client that makes no progress for this long closes the connection.
     #[arg(long, env = "GATEWAY_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -113,6 +124,16 @@ pub struct Config {
     /// How long messages stay in a topic's history.
     #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub history_ttl: Duration,
+
+    /// How long a publish `id` is remembered per topic: a retry with the same id within it
+    /// returns the first `seq` and stores nothing.
+    #[arg(long, env = "GATEWAY_DEDUP_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub dedup_window: Duration,
+
+    /// Redis replicas that must acknowledge each append (`WAIT`) before `published` is sent, so
+    /// a failover cannot lose an acknowledged message. 0 = don't wait.
+    #[arg(long, env = "GATEWAY_REDIS_MIN_REPLICAS", default_value_t = 0)]
+    pub redis_min_replicas: u32,
 
     /// How long an arrival ahead of a gap is held before the gap is filled from history.
     #[arg(long, env = "GATEWAY_GAP_TIMEOUT", default_value = "100ms", value_parser = humantime::parse_duration)]
@@ -188,6 +209,11 @@ pub enum ConfigError {
     Handshakes,
     #[error("--key-prefix {0:?} may only contain A-Z a-z 0-9 _ -")]
     KeyPrefix(String),
+    #[error(
+        "--redis-min-replicas needs a single primary (redis:// or redis-sentinel://): with \
+         redis-cluster:// WAIT would go to an arbitrary node"
+    )]
+    MinReplicasOnCluster,
 }
 
 impl Config {
@@ -198,6 +224,7 @@ impl Config {
             ("max-connections", self.max_connections),
             ("max-subscriptions", self.max_subscriptions),
             ("read-buffer-size", self.read_buffer_size),
+            ("outbound-queue-bytes", self.outbound_queue_bytes),
             ("drain-rate", self.drain_rate as usize),
         ];
         for (flag, value) in nonzero {
@@ -213,6 +240,7 @@ impl Config {
             ("write-timeout", self.write_timeout),
             ("topic-resync-interval", self.topic_resync_interval),
             ("store-timeout", self.store_timeout),
+            ("dedup-window", self.dedup_window),
             ("heartbeat-interval", self.heartbeat_interval),
             ("rebalance-interval", self.rebalance_interval),
         ];
@@ -246,6 +274,14 @@ impl Config {
             && !self.security.admin_insecure
         {
             return Err(ConfigError::AdminExposed(self.admin_listen));
+        }
+        if self.redis_min_replicas > 0
+            && self
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("redis-cluster"))
+        {
+            return Err(ConfigError::MinReplicasOnCluster);
         }
         if self.security.max_handshakes == 0 {
             return Err(ConfigError::Handshakes);

@@ -248,6 +248,33 @@ impl Client {
         }
     }
 
+    /// Collects message frames until the close frame; returns both.
+    pub async fn messages_until_close(&mut self) -> (Vec<Value>, Closed) {
+        let mut out = Vec::new();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .expect("a frame in time");
+            match m {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    assert_eq!(v["type"], "message", "{v}");
+                    out.push(v);
+                }
+                Some(Ok(Message::Close(Some(c)))) => {
+                    let closed = Closed {
+                        code: c.code.into(),
+                        reason: serde_json::from_str(c.reason.as_str()).unwrap_or(Value::Null),
+                    };
+                    return (out, closed);
+                }
+                Some(Ok(Message::Close(None))) | None => panic!("closed without a close frame"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("error before close frame: {e}"),
+            }
+        }
+    }
+
     /// Subscribes and returns the `subscribed` frame.
     pub async fn subscribe(&mut self, topic: &str) -> Value {
         self.send(json!({"type": "subscribe", "topic": topic}))

@@ -1,6 +1,17 @@
--- Append: ARGV[3] = payload (JSON text), ARGV[4] = history max length (0 = keep no history).
--- Returns {seq, epoch}.
+-- Append: ARGV[3] = payload (JSON text), ARGV[4] = history max length (0 = keep no history),
+-- ARGV[5] = publish id ("" = none), ARGV[6] = dedup window in ms. KEYS[4] = the id's dedup key.
+-- Returns {seq, epoch, duplicate (0/1)}.
 local epoch, seq = topic_state()
+if ARGV[5] ~= '' then
+  -- A retry of a publish already stored in this epoch: answer what the first one got.
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local seen_seq, seen_epoch = string.match(seen, '^(%d+)|(.*)$')
+    if seen_epoch == epoch then
+      return {tonumber(seen_seq), epoch, 1}
+    end
+  end
+end
 seq = seq + 1
 local max_len = tonumber(ARGV[4])
 if max_len > 0 then
@@ -16,4 +27,7 @@ end
 seq = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
-return {seq, epoch}
+if ARGV[5] ~= '' then
+  redis.call('SET', KEYS[4], string.format('%d', seq) .. '|' .. epoch, 'PX', ARGV[6])
+end
+return {seq, epoch, 0}

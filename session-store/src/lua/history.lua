@@ -1,32 +1,54 @@
--- History: ARGV[3] = first stream id wanted ("<after + 1>-0"), ARGV[4] = after.
--- Returns {seq, epoch, id1, data1, id2, data2, ...} for messages with seq > after that are younger
--- than the ttl, read atomically with the top.
+-- History: ARGV[3] = first stream id wanted ("<after + 1>-0"), ARGV[4] = after, ARGV[5] = most
+-- messages, ARGV[6] = most payload bytes (a page always has at least one message).
+-- Returns {seq, epoch, id1, data1, id2, data2, ...}: one page of the messages with seq > after
+-- that are younger than the ttl, read atomically with the top.
 local epoch, seq = topic_state()
 local out = {seq, epoch}
 if seq > tonumber(ARGV[4]) then
   local cutoff = now_ms() - tonumber(ARGV[2])
-  local entries = redis.call('XRANGE', KEYS[2], ARGV[3], '+')
-  for _, entry in ipairs(entries) do
-    local fields = entry[2]
-    local data, at
-    for i = 1, #fields, 2 do
-      if fields[i] == 'd' then
-        data = fields[i + 1]
-      elseif fields[i] == 't' then
-        at = tonumber(fields[i + 1])
+  local limit = tonumber(ARGV[5])
+  local max_bytes = tonumber(ARGV[6])
+  local bytes = 0
+  local start = ARGV[3]
+  -- Entries too old are skipped in batches until a young one is found; the stream is capped, so
+  -- this ends within max_len entries.
+  while true do
+    local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', limit)
+    for _, entry in ipairs(entries) do
+      local fields = entry[2]
+      local data, at
+      for i = 1, #fields, 2 do
+        if fields[i] == 'd' then
+          data = fields[i + 1]
+        elseif fields[i] == 't' then
+          at = tonumber(fields[i + 1])
+        end
+      end
+      if data == nil or at == nil then
+        return redis.error_reply('corrupt history entry ' .. entry[1])
+      end
+      if at <= cutoff then
+        -- Too old. Dropping everything up to here (not just this entry) keeps the page a
+        -- contiguous suffix of the history even if the server clock stepped back, so `recover`
+        -- never sees a hole.
+        out = {seq, epoch}
+        bytes = 0
+      else
+        if #out > 2 and (bytes + #data > max_bytes or #out - 2 >= 2 * limit) then
+          return out
+        end
+        out[#out + 1] = entry[1]
+        out[#out + 1] = data
+        bytes = bytes + #data
       end
     end
-    if data == nil or at == nil then
-      return redis.error_reply('corrupt history entry ' .. entry[1])
+    if #out > 2 or #entries < limit then
+      return out
     end
-    if at <= cutoff then
-      -- Too old. Dropping everything up to here (not just this entry) keeps the page a contiguous
-      -- suffix of the history even if the server clock stepped back, so `recover` never sees a hole.
-      out = {seq, epoch}
-    else
-      out[#out + 1] = entry[1]
-      out[#out + 1] = data
-    end
+    -- The whole batch was too old: go on after its last entry.
+    local last = entries[#entries][1]
+    local last_seq = tonumber(string.match(last, '^(%d+)-'))
+    start = string.format('%d-0', last_seq + 1)
   end
 end
 return out

@@ -1,0 +1,241 @@
+//! Local fan-out: topic → the connections on this pod that subscribe to it.
+//!
+//! Layout:
+//! - this file: the topic table ([`Hub`]), subscribing and unsubscribing, [`Delivery`].
+//! - `topic`: the task of one topic: its backplane subscription, `seq` order, catch-ups.
+//! - `resync`: the pod-wide check that finds topics whose store top moved past what they
+//!   delivered (a trailing message the backplane dropped, a backplane reconnect).
+//!
+//! A topic with local subscribers has one task. It holds the pod's backplane subscription for the
+//! topic (so a pod's traffic grows with its own interest, not the fleet's), restores `seq` order
+//! with a [`Sequencer`](crate::sequencer::Sequencer), fills gaps from the store's history, and
+//! hands each message to every subscriber's bounded queue as one shared [`Delivery`] (the frame
+//! is serialized once per pod). A subscriber whose queue is full (in messages or bytes) is not
+//! closed: the message is left out of its queue and the connection reads it from history after
+//! writing what is queued (`connection`), so a burst never costs a healthy reader its socket.
+//! The last unsubscribe stops the task, which drops the backplane subscription.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use protocol::{Epoch, Payload, Position, Topic, encode_message};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::control::ConnControl;
+use crate::metrics::Metrics;
+use crate::{Bus, Store};
+
+mod resync;
+mod topic;
+
+/// Catch-ups (history reads by topic tasks) running at once on a pod: a backplane reconnect
+/// or a resync round that finds many topics behind reads them a few at a time.
+const CATCH_UP_CONCURRENCY: usize = 8;
+
+/// Identifies a connection on this pod.
+pub type ConnId = u64;
+
+/// One message on its way to the local subscribers of its topic, shared by all of them.
+#[derive(Debug)]
+pub struct Delivery {
+    pub topic: Topic,
+    pub seq: u64,
+    pub epoch: Epoch,
+    /// The `message` frame without `epoch`, ready to write.
+    pub frame: Utf8Bytes,
+    /// Kept to re-encode the frame with `epoch` for a subscriber that has not seen this epoch.
+    pub data: Payload,
+    /// When it was published (Unix µs), or `None` when it came from history.
+    pub published_us: Option<u64>,
+}
+
+impl Delivery {
+    pub fn new(
+        topic: Topic,
+        seq: u64,
+        epoch: Epoch,
+        data: Payload,
+        published_us: Option<u64>,
+    ) -> Self {
+        let frame = Utf8Bytes::from(encode_message(&topic, seq, None, &data));
+        Self {
+            topic,
+            seq,
+            epoch,
+            frame,
+            data,
+            published_us,
+        }
+    }
+}
+
+/// A connection's place in a topic's subscriber list.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub tx: mpsc::Sender<Arc<Delivery>>,
+    pub control: Arc<ConnControl>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("topic unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone)]
+enum Readiness {
+    Pending,
+    Ready,
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct TopicEntry {
+    subscribers: RwLock<HashMap<ConnId, Subscriber>>,
+    ready: watch::Receiver<Readiness>,
+    stop: CancellationToken,
+    /// What the topic task released last: compared with the store's top by `resync`.
+    released: Mutex<Option<Position>>,
+    /// Set by `resync` when the store is ahead: the task catches up.
+    behind: Notify,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub gap_timeout: Duration,
+    pub resync_interval: Duration,
+    /// The byte bound of each subscriber's queue.
+    pub queue_bytes: usize,
+}
+
+/// The pod's topic table. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    topics: Mutex<HashMap<Topic, Arc<TopicEntry>>>,
+    store: Store,
+    backplane: Bus,
+    metrics: Arc<Metrics>,
+    config: HubConfig,
+    shutdown: CancellationToken,
+    catch_ups: Semaphore,
+}
+
+impl Hub {
+    pub fn new(
+        store: Store,
+        backplane: Bus,
+        metrics: Arc<Metrics>,
+        config: HubConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let hub = Self {
+            inner: Arc::new(HubInner {
+                topics: Mutex::new(HashMap::new()),
+                store,
+                backplane,
+                metrics,
+                config,
+                shutdown,
+                catch_ups: Semaphore::new(CATCH_UP_CONCURRENCY),
+            }),
+        };
+        tokio::spawn(resync::run(hub.inner.clone()));
+        hub
+    }
+
+    /// Adds `conn` to `topic`. Returns once the pod receives the topic's messages: everything
+    /// published after this returns reaches the subscriber's queue, in `seq` order.
+    pub async fn subscribe(
+        &self,
+        topic: &Topic,
+        conn: ConnId,
+        subscriber: Subscriber,
+    ) -> Result<(), HubError> {
+        let entry = {
+            let mut topics = self.inner.topics.lock().expect("hub lock");
+            let entry = match topics.get(topic) {
+                Some(entry) => entry.clone(),
+                None => {
+                    let entry = self.start_topic(topic);
+                    topics.insert(topic.clone(), entry.clone());
+                    self.inner.metrics.hub.topics.set(topics.len() as i64);
+                    entry
+                }
+            };
+            entry
+                .subscribers
+                .write()
+                .expect("subscribers lock")
+                .insert(conn, subscriber);
+            entry
+        };
+        let mut ready = entry.ready.clone();
+        let outcome = ready
+            .wait_for(|r| !matches!(r, Readiness::Pending))
+            .await
+            .map(|r| r.clone());
+        match outcome {
+            Ok(Readiness::Ready) => Ok(()),
+            Ok(Readiness::Failed(why)) => {
+                self.unsubscribe(topic, conn);
+                Err(HubError::Unavailable(why))
+            }
+            Ok(Readiness::Pending) | Err(_) => {
+                self.unsubscribe(topic, conn);
+                Err(HubError::Unavailable("topic task stopped".into()))
+            }
+        }
+    }
+
+    /// Removes `conn` from `topic`; the last one out stops the topic's task.
+    pub fn unsubscribe(&self, topic: &Topic, conn: ConnId) {
+        let mut topics = self.inner.topics.lock().expect("hub lock");
+        if let Some(entry) = topics.get(topic) {
+            let mut subs = entry.subscribers.write().expect("subscribers lock");
+            subs.remove(&conn);
+            if subs.is_empty() {
+                drop(subs);
+                entry.stop.cancel();
+                topics.remove(topic);
+                self.inner.metrics.hub.topics.set(topics.len() as i64);
+            }
+        }
+    }
+
+    fn start_topic(&self, topic: &Topic) -> Arc<TopicEntry> {
+        let (ready_tx, ready_rx) = watch::channel(Readiness::Pending);
+        let entry = Arc::new(TopicEntry {
+            subscribers: RwLock::new(HashMap::new()),
+            ready: ready_rx,
+            stop: self.inner.shutdown.child_token(),
+            released: Mutex::new(None),
+            behind: Notify::new(),
+        });
+        tokio::spawn(topic::run(
+            topic.clone(),
+            entry.clone(),
+            self.inner.clone(),
+            ready_tx,
+        ));
+        entry
+    }
+}
+
+impl HubInner {
+    /// Removes `entry` from the table if it is still the topic's entry (a task that failed).
+    fn remove(&self, topic: &Topic, entry: &Arc<TopicEntry>) {
+        let mut topics = self.topics.lock().expect("hub lock");
+        if topics.get(topic).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            topics.remove(topic);
+            self.metrics.hub.topics.set(topics.len() as i64);
+        }
+    }
+}

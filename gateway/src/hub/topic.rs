@@ -1,0 +1,274 @@
+//! The task of one topic with local subscribers: its backplane subscription, `seq` order and
+//! catch-ups from history.
+//!
+//! Arrivals go through a [`Sequencer`]. What it cannot release at once is filled from history:
+//! after `--gap-timeout` for a gap, at once when the hold is full, and whenever `resync` finds
+//! the store ahead of what was released. A catch-up reads history in pages (releasing each page
+//! before reading the next, and yielding between them, so a burst is spread out) and checks the
+//! store against what this pod already delivered:
+//! - the store reports another epoch: the topic restarted (flushed, expired, or the store's
+//!   incarnation changed): follow it from its beginning;
+//! - same epoch but a top *below* what was released: the store went backwards without noticing
+//!   (e.g. data restored under the same process): move the topic to a new epoch in the store,
+//!   atomically, so every pod and client sees the break instead of reused `seq`s.
+
+use std::sync::Arc;
+
+use backplane::{Backplane, Subject, Subscription};
+use futures_util::StreamExt;
+use protocol::{Payload, Position, Topic};
+use session_store::SessionStore;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Duration, Instant, sleep_until};
+
+use super::{Delivery, HubInner, Readiness, TopicEntry};
+use crate::envelope::Envelope;
+use crate::sequencer::{Arrival, Sequencer};
+
+/// Messages per history page read by a catch-up.
+const PAGE: usize = 100;
+/// Pages one catch-up reads at most: history is capped, so this is only a guard against a
+/// store that keeps moving under the reader.
+const MAX_PAGES: usize = 1_000;
+
+type Item = (Payload, Option<u64>);
+
+struct TopicTask {
+    topic: Topic,
+    entry: Arc<TopicEntry>,
+    hub: Arc<HubInner>,
+    seq: Sequencer<Item>,
+}
+
+/// Runs the topic until its last subscriber leaves or the pod shuts down.
+pub(super) async fn run(
+    topic: Topic,
+    entry: Arc<TopicEntry>,
+    hub: Arc<HubInner>,
+    ready: watch::Sender<Readiness>,
+) {
+    let subject = Subject::Topic(topic.clone());
+    // Subscribe before reading the top: whatever is published after the top was read then
+    // arrives on the subscription, so nothing falls between the two.
+    let started = async {
+        let sub = hub
+            .backplane
+            .subscribe(&subject)
+            .await
+            .map_err(|e| e.to_string())?;
+        let top = hub.store.top(&topic).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((sub, top))
+    };
+    let (sub, top) = tokio::select! {
+        _ = entry.stop.cancelled() => return,
+        started = started => match started {
+            Ok(ok) => ok,
+            Err(why) => {
+                tracing::warn!(%topic, %why, "cannot open topic");
+                hub.remove(&topic, &entry);
+                let _ = ready.send(Readiness::Failed(why));
+                return;
+            }
+        },
+    };
+    *entry.released.lock().expect("released lock") = Some(top.clone());
+    let mut task = TopicTask {
+        seq: Sequencer::new(top.seq, top.epoch),
+        topic,
+        entry,
+        hub,
+    };
+    let _ = ready.send(Readiness::Ready);
+    task.serve(sub, subject).await;
+}
+
+impl TopicTask {
+    async fn serve(&mut self, mut sub: Subscription, subject: Subject) {
+        let gap_timeout = self.hub.config.gap_timeout;
+        let mut gap_deadline: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = self.entry.stop.cancelled() => return,
+                msg = sub.next() => {
+                    let Some(bytes) = msg else {
+                        // The backplane ended the subscription (it should not): open a new one
+                        // and catch up from history.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        match self.hub.backplane.subscribe(&subject).await {
+                            Ok(s) => sub = s,
+                            Err(e) => tracing::warn!(topic = %self.topic, error = %e, "resubscribe failed"),
+                        }
+                        self.catch_up().await;
+                        continue;
+                    };
+                    match Envelope::decode(&bytes) {
+                        Ok(env) => {
+                            let size = env.data.len();
+                            let item = (env.data, Some(env.published_us));
+                            match self.seq.arrive(env.seq, &env.epoch, item, size) {
+                                Arrival::Release(items) => self.release(items),
+                                Arrival::Duplicate => self.hub.metrics.hub.drop("duplicate"),
+                                Arrival::Held => {}
+                                // The hold is at its bound: fill the gap now.
+                                Arrival::Full => self.catch_up().await,
+                                // A straggler from an older epoch, or the store moved on while
+                                // this pod missed it: check against the store soon.
+                                Arrival::Stale => {
+                                    self.hub.metrics.hub.drop("stale_epoch");
+                                    gap_deadline.get_or_insert_with(|| Instant::now() + gap_timeout);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            self.hub.metrics.hub.drop("malformed");
+                            tracing::warn!(topic = %self.topic, error = %e, "dropping backplane message");
+                        }
+                    }
+                    if self.seq.has_gap() {
+                        gap_deadline.get_or_insert_with(|| Instant::now() + gap_timeout);
+                    }
+                }
+                _ = async { sleep_until(gap_deadline.expect("guarded")).await }, if gap_deadline.is_some() => {
+                    gap_deadline = None;
+                    if self.seq.has_gap() {
+                        self.hub.metrics.hub.gap_fills.inc();
+                    }
+                    self.catch_up().await;
+                }
+                _ = self.entry.behind.notified() => self.catch_up().await,
+            }
+        }
+    }
+
+    /// Reads history after the last released `seq`, page by page, and releases what was
+    /// missing. Whatever is still held after that is ahead of messages history no longer has:
+    /// released as is (subscribers see the jump: see `connection`).
+    async fn catch_up(&mut self) {
+        let Ok(_permit) = self.hub.catch_ups.acquire().await else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let mut pages = 0;
+        while pages < MAX_PAGES {
+            pages += 1;
+            let after = self.seq.released();
+            let page = match self.hub.store.history(&self.topic, after, PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "history read failed; will retry");
+                    break;
+                }
+            };
+            if page.top.epoch != *self.seq.epoch() {
+                // The store is the truth about the topic's epoch: follow it from its start.
+                tracing::info!(topic = %self.topic, from = ?self.seq.epoch(), to = ?page.top.epoch, "topic has a new epoch");
+                self.hub.metrics.hub.epoch_change("new_epoch");
+                self.seq.restart(page.top.epoch);
+                continue;
+            }
+            if page.top.seq < after {
+                // History is behind what this pod already delivered in the same epoch: the store
+                // went backwards. Reusing those seqs would be a silent gap for every subscriber.
+                tracing::warn!(topic = %self.topic, delivered = after, top = page.top.seq, epoch = ?page.top.epoch,
+                    "store is behind what was delivered: moving the topic to a new epoch");
+                self.hub.metrics.hub.epoch_change("store_behind");
+                match self.hub.store.new_epoch(&self.topic, &page.top.epoch).await {
+                    Ok(top) => self.seq.restart(top.epoch),
+                    Err(e) => {
+                        tracing::warn!(topic = %self.topic, error = %e, "cannot move the topic to a new epoch; will retry");
+                        break;
+                    }
+                }
+                continue;
+            }
+            let Some(last) = page.messages.last().map(|m| m.seq) else {
+                break;
+            };
+            if let Some(first) = page.messages.first()
+                && first.seq > self.seq.next()
+            {
+                tracing::warn!(topic = %self.topic, missing = first.seq - self.seq.next(), "gap no longer in history");
+                self.hub.metrics.hub.drop("gap_unfillable");
+            }
+            let epoch = page.top.epoch.clone();
+            for m in page.messages {
+                let size = m.data.len();
+                match self.seq.arrive(m.seq, &epoch, (m.data, None), size) {
+                    Arrival::Release(items) => self.release(items),
+                    Arrival::Full => {
+                        let items = self.seq.skip_gap();
+                        self.release(items);
+                    }
+                    Arrival::Duplicate | Arrival::Held | Arrival::Stale => {}
+                }
+            }
+            if self.seq.has_gap() {
+                // The page starts after a trimmed part: nothing can fill what is before it.
+                let items = self.seq.skip_gap();
+                self.release(items);
+            }
+            if last >= page.top.seq {
+                break;
+            }
+            // Spread a large catch-up: let connections write what was released.
+            tokio::task::yield_now().await;
+        }
+        self.hub.metrics.store.observe("history", started);
+        if self.seq.has_gap() {
+            let items = self.seq.skip_gap();
+            tracing::warn!(topic = %self.topic, count = items.len(), "gap no longer in history");
+            self.hub.metrics.hub.drop("gap_unfillable");
+            self.release(items);
+        }
+        self.note_released();
+    }
+
+    fn note_released(&self) {
+        *self.entry.released.lock().expect("released lock") = Some(Position {
+            seq: self.seq.released(),
+            epoch: self.seq.epoch().clone(),
+        });
+    }
+
+    /// Hands `items` to every subscriber. A subscriber whose queue is full, in messages or in
+    /// bytes, is marked lagging instead: it reads the messages from history itself.
+    fn release(&self, items: Vec<(u64, Item)>) {
+        if items.is_empty() {
+            return;
+        }
+        let epoch = self.seq.epoch();
+        let limit = self.hub.config.queue_bytes;
+        let subs = self.entry.subscribers.read().expect("subscribers lock");
+        for (s, (data, published_us)) in items {
+            let delivery = Arc::new(Delivery::new(
+                self.topic.clone(),
+                s,
+                epoch.clone(),
+                data,
+                published_us,
+            ));
+            let size = delivery.data.len();
+            for sub in subs.values() {
+                if !sub.control.reserve(size, limit) {
+                    self.lag(sub);
+                    continue;
+                }
+                match sub.tx.try_send(delivery.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        sub.control.release(size);
+                        self.lag(sub);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => sub.control.release(size),
+                }
+            }
+        }
+        drop(subs);
+        self.note_released();
+    }
+
+    fn lag(&self, sub: &super::Subscriber) {
+        self.hub.metrics.hub.lagged.inc();
+        sub.control.mark_lagging(&self.topic);
+    }
+}

@@ -1,0 +1,211 @@
+//! Where a connection is in each topic, and writing from history what it has not been sent.
+//!
+//! This is the last hop, and where "never a silent gap" is enforced: a connection writes a
+//! topic's message only if it is the one right after the last it wrote (or the first of a newer
+//! epoch, sent with its `epoch` so the client sees the break). Anything else (a message its
+//! full queue had no room for, a gap the hub gave up on, a replay after `subscribed` or
+//! `welcome`) is filled from history first, in bounded pages, each flushed before the next is
+//! read. When history no longer has what is missing, the connection closes with 1013 and the
+//! client resumes: the resume answers `recovered: false` for that topic. Nothing is skipped.
+//!
+//! Positions advance in two steps: `fed` when a frame is handed to the socket, `sent` once the
+//! socket flushed it. Only `sent` is ever saved in the session record, so a client resuming
+//! without positions restarts from the first message it was not sent.
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use protocol::{Epoch, Payload, Position, Topic, encode_message};
+use session_store::SessionStore;
+use tokio::time::timeout;
+
+use crate::connection::{Close, Conn};
+use crate::hub::Delivery;
+
+/// Messages per history page a connection reads.
+pub const PAGE: usize = 100;
+
+/// Where a connection is in one topic.
+#[derive(Debug, Clone)]
+pub struct SubState {
+    /// The last `seq` handed to the socket, in `epoch`.
+    pub fed: u64,
+    pub epoch: Epoch,
+    /// Whether the next message written must carry `epoch` (the first of a new epoch).
+    pub announce: bool,
+    /// The last position the socket flushed: what the session record saves.
+    pub sent: Position,
+}
+
+impl SubState {
+    /// A subscription whose client has everything up to `at`.
+    pub fn at(at: Position) -> Self {
+        Self {
+            fed: at.seq,
+            epoch: at.epoch.clone(),
+            announce: false,
+            sent: at,
+        }
+    }
+
+    /// The frame for message `seq` of this subscription's epoch, and the position moved past
+    /// it.
+    fn frame(
+        &mut self,
+        topic: &Topic,
+        seq: u64,
+        data: &Payload,
+        plain: Option<&Utf8Bytes>,
+    ) -> Message {
+        let frame = match plain {
+            Some(frame) if !self.announce => frame.clone(),
+            _ => Utf8Bytes::from(encode_message(
+                topic,
+                seq,
+                self.announce.then_some(&self.epoch),
+                data,
+            )),
+        };
+        self.announce = false;
+        self.fed = seq;
+        Message::Text(frame)
+    }
+
+    fn flushed(&mut self) {
+        if self.sent.seq != self.fed || self.sent.epoch != self.epoch {
+            self.sent = Position {
+                seq: self.fed,
+                epoch: self.epoch.clone(),
+            };
+        }
+    }
+}
+
+/// What to do with one delivery from the queue.
+pub enum Step {
+    Write(Message),
+    /// Not subscribed any more, already written, or from an older epoch.
+    Skip,
+    /// Messages before it are missing: fill from history first.
+    Gap,
+}
+
+impl Conn {
+    /// Decides about `delivery` and, when it is the next message, moves the position past it.
+    pub(crate) fn step(&mut self, delivery: &Delivery) -> Step {
+        let Some(sub) = self.subs.get_mut(&delivery.topic) else {
+            return Step::Skip;
+        };
+        if delivery.epoch != sub.epoch {
+            if !delivery.epoch.is_newer_than(&sub.epoch) {
+                return Step::Skip;
+            }
+            if delivery.seq != 1 {
+                return Step::Gap;
+            }
+            sub.epoch = delivery.epoch.clone();
+            sub.announce = true;
+        } else if delivery.seq <= sub.fed {
+            return Step::Skip;
+        } else if delivery.seq != sub.fed + 1 {
+            return Step::Gap;
+        }
+        let message = sub.frame(
+            &delivery.topic,
+            delivery.seq,
+            &delivery.data,
+            Some(&delivery.frame),
+        );
+        let metrics = &self.shared.metrics.conn;
+        metrics.delivered.inc();
+        if let Some(published) = delivery.published_us {
+            let now = crate::envelope::now_us();
+            metrics
+                .delivery_latency
+                .observe(now.saturating_sub(published) as f64 / 1e6);
+        }
+        Step::Write(message)
+    }
+
+    /// Flushes the socket and records that everything fed so far was sent.
+    pub(crate) async fn flush(&mut self, socket: &mut WebSocket) -> Result<(), Close> {
+        match timeout(self.shared.config.write_timeout, socket.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return Err(Close::Gone),
+        }
+        for sub in self.subs.values_mut() {
+            sub.flushed();
+        }
+        Ok(())
+    }
+
+    /// Writes `topic`'s messages after the connection's position from history, page by page,
+    /// until it has reached the top the store reports. Moves to a newer epoch when the topic
+    /// restarted (the first message written carries it). Fails with [`Close::Lagged`] when
+    /// history no longer has the next message.
+    pub(crate) async fn fill(
+        &mut self,
+        socket: &mut WebSocket,
+        topic: &Topic,
+    ) -> Result<(), Close> {
+        loop {
+            let Some(sub) = self.subs.get(topic) else {
+                return Ok(());
+            };
+            let (after, epoch) = (sub.fed, sub.epoch.clone());
+            let started = std::time::Instant::now();
+            let page = self.shared.store.history(topic, after, PAGE).await;
+            self.shared.metrics.store.observe("history", started);
+            let page = page.map_err(|e| {
+                tracing::warn!(%topic, error = %e, "cannot read history for a subscriber");
+                Close::Unavailable
+            })?;
+            if page.top.epoch != epoch {
+                if !page.top.epoch.is_newer_than(&epoch) {
+                    // The store answered from an older epoch than this client has seen: it is
+                    // in flux; the hub follows the store and the next delivery tries again.
+                    return Ok(());
+                }
+                // The topic restarted: whatever came after `after` in the old epoch is gone.
+                // The client learns it from the `epoch` on the next message it gets.
+                let sub = self.subs.get_mut(topic).expect("checked above");
+                sub.epoch = page.top.epoch;
+                sub.fed = 0;
+                sub.announce = true;
+                continue;
+            }
+            let Some(first) = page.messages.first() else {
+                if page.top.seq > after {
+                    tracing::info!(%topic, after, top = page.top.seq, "history no longer has what a subscriber missed");
+                    return Err(Close::Lagged);
+                }
+                return Ok(());
+            };
+            if first.seq != after + 1 {
+                tracing::info!(%topic, after, first = first.seq, "history no longer has what a subscriber missed");
+                return Err(Close::Lagged);
+            }
+            let last = page.messages.last().map_or(after, |m| m.seq);
+            for m in &page.messages {
+                let sub = self.subs.get_mut(topic).expect("checked above");
+                let message = sub.frame(topic, m.seq, &m.data, None);
+                match timeout(self.shared.config.write_timeout, socket.feed(message)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return Err(Close::Gone),
+                }
+                self.shared.metrics.conn.delivered.inc();
+            }
+            self.flush(socket).await?;
+            if last >= page.top.seq {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Fills every topic whose messages did not fit in the queue.
+    pub(crate) async fn fill_lagging(&mut self, socket: &mut WebSocket) -> Result<(), Close> {
+        for topic in self.control.take_lagging() {
+            self.fill(socket, &topic).await?;
+        }
+        Ok(())
+    }
+}
