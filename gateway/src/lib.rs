@@ -7,6 +7,7 @@
 //!   admin router (`/metrics`, `/api/publish`, `/admin/drain`).
 //! - `connection`: one task per socket: reads frames, writes replies and batched deliveries.
 //! - `session`: `hello`, resume and per-topic recovery for a connection.
+//! - [`sizes`]: the message size limit, checked at the door, and the buffers derived from it.
 //! - `hub`: topic → local subscribers, restoring `seq` order with `sequencer`.
 //! - `envelope`: the payload of topic messages on the backplane.
 //! - `control`: closing a connection from outside its task; the pod's connection table.
@@ -50,6 +51,7 @@ mod metrics;
 pub mod ops;
 mod sequencer;
 mod session;
+pub mod sizes;
 
 pub use config::{Config, ConfigError};
 
@@ -145,6 +147,19 @@ pub(crate) struct Shared {
 pub(crate) enum PublishError {
     #[error("history unavailable: {0}")]
     Store(#[from] session_store::StoreError),
+    /// Refused before the append: the payload could not be delivered (see [`sizes`]).
+    #[error("message of {size} bytes is above the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+}
+
+impl PublishError {
+    /// The `error` frame code for the publisher.
+    pub fn code(&self) -> protocol::ErrorCode {
+        match self {
+            Self::Store(_) => protocol::ErrorCode::Unavailable,
+            Self::TooLarge { .. } => protocol::ErrorCode::TooLarge,
+        }
+    }
 }
 
 impl Shared {
@@ -152,6 +167,7 @@ impl Shared {
     /// backplane. A backplane failure is not an error for the publisher: the message is in
     /// history, and every pod's topic task re-reads history to catch up.
     pub async fn publish(&self, topic: &Topic, data: Payload) -> Result<Appended, PublishError> {
+        self.check_publishable(topic, &data)?;
         let started = std::time::Instant::now();
         let appended = self.store.append(topic, &data).await?;
         self.metrics.store.observe("append", started);
@@ -282,6 +298,7 @@ pub async fn run(
     tokio::spawn(cluster::run_heartbeats(shared.clone()));
     tokio::spawn(cluster::run_control(shared.clone(), control));
     tokio::spawn(cluster::run_rebalancer(shared.clone()));
+    tokio::spawn(sizes::watch_backplane_limit(shared.clone()));
 
     // Either a signal (the caller's future) or an operator's drain request starts the drain;
     // only the caller's future ends the process.
