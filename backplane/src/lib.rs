@@ -115,6 +115,10 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Whether the backplane is connected now: feeds `/readyz`.
     fn is_connected(&self) -> bool;
+
+    /// The largest payload one publish may carry, when the backplane has a limit (NATS: the
+    /// server's `max_payload`). A larger publish fails, so callers refuse it up front.
+    fn max_payload(&self) -> Option<usize>;
 }
 
 /// The backplane the gateway runs with, picked at startup: memory when no NATS URL is
@@ -164,6 +168,13 @@ impl Backplane for AnyBackplane {
         match self {
             Self::Memory(b) => b.is_connected(),
             Self::Nats(b) => b.is_connected(),
+        }
+    }
+
+    fn max_payload(&self) -> Option<usize> {
+        match self {
+            Self::Memory(b) => b.max_payload(),
+            Self::Nats(b) => b.max_payload(),
         }
     }
 }

@@ -74,6 +74,11 @@ impl Backplane for MemoryBackplane {
     fn is_connected(&self) -> bool {
         true
     }
+
+    /// No limit: payloads are shared in memory, never copied.
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
 }
 
 fn tokio_stream_from_receiver(
@@ -105,5 +110,6 @@ mod tests {
         bp.publish(&a, Bytes::from_static(b"z")).await.unwrap();
         assert_eq!(s2.next().await.unwrap(), "z");
         assert_eq!(bp.inner.subjects.lock().unwrap()[&a].len(), 1);
+        assert_eq!(bp.max_payload(), None);
     }
 }

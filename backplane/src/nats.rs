@@ -28,6 +28,9 @@
 //!   reconnect, after announcing the connection. The monitor runs the same round trip before
 //!   bumping the counter, so whoever re-reads history on the tick cannot race the resubscription.
 //!   The first connection counts too: it always happens after [`NatsBackplane::connect`] returned.
+//! - **Payloads are bounded by the server.** A publish above the server's `max_payload`
+//!   (1 MiB unless configured) fails; [`Backplane::max_payload`] reports the limit so the
+//!   caller can refuse such a message before doing anything else with it.
 //! - **Slow consumers drop.** Each subscription buffers up to `subscription_capacity` messages;
 //!   beyond that the client drops messages for it (counted in
 //!   [`NatsBackplane::slow_consumer_drops`]) and the gateway fills the gap from history.
@@ -262,6 +265,12 @@ impl Backplane for NatsBackplane {
 
     fn is_connected(&self) -> bool {
         self.inner.client.connection_state() == State::Connected
+    }
+
+    /// The `max_payload` of the server the client last connected to (async-nats's default of
+    /// 1 MiB, the server's default too, before the first connection).
+    fn max_payload(&self) -> Option<usize> {
+        Some(self.inner.client.max_payload())
     }
 }
 

@@ -238,6 +238,30 @@ async fn any_backplane_delegates_to_nats() {
     assert!(*a.reconnects().borrow() >= 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_payload_is_the_servers() {
+    let server = NatsServer::start_with_max_payload(32 * 1024);
+    let bp = connected(config(&server.url(), "pod-a")).await;
+    assert_eq!(bp.max_payload(), Some(32 * 1024));
+    assert_eq!(
+        AnyBackplane::from(bp.clone()).max_payload(),
+        Some(32 * 1024)
+    );
+    // Above it, a publish fails: the caller must refuse such a payload before anything else.
+    let t = topic("big");
+    assert!(
+        bp.publish(&t, Bytes::from(vec![b'x'; 32 * 1024 + 1]))
+            .await
+            .is_err()
+    );
+    bp.publish(&t, Bytes::from(vec![b'x'; 32 * 1024]))
+        .await
+        .unwrap();
+    let default = NatsServer::start();
+    let bp = connected(config(&default.url(), "pod-b")).await;
+    assert_eq!(bp.max_payload(), Some(1024 * 1024));
+}
+
 #[tokio::test]
 async fn invalid_configuration_is_refused() {
     let bad = [

@@ -1,9 +1,10 @@
 //! What a connection may do: its rate limits, publishing under its grants, and `refresh`.
 //!
 //! Every frame passes [`Conn::admit_frame`] first: over the frame rate it is answered with
-//! `rate_limited` and dropped; sustained abuse closes the connection with 1008. Publishing also
-//! spends the byte budget. Grants come from the token (see `auth`) and change only on `refresh`,
-//! which removes the subscriptions the new token no longer allows.
+//! `rate_limited` and dropped; sustained abuse closes the connection with 1008. Publishing is
+//! checked for size (`too_large`), then spends the byte budget. Grants come from the token (see
+//! `auth`) and change only on `refresh`, which removes the subscriptions the new token no longer
+//! allows.
 
 use axum::extract::ws::WebSocket;
 use protocol::client::Ref;
@@ -61,6 +62,16 @@ impl Conn {
             );
             return self.reply(socket, &reply).await;
         }
+        // Before the byte budget: a payload above the limit is refused, not rate limited (it
+        // could exceed the burst and never pass).
+        if let Err(e) = self.shared.check_publishable(&topic, &data) {
+            return self
+                .reply(
+                    socket,
+                    &ServerFrame::error(e.code(), e.to_string(), reference),
+                )
+                .await;
+        }
         let verdict = self.limiter.check_publish(data.len());
         if !self.rate_verdict(socket, verdict, reference).await? {
             return Ok(());
@@ -71,13 +82,15 @@ impl Conn {
                 seq: appended.seq,
                 reference,
             },
-            // The append may have run before the failure (e.g. a replica acknowledgement timed
-            // out): only a retry with the same id is safe from storing it twice.
-            Err(e) => ServerFrame::error(
-                ErrorCode::Unavailable,
-                format!("{e}; retry with the same publish id"),
-                reference,
-            ),
+            // The append may have run before an `unavailable` (e.g. a replica acknowledgement
+            // timed out): only a retry with the same id is safe from storing it twice.
+            Err(e) => {
+                let message = match e.code() {
+                    ErrorCode::Unavailable => format!("{e}; retry with the same publish id"),
+                    _ => e.to_string(),
+                };
+                ServerFrame::error(e.code(), message, reference)
+            }
         };
         self.reply(socket, &reply).await
     }

@@ -7,6 +7,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use protocol::{Epoch, Payload};
 
+/// The longest header [`Envelope::encode`] writes: a 20-digit `seq`, an epoch of up to
+/// [`protocol::MAX_EPOCH_LEN`] characters, 20 digits of time, two spaces and the newline. A
+/// payload of `n` bytes travels as at most `n + MAX_HEADER_LEN` bytes on the backplane.
+pub const MAX_HEADER_LEN: usize = 20 + 1 + protocol::MAX_EPOCH_LEN + 1 + 20 + 1;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub seq: u64,
@@ -74,5 +79,16 @@ mod tests {
         assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
         assert!(Envelope::decode(b"garbage").is_err());
         assert!(Envelope::decode(b"1 e 2\n{").is_err());
+    }
+
+    #[test]
+    fn the_longest_header_fits_its_bound() {
+        let e = Envelope {
+            seq: u64::MAX,
+            epoch: Epoch::new("e".repeat(protocol::MAX_EPOCH_LEN)),
+            published_us: u64::MAX,
+            data: Payload::parse("1").unwrap(),
+        };
+        assert_eq!(e.encode().len(), MAX_HEADER_LEN + e.data.len());
     }
 }

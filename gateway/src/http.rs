@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +23,7 @@ use session_store::SessionStore;
 use tokio::net::TcpListener;
 
 use crate::metrics::OutcomeLabel;
-use crate::{Shared, connection};
+use crate::{PublishError, Shared, connection};
 
 /// Serves the public port: a hyper HTTP/1 server per socket (so the upgrade request has a
 /// header-read deadline against slowloris), after reading a PROXY v2 header from trusted
@@ -97,6 +98,8 @@ async fn serve_socket(
 
 pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     let stop = shared.shutdown.clone();
+    // The largest `/api/publish` body, instead of axum's 2 MB default: a bigger one is a 413.
+    let body_limit = crate::sizes::max_publish_body(shared.config.max_message_size);
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/publish", post(api_publish))
@@ -109,6 +112,7 @@ pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) -> std::io:
         ))
         // After the token layer: the page is static; its API calls carry the token.
         .merge(crate::assets::fleet_routes())
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(shared);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -221,12 +225,18 @@ async fn upgrade(
         .inc();
     let c = &shared.config;
     let token = shared.tasks.token();
+    // Sizes derived from `--max-message-size` (see `sizes`): the write bound holds a batch plus
+    // the largest message frame, so every accepted message can be written; the read bound
+    // holds a publish of the largest payload.
+    let max_read = crate::sizes::max_client_frame(c.max_message_size);
     ws.read_buffer_size(c.read_buffer_size)
         .write_buffer_size(c.write_buffer_size)
-        // Bounds what one connection may buffer: a batch plus one frame.
-        .max_write_buffer_size(c.write_buffer_size + c.max_message_size + 1024)
-        .max_message_size(c.max_message_size)
-        .max_frame_size(c.max_message_size)
+        .max_write_buffer_size(crate::sizes::max_write_buffer(
+            c.write_buffer_size,
+            c.max_message_size,
+        ))
+        .max_message_size(max_read)
+        .max_frame_size(max_read)
         .on_upgrade(move |socket| async move {
             connection::serve(socket, shared, ip, permit).await;
             drop(ip_guard);
@@ -302,37 +312,57 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 #[derive(Debug, Deserialize)]
 struct PublishRequest {
     topic: String,
-    data: Box<protocol::RawJson>,
+    /// `None` when missing or `null`: refused, as a WebSocket `publish` without `data` is.
+    data: Option<Box<protocol::RawJson>>,
     /// Idempotency key: a retry with the same id returns the first `seq` and stores nothing.
     id: Option<String>,
 }
 
+/// An `/api/publish` refusal: `{"error":…,"message":…}`.
+fn api_error(status: StatusCode, error: &str, message: impl std::fmt::Display) -> Response {
+    let body = serde_json::json!({"error": error, "message": message.to_string()});
+    (status, Json(body)).into_response()
+}
+
 async fn api_publish(
     State(shared): State<Arc<Shared>>,
-    Json(req): Json<PublishRequest>,
+    body: Result<Json<PublishRequest>, JsonRejection>,
 ) -> Response {
+    let req = match body {
+        Ok(Json(req)) => req,
+        // Over the body limit (see `serve_admin`): the payload cannot be within its limit.
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            shared
+                .metrics
+                .publish
+                .refuse(crate::sizes::MAX_MESSAGE_SIZE);
+            let max = shared.config.max_message_size;
+            let limit = crate::sizes::max_publish_body(max);
+            let message = format!("request body above {limit} bytes (data may be {max} bytes)");
+            return api_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message);
+        }
+        Err(e @ JsonRejection::MissingJsonContentType(_)) => {
+            return api_error(e.status(), "bad_request", e.body_text());
+        }
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
     let topic = match Topic::new(&req.topic) {
         Ok(t) => t,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": "bad_request", "message": e.to_string()})),
-            )
-                .into_response();
-        }
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, "bad_request", e),
+    };
+    let Some(data) = req.data else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "missing field `data` (null is not a message)",
+        );
     };
     let id = match req.id.as_deref().map(protocol::PublishId::new).transpose() {
         Ok(id) => id,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": "bad_request", "message": e.to_string()})),
-            )
-                .into_response();
-        }
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, "bad_request", e),
     };
     match shared
-        .publish(&topic, Payload::from_raw(&req.data), id.as_ref())
+        .publish(&topic, Payload::from_raw(&data), id.as_ref())
         .await
     {
         Ok(appended) => Json(serde_json::json!({
@@ -342,11 +372,11 @@ async fn api_publish(
             "duplicate": appended.duplicate,
         }))
         .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "unavailable", "message": e.to_string()})),
-        )
-            .into_response(),
+        Err(e @ PublishError::TooLarge { .. }) => {
+            api_error(StatusCode::PAYLOAD_TOO_LARGE, e.code().as_str(), e)
+        }
+        // The append may have run before the failure: retry with the same id.
+        Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, e.code().as_str(), e),
     }
 }
 

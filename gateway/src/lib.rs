@@ -7,6 +7,7 @@
 //!   admin router (`/metrics`, `/api/publish`, `/admin/drain`).
 //! - `connection`: one task per socket: reads frames, writes replies and batched deliveries.
 //! - `session`: `hello`, resume and per-topic recovery for a connection.
+//! - [`sizes`]: the message size limit, checked at the door, and the buffers derived from it.
 //! - `hub`: topic → local subscribers, restoring `seq` order with `sequencer`.
 //! - `envelope`: the payload of topic messages on the backplane.
 //! - `control`: closing a connection from outside its task; the pod's connection table.
@@ -51,6 +52,7 @@ pub mod ops;
 mod replay;
 mod sequencer;
 mod session;
+pub mod sizes;
 
 pub use config::{Config, ConfigError};
 
@@ -146,6 +148,19 @@ pub(crate) struct Shared {
 pub(crate) enum PublishError {
     #[error("history unavailable: {0}")]
     Store(#[from] session_store::StoreError),
+    /// Refused before the append: the payload could not be delivered (see [`sizes`]).
+    #[error("message of {size} bytes is above the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+}
+
+impl PublishError {
+    /// The `error` frame code for the publisher.
+    pub fn code(&self) -> protocol::ErrorCode {
+        match self {
+            Self::Store(_) => protocol::ErrorCode::Unavailable,
+            Self::TooLarge { .. } => protocol::ErrorCode::TooLarge,
+        }
+    }
 }
 
 impl Shared {
@@ -160,6 +175,7 @@ impl Shared {
         data: Payload,
         id: Option<&PublishId>,
     ) -> Result<Appended, PublishError> {
+        self.check_publishable(topic, &data)?;
         let started = std::time::Instant::now();
         let appended = self.store.append(topic, &data, id).await?;
         self.metrics.store.observe("append", started);
@@ -296,6 +312,7 @@ pub async fn run(
     tokio::spawn(cluster::run_heartbeats(shared.clone()));
     tokio::spawn(cluster::run_control(shared.clone(), control));
     tokio::spawn(cluster::run_rebalancer(shared.clone()));
+    tokio::spawn(sizes::watch_backplane_limit(shared.clone()));
 
     // Either a signal (the caller's future) or an operator's drain request starts the drain;
     // only the caller's future ends the process.

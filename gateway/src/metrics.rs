@@ -183,6 +183,28 @@ impl HubMetrics {
     }
 }
 
+/// Publishes (WebSocket and `/api/publish`) refused before anything was stored.
+#[derive(Debug, Default)]
+pub struct PublishMetrics {
+    /// By reason: `max_message_size` (above `--max-message-size`), `backplane_max_payload`
+    /// (above what the backplane carries).
+    pub refused: Family<ReasonLabel, Counter>,
+}
+
+impl PublishMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "publishes_refused",
+            "Publishes refused before the append, by reason",
+            self.refused.clone(),
+        );
+    }
+
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
 /// Calls to the session store.
 #[derive(Debug)]
 pub struct StoreMetrics {
@@ -237,6 +259,7 @@ impl DrainMetrics {
 pub struct Metrics {
     pub conn: ConnectionMetrics,
     pub hub: HubMetrics,
+    pub publish: PublishMetrics,
     pub store: StoreMetrics,
     pub drain: DrainMetrics,
     registry: Registry,
@@ -246,16 +269,19 @@ impl Metrics {
     pub fn new() -> Self {
         let conn = ConnectionMetrics::new();
         let hub = HubMetrics::default();
+        let publish = PublishMetrics::default();
         let store = StoreMetrics::default();
         let drain = DrainMetrics::default();
         let mut registry = Registry::with_prefix("gateway");
         conn.register(&mut registry);
         hub.register(&mut registry);
+        publish.register(&mut registry);
         store.register(&mut registry);
         drain.register(&mut registry);
         Self {
             conn,
             hub,
+            publish,
             store,
             drain,
             registry,

@@ -148,8 +148,15 @@ async fn a_reader_behind_history_is_closed_1013_and_told_recovered_false() {
     let mut fast = reader.await.unwrap();
     let (msgs, closed) = slow.messages_until_close().await;
     let got = support::seqs(&msgs);
-    assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "a gap before the close");
-    assert!(got.len() < 2_000, "the slow reader got everything: the test proves nothing");
+    assert_eq!(
+        got,
+        (1..=got.len() as u64).collect::<Vec<_>>(),
+        "a gap before the close"
+    );
+    assert!(
+        got.len() < 2_000,
+        "the slow reader got everything: the test proves nothing"
+    );
     assert_eq!(closed.code, 1013);
     assert_eq!(closed.reason["error"], "lagged");
     assert_eq!(closed.reason["reconnect"], true);

@@ -24,8 +24,11 @@ use support::hostile::{
 use support::http;
 use tokio::io::AsyncWriteExt;
 
-/// `--max-message-size` of the gateway under attack (large enough for 100k-deep JSON).
+/// The largest message the gateway under attack reads (large enough for 100k-deep JSON): a
+/// publish of its largest payload, `--max-message-size`, with room for the rest of the frame.
 const MAX: usize = 256 * 1024;
+/// `--max-message-size` of the gateway under attack.
+const MAX_PAYLOAD: usize = MAX - gateway::sizes::CLIENT_FRAME_ROOM;
 
 /// What the gateway must answer to one frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +66,9 @@ fn answer_to_text(text: &str) -> Expect {
         Ok(ClientFrame::Unsubscribe { .. }) => Expect::Error("not_subscribed"),
         Ok(ClientFrame::Refresh { .. }) => Expect::Error("unauthorized"),
         Ok(ClientFrame::Subscribe { .. }) => Expect::Reply("subscribed"),
+        Ok(ClientFrame::Publish { data, .. }) if data.len() > MAX_PAYLOAD => {
+            Expect::Error("too_large")
+        }
         Ok(ClientFrame::Publish { .. }) => Expect::Reply("published"),
     }
 }
@@ -680,6 +686,14 @@ fn scripted() -> Vec<(&'static str, Vec<Frame>, Expect)> {
             Expect::Reply("published"),
         ),
         (
+            "a payload one byte above --max-message-size, in a frame within the limit",
+            vec![text(format!(
+                r#"{{"type":"publish","topic":"big","data":"{}"}}"#,
+                "d".repeat(MAX_PAYLOAD - 1)
+            ))],
+            Expect::Error("too_large"),
+        ),
+        (
             "a publish with 10k keys",
             vec![text(format!(
                 r#"{{"type":"publish","topic":"keys","data":{{{}"z":0}}}}"#,
@@ -909,7 +923,7 @@ async fn fuzz_connection(
 async fn thousands_of_malformed_frames_get_their_designed_answers_and_the_pod_survives() {
     let log = log_path("malformed");
     let secret = secret_file();
-    let max = MAX.to_string();
+    let max = MAX_PAYLOAD.to_string();
     let mut pod = start_logged(
         &[
             "--auth",

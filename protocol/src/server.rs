@@ -119,6 +119,22 @@ impl ServerFrame {
     }
 }
 
+/// The longest epoch [`max_message_frame_len`] allows for: epochs are random hex (8 or 16
+/// characters), with room to grow to 32.
+pub const MAX_EPOCH_LEN: usize = 32;
+
+/// The longest `message` frame (as [`encode_message`] writes it) for a payload of at most
+/// `max_data_len` bytes: the longest topic, a 20-digit `seq`, an epoch of up to
+/// [`MAX_EPOCH_LEN`] characters and the fixed JSON around them.
+///
+/// The gateway sizes each socket's write buffer from this, so that every message it accepts can
+/// be written to every subscriber.
+pub fn max_message_frame_len(max_data_len: usize) -> usize {
+    const FIXED: &str = r#"{"type":"message","topic":"","seq":,"epoch":"","data":}"#;
+    const U64_DIGITS: usize = 20;
+    FIXED.len() + Topic::MAX_LEN + U64_DIGITS + MAX_EPOCH_LEN + max_data_len
+}
+
 /// Encodes `{"type":"message","topic":…,"seq":…,"epoch"?:…,"data":…}`: once per message, the
 /// bytes then shared by every subscriber on the pod.
 ///
@@ -173,6 +189,20 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["epoch"], "ab12");
         assert_eq!(v["data"]["k"], "\"}");
+    }
+
+    #[test]
+    fn a_maximal_message_fits_its_frame_bound() {
+        let topic = Topic::new(&"t".repeat(Topic::MAX_LEN)).unwrap();
+        let epoch = Epoch::new("e".repeat(MAX_EPOCH_LEN));
+        for max in [2, 128, 65_536] {
+            // A JSON string of exactly `max` bytes, quotes included.
+            let data = Payload::parse(&format!("\"{}\"", "x".repeat(max - 2))).unwrap();
+            assert_eq!(data.len(), max);
+            let frame = encode_message(&topic, u64::MAX, Some(&epoch), &data);
+            assert_eq!(frame.len(), max_message_frame_len(max));
+            assert!(encode_message(&topic, u64::MAX, None, &data).len() <= frame.len());
+        }
     }
 
     #[test]

@@ -64,7 +64,9 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_POD_NAME")]
     pub pod_name: Option<String>,
 
-    /// Largest accepted WebSocket message, in bytes; above it the connection is closed with 1009.
+    /// Largest accepted message payload (the `data` JSON text), in bytes: a larger publish is
+    /// refused with `too_large` (HTTP 413 on `/api/publish`). A WebSocket message above this
+    /// plus 512 bytes closes the connection with 1009. Use the same value on every pod.
     #[arg(long, env = "GATEWAY_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
     pub max_message_size: usize,
 
