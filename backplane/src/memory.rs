@@ -34,6 +34,16 @@ impl MemoryBackplane {
             }),
         }
     }
+
+    /// Ends every live subscription to `subject`: their streams return `None`, as a real
+    /// backplane's can when it loses a subscription. Returns how many were ended. For tests and
+    /// fault drills: whoever reads a subscription must cope with its end (e.g. resubscribe).
+    pub fn close_subscriptions(&self, subject: &Subject) -> usize {
+        let mut subjects = self.inner.subjects.lock().expect("subjects lock");
+        subjects.remove(subject).map_or(0, |senders| {
+            senders.iter().filter(|tx| !tx.is_closed()).count()
+        })
+    }
 }
 
 impl Default for MemoryBackplane {
@@ -111,5 +121,22 @@ mod tests {
         assert_eq!(s2.next().await.unwrap(), "z");
         assert_eq!(bp.inner.subjects.lock().unwrap()[&a].len(), 1);
         assert_eq!(bp.max_payload(), None);
+    }
+
+    #[tokio::test]
+    async fn closed_subscriptions_end_and_new_ones_receive() {
+        let bp = MemoryBackplane::new();
+        let a = Subject::Heartbeat;
+        let other = Subject::Control("p".into());
+        let mut s1 = bp.subscribe(&a).await.unwrap();
+        let mut kept = bp.subscribe(&other).await.unwrap();
+        assert_eq!(bp.close_subscriptions(&a), 1);
+        assert_eq!(s1.next().await, None);
+        assert_eq!(bp.close_subscriptions(&a), 0);
+        let mut s2 = bp.subscribe(&a).await.unwrap();
+        bp.publish(&a, Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(s2.next().await.unwrap(), "x");
+        bp.publish(&other, Bytes::from_static(b"y")).await.unwrap();
+        assert_eq!(kept.next().await.unwrap(), "y");
     }
 }

@@ -229,6 +229,56 @@ async fn leastconn_places_300_clients_evenly_over_3_pods() {
     }
 }
 
+/// `gateway_rebalance_closes_total` of a pod.
+async fn rebalance_closes(pod: &Pod) -> u64 {
+    let (status, metrics) = http(pod.admin_addr(), "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_rebalance_closes_total "))
+        .expect("rebalance counter exported")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ramp_up_through_haproxy_sheds_nobody() {
+    // Rebalancing looks every 300 ms, as often as pods beat: during the ramp every pod's view
+    // mixes its own fresh count with the others' older ones, and only the wait for a stable
+    // view keeps that apparent imbalance from turning into 1012s.
+    let fleet = Fleet::start(3, 3, &["--rebalance-interval", "300ms"]).await;
+    let clients = connect_all(&fleet.url(), 150).await;
+    // Every pod sees the whole fleet...
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = http(fleet.pod(i).admin_addr(), "GET", "/scaler", None, None).await;
+            let v: Value = serde_json::from_str(&body).unwrap();
+            if v["fleet"]["connections"] == 150 && v["fleet"]["pods"] == 3 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pod {i} never saw the fleet: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // ...and keeps it for many rebalancing rounds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = distribution(&clients);
+    eprintln!("placement of 150 clients: {d:?}");
+    assert!(within(&d, 3, 150, 0.10), "uneven placement: {d:?}");
+    for i in 0..3 {
+        assert_eq!(rebalance_closes(fleet.pod(i)).await, 0, "pod {i} shed");
+    }
+    for c in clients {
+        let s = c.stop().await;
+        assert!(s.closes.is_empty(), "a client was closed: {:?}", s.closes);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_a_pod_under_load_loses_nothing() {
     let mut fleet = Fleet::start(3, 3, &["--drain-rate", "40"]).await;

@@ -36,6 +36,10 @@ fn bad_configuration_fails_fast_with_a_clear_message() {
             vec!["--allowed-origins", "example.com"],
             "--allowed-origins",
         ),
+        (
+            vec!["--rebalance-stable-beats", "0"],
+            "--rebalance-stable-beats must be greater than zero",
+        ),
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?} was accepted");
@@ -49,6 +53,7 @@ fn bad_configuration_fails_fast_with_a_clear_message() {
         "GATEWAY_REDIS_URL",
         "--max-connections",
         "[default: 10000]",
+        "GATEWAY_REBALANCE_STABLE_BEATS",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }

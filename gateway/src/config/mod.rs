@@ -180,6 +180,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_REBALANCE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub rebalance_interval: Duration,
 
+    /// Rebalancing acts only on a stable view: this many consecutive heartbeat rounds listing the
+    /// same pods with the same counts (within 1%, at least 1). 1 acts on the latest round alone.
+    #[arg(long, env = "GATEWAY_REBALANCE_STABLE_BEATS", default_value_t = 3)]
+    pub rebalance_stable_beats: u32,
+
     /// After the last close frame, how long to wait for clients' close handshakes before exit.
     #[arg(long, env = "GATEWAY_CLOSE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub close_grace: Duration,
@@ -228,6 +233,10 @@ impl Config {
             ("read-buffer-size", self.read_buffer_size),
             ("outbound-queue-bytes", self.outbound_queue_bytes),
             ("drain-rate", self.drain_rate as usize),
+            (
+                "rebalance-stable-beats",
+                self.rebalance_stable_beats as usize,
+            ),
         ];
         for (flag, value) in nonzero {
             if value == 0 {
@@ -335,6 +344,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.max_message_size, 65_536);
         assert_eq!(c.resume_window, Duration::from_secs(120));
+        assert_eq!(c.rebalance_stable_beats, 3);
     }
 
     #[test]
@@ -350,6 +360,12 @@ mod tests {
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "--outbound-queue must be greater than zero"
+        );
+        let mut c = Config::embedded_default();
+        c.rebalance_stable_beats = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--rebalance-stable-beats must be greater than zero"
         );
         let mut c = Config::embedded_default();
         c.allowed_origins = vec!["example.com".into()];
