@@ -316,7 +316,6 @@ impl Conn {
         rx: &mut mpsc::Receiver<Arc<Delivery>>,
         first: Arc<Delivery>,
     ) -> Result<(), Close> {
-        let write_timeout = self.shared.config.write_timeout;
         let mut next = Some(first);
         let mut written = 0;
         while let Some(delivery) = next.take() {
@@ -327,10 +326,7 @@ impl Conn {
             }
             match self.step(&delivery) {
                 Step::Write(message) => {
-                    match timeout(write_timeout, socket.feed(message)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) | Err(_) => return Err(Close::Gone),
-                    }
+                    self.feed(socket, message).await?;
                     written += 1;
                 }
                 Step::Skip => {}
@@ -340,10 +336,7 @@ impl Conn {
                     // History covered it (it was stored before it was published), so it is a
                     // duplicate now; anything else means the epoch moved on meanwhile.
                     if let Step::Write(message) = self.step(&delivery) {
-                        match timeout(write_timeout, socket.feed(message)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) | Err(_) => return Err(Close::Gone),
-                        }
+                        self.feed(socket, message).await?;
                     }
                 }
             }
@@ -368,7 +361,8 @@ impl Conn {
     pub async fn write(&mut self, socket: &mut WebSocket, message: Message) -> Result<(), Close> {
         match timeout(self.shared.config.write_timeout, socket.send(message)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(Close::Gone),
+            Ok(Err(e)) => Err(self.write_failed(e)),
+            Err(_) => Err(Close::Gone),
         }
     }
 

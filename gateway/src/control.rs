@@ -235,3 +235,58 @@ impl Connections {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(table: &Connections) -> (ConnId, Arc<ConnControl>) {
+        let control = Arc::new(ConnControl::new());
+        (table.register(control.clone()), control)
+    }
+
+    #[test]
+    fn only_older_generations_are_taken_over() {
+        let table = Connections::default();
+        let session = SessionId::generate();
+        let (a, a_ctl) = conn(&table);
+        assert!(matches!(
+            table.bind_session(a, session.clone(), 1),
+            Bind::Bound(None)
+        ));
+        // A newer claim on this pod closes the older connection.
+        let (b, _b_ctl) = conn(&table);
+        match table.bind_session(b, session.clone(), 3) {
+            Bind::Bound(Some(previous)) => assert!(Arc::ptr_eq(&previous, &a_ctl)),
+            other => panic!("{other:?}"),
+        }
+        // A slower, older claim loses instead of closing the newer one.
+        let (c, c_ctl) = conn(&table);
+        assert!(matches!(
+            table.bind_session(c, session.clone(), 2),
+            Bind::Superseded
+        ));
+        assert!(!c_ctl.is_closing());
+        assert!(table.holds_session(b, &session));
+        // A late takeover (generation 2) never closes generation 3; a newer one does.
+        assert!(!table.take_over_older(&session, 2));
+        assert!(!table.take_over_older(&session, 3));
+        assert!(table.take_over_older(&session, 4));
+    }
+
+    #[test]
+    fn the_queue_byte_budget_always_admits_one_message() {
+        let control = ConnControl::new();
+        assert!(control.reserve(10_000, 100), "an empty queue takes any message");
+        assert!(!control.reserve(1, 100));
+        control.release(10_000);
+        assert!(control.reserve(60, 100));
+        assert!(control.reserve(40, 100));
+        assert!(!control.reserve(1, 100));
+        let topic = Topic::new("t").unwrap();
+        control.mark_lagging(&topic);
+        control.mark_lagging(&topic);
+        assert_eq!(control.take_lagging(), vec![topic]);
+        assert!(control.take_lagging().is_empty());
+    }
+}

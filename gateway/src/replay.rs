@@ -126,11 +126,45 @@ impl Conn {
         Step::Write(message)
     }
 
+    /// Hands one frame to the socket (written at the next flush, or when the buffer fills).
+    pub(crate) async fn feed(
+        &mut self,
+        socket: &mut WebSocket,
+        message: Message,
+    ) -> Result<(), Close> {
+        match timeout(self.shared.config.write_timeout, socket.feed(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.write_failed(e)),
+            Err(_) => Err(Close::Gone),
+        }
+    }
+
+    /// How a failed write ends the connection. A frame larger than the socket's write cap cannot
+    /// happen for a message accepted under this pod's `--max-message-size`; one published by a
+    /// pod with a larger limit (or stored before the limit was checked) can: say so, loudly.
+    pub(crate) fn write_failed(&self, e: axum::Error) -> Close {
+        if let Ok(e) = e
+            .into_inner()
+            .downcast::<tokio_tungstenite::tungstenite::Error>()
+            && let tokio_tungstenite::tungstenite::Error::WriteBufferFull(_) = *e
+        {
+            self.shared.metrics.hub.drop("too_large");
+            tracing::warn!(
+                conn = self.id,
+                max_message_size = self.shared.config.max_message_size,
+                "a frame is larger than this connection's write cap: dropping the connection \
+                 (do all pods run with the same --max-message-size?)"
+            );
+        }
+        Close::Gone
+    }
+
     /// Flushes the socket and records that everything fed so far was sent.
     pub(crate) async fn flush(&mut self, socket: &mut WebSocket) -> Result<(), Close> {
         match timeout(self.shared.config.write_timeout, socket.flush()).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return Err(Close::Gone),
+            Ok(Err(e)) => return Err(self.write_failed(e)),
+            Err(_) => return Err(Close::Gone),
         }
         for sub in self.subs.values_mut() {
             sub.flushed();
@@ -188,10 +222,7 @@ impl Conn {
             for m in &page.messages {
                 let sub = self.subs.get_mut(topic).expect("checked above");
                 let message = sub.frame(topic, m.seq, &m.data, None);
-                match timeout(self.shared.config.write_timeout, socket.feed(message)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) | Err(_) => return Err(Close::Gone),
-                }
+                self.feed(socket, message).await?;
                 self.shared.metrics.conn.delivered.inc();
             }
             self.flush(socket).await?;
