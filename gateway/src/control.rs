@@ -277,7 +277,10 @@ mod tests {
     #[test]
     fn the_queue_byte_budget_always_admits_one_message() {
         let control = ConnControl::new();
-        assert!(control.reserve(10_000, 100), "an empty queue takes any message");
+        assert!(
+            control.reserve(10_000, 100),
+            "an empty queue takes any message"
+        );
         assert!(!control.reserve(1, 100));
         control.release(10_000);
         assert!(control.reserve(60, 100));
