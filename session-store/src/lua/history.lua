@@ -2,18 +2,22 @@
 -- messages, ARGV[6] = most payload bytes (a page always has at least one message).
 -- Returns {seq, epoch, id1, data1, id2, data2, ...}: one page of the messages with seq > after
 -- that are younger than the ttl, read atomically with the top.
+--
+-- Entries are read in small batches, so a page of large messages never materialises much more
+-- than the page itself inside Redis: the script's time stays bounded by the page, not by the
+-- history.
+local BATCH = 16
 local epoch, seq = topic_state()
 local out = {seq, epoch}
 if seq > tonumber(ARGV[4]) then
   local cutoff = now_ms() - tonumber(ARGV[2])
   local limit = tonumber(ARGV[5])
   local max_bytes = tonumber(ARGV[6])
+  local batch = math.min(limit, BATCH)
   local bytes = 0
   local start = ARGV[3]
-  -- Entries too old are skipped in batches until a young one is found; the stream is capped, so
-  -- this ends within max_len entries.
   while true do
-    local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', limit)
+    local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', batch)
     for _, entry in ipairs(entries) do
       local fields = entry[2]
       local data, at
@@ -42,12 +46,11 @@ if seq > tonumber(ARGV[4]) then
         bytes = bytes + #data
       end
     end
-    if #out > 2 or #entries < limit then
+    if #entries < batch then
       return out
     end
-    -- The whole batch was too old: go on after its last entry.
-    local last = entries[#entries][1]
-    local last_seq = tonumber(string.match(last, '^(%d+)-'))
+    -- Go on after the batch's last entry (the stream is capped, so this ends).
+    local last_seq = tonumber(string.match(entries[#entries][1], '^(%d+)-'))
     start = string.format('%d-0', last_seq + 1)
   end
 end
