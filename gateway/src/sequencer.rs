@@ -73,6 +73,11 @@ impl<T> Sequencer<T> {
         !self.held.is_empty()
     }
 
+    /// Whether the hold is at its bound.
+    pub fn is_full(&self) -> bool {
+        self.held.len() >= MAX_HELD || self.held_bytes >= MAX_HELD_BYTES
+    }
+
     /// Starts `epoch` over from its beginning: the store says the topic is in it now.
     pub fn restart(&mut self, epoch: Epoch) {
         self.epoch = epoch;
@@ -98,7 +103,7 @@ impl<T> Sequencer<T> {
         if seq > self.next {
             self.held.insert(seq, (item, bytes));
             self.held_bytes += bytes;
-            if self.held.len() >= MAX_HELD || self.held_bytes >= MAX_HELD_BYTES {
+            if self.is_full() {
                 return Arrival::Full;
             }
             return Arrival::Held;

@@ -156,7 +156,19 @@ impl TopicTask {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(topic = %self.topic, error = %e, "history read failed; will retry");
-                    break;
+                    if self.seq.is_full() {
+                        // History cannot be read and the hold is at its bound: deliver what is
+                        // held rather than stall the topic. Subscribers see the jump and fill it
+                        // from history themselves, or resume and are told `recovered: false`.
+                        let items = self.seq.skip_gap();
+                        tracing::warn!(topic = %self.topic, count = items.len(), "releasing held messages past a gap");
+                        self.hub.metrics.hub.drop("gap_unfillable");
+                        self.release(items);
+                    }
+                    // Keep holding below the bound: the next arrival, gap timer or resync round
+                    // tries again.
+                    self.note_released();
+                    return;
                 }
             };
             if page.top.epoch != *self.seq.epoch() {
@@ -176,7 +188,7 @@ impl TopicTask {
                     Ok(top) => self.seq.restart(top.epoch),
                     Err(e) => {
                         tracing::warn!(topic = %self.topic, error = %e, "cannot move the topic to a new epoch; will retry");
-                        break;
+                        return;
                     }
                 }
                 continue;
