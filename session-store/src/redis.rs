@@ -5,7 +5,9 @@
 //! - `p:hist:{topic}`: the topic's history, a stream capped exactly at `max_len` entries. Entry
 //!   ids are `<seq>-1`; fields `d` (the payload's JSON text, byte for byte) and `t` (Redis server
 //!   time in ms when appended, used for age trimming).
-//! - `p:epoch:{topic}`: the topic's epoch and the incarnation that wrote it, `<epoch>|<run id>`.
+//! - `p:epoch:{topic}`: the topic's epoch and the incarnation that wrote it,
+//!   `<epoch>|<master_replid>`.
+//! - `p:ack:{topic}`: with `min_replicas` > 0, the last `seq` enough replicas acknowledged.
 //! - `p:pid:{topic}:<id>`: a publish id seen within the dedup window, `<seq>|<epoch>`.
 //! - `p:session:<id>`: a session, a hash: `r` the record as JSON, `g` the generation of the
 //!   latest claim, `o` the pod that claimed it. Claiming and saving are Lua scripts, so only the
@@ -17,15 +19,23 @@
 //!
 //! All topic keys carry the history ttl, refreshed on every append, so an idle topic disappears
 //! after the ttl; so does a topic whose keys were flushed or evicted. A topic is valid only while
-//! both its `seq` and `epoch` keys exist **and** its epoch was written by the Redis process now
-//! serving it (its `run_id`, read by the script): the scripts (in `lua/`) start a new history
-//! with a later epoch and `seq` 0 as soon as either is missing or the process changed. A restart
-//! from a snapshot or an AOF, a failover to a replica or a restored backup brings back data that
-//! looks valid but may be older than what clients were sent; the new epoch makes every position
+//! both its `seq` and `epoch` keys exist **and** its epoch was written under an incarnation that
+//! can still be trusted. The incarnation is the server's replication id (`master_replid`, read by
+//! the script itself, so no restart goes unnoticed between two checks), which changes on every
+//! restart and every promotion of a replica. The scripts (in `lua/`) start a new history with a
+//! later epoch and `seq` 0 as soon as a key is missing or the incarnation changed: a restart from
+//! a snapshot or an AOF, a failover to a replica or a restored backup brings back data that looks
+//! valid but may be older than what clients were sent, and the new epoch makes every position
 //! from before unrecoverable (`recovered: false`) instead of silently reusing `seq` numbers. It
-//! also changes on a restart that lost nothing: the store cannot tell, and a visible restart is
+//! also changes on a restart that lost nothing: the store cannot tell, and a visible break is
 //! the safe side. `top` and `history` create that state for an unknown topic, so the epoch they
 //! report is the one later appends use.
+//!
+//! With `min_replicas` > 0 ("lineage" mode) a failover keeps the epochs: every append waits until
+//! that many replicas have it (`WAIT`), and only then becomes readable (`p:ack:{topic}`) and goes
+//! out on the backplane. A promoted replica (whose second replication id is the old primary's id)
+//! therefore holds everything anyone was sent, and its topics carry their epochs over. What it may
+//! lack was never acknowledged nor read. A restart from files still starts new epochs.
 //!
 //! # Connection behaviour
 //! [`RedisStore::connect`] accepts any URL `fred` parses (`redis://`, `rediss://` with a TLS
@@ -42,9 +52,9 @@
 //! not idempotent without a publish id; the gateway decides whether to retry.
 //!
 //! With `min_replicas` > 0 an append also waits (`WAIT`, on the same connection, bounded by the
-//! call timeout) until that many replicas have it, so a failover to one of them cannot lose it;
-//! fewer acknowledgements fail the call with [`StoreError::Unavailable`] (the message *is*
-//! stored: a retry with the same publish id returns it without storing it twice).
+//! call timeout) until that many replicas have it; fewer acknowledgements fail the call with
+//! [`StoreError::Unavailable`] (the message *is* stored, but unreadable until acknowledged: a
+//! retry with the same publish id waits again and makes it readable, without storing it twice).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -73,6 +83,7 @@ const HISTORY_LUA: &str = include_str!("lua/history.lua");
 const NEW_EPOCH_LUA: &str = include_str!("lua/new_epoch.lua");
 const CLAIM_SESSION_LUA: &str = include_str!("lua/claim_session.lua");
 const SAVE_SESSION_LUA: &str = include_str!("lua/save_session.lua");
+const ACK_LUA: &str = include_str!("lua/ack.lua");
 
 /// Topics whose tops are read concurrently in one batch: fred pipelines them on the pool.
 const TOPS_BATCH: usize = 256;
@@ -175,6 +186,7 @@ struct Inner {
     top: Script,
     history: Script,
     new_epoch: Script,
+    ack: Script,
     claim_session: Script,
     save_session: Script,
     tasks: Vec<ConnectHandle>,
@@ -249,6 +261,7 @@ impl RedisStore {
                 top: Script::new(TOP_LUA),
                 history: Script::new(HISTORY_LUA),
                 new_epoch: Script::new(NEW_EPOCH_LUA),
+                ack: Script::new(ACK_LUA),
                 claim_session: Script::standalone(CLAIM_SESSION_LUA),
                 save_session: Script::standalone(SAVE_SESSION_LUA),
                 tasks,
@@ -264,6 +277,18 @@ impl RedisStore {
     /// The key of a session (exposed for operators and tests).
     pub fn session_key(&self, id: &SessionId) -> String {
         format!("{}:session:{}", self.inner.prefix, id)
+    }
+
+    /// The key of a topic's last acknowledged `seq` (used with `min_replicas`).
+    fn ack_key(&self, topic: &Topic) -> String {
+        format!("{}:ack:{{{}}}", self.inner.prefix, topic.as_str())
+    }
+
+    /// The keys every topic script gets: seq, history, epoch, acknowledged seq.
+    fn script_keys(&self, topic: &Topic) -> Vec<String> {
+        let mut keys = self.topic_keys(topic).to_vec();
+        keys.push(self.ack_key(topic));
+        keys
     }
 
     /// The dedup key of publish `id` on `topic` (in the topic's slot).
@@ -304,7 +329,7 @@ impl RedisStore {
         topic: &Topic,
         args: Vec<String>,
     ) -> Result<Vec<Value>, StoreError> {
-        let keys = self.topic_keys(topic).to_vec();
+        let keys = self.script_keys(topic);
         match self
             .eval_on(self.inner.pool.next(), script, keys, args)
             .await?
@@ -341,12 +366,20 @@ impl RedisStore {
         .await
     }
 
-    /// The common args of every topic script: a fresh epoch (used only for a new history) and
-    /// the ttl.
+    /// The common args of every topic script: a fresh epoch (used only for a new history), the
+    /// ttl, and the incarnation mode: `lineage` when appends wait for replicas (a promoted
+    /// replica then has every acknowledged message, so its topics keep their epochs), else
+    /// `strict` (any restart or failover starts new epochs).
     fn base_args(&self) -> Vec<String> {
+        let mode = if self.inner.min_replicas > 0 {
+            "lineage"
+        } else {
+            "strict"
+        };
         vec![
             Epoch::generate().as_str().to_owned(),
             self.ttl_ms().to_string(),
+            mode.to_owned(),
         ]
     }
 }
@@ -412,8 +445,8 @@ impl SessionStore for RedisStore {
         args.push(self.inner.limits.max_len.to_string());
         args.push(id.map(|id| id.as_str().to_owned()).unwrap_or_default());
         args.push(millis(self.inner.limits.dedup_window).to_string());
-        let mut keys = self.topic_keys(topic).to_vec();
-        // Without an id the fourth key is never touched, but keeps one key list for the script.
+        let mut keys = self.script_keys(topic);
+        // Without an id the fifth key is never touched, but keeps one key list for the script.
         keys.push(self.publish_id_key(topic, id.map_or("-", PublishId::as_str)));
         // One connection for the script and the WAIT after it: WAIT counts this connection's
         // writes.
@@ -426,8 +459,11 @@ impl SessionStore for RedisStore {
         let top = parse_top(&mut items)?;
         let duplicate = items.next().and_then(|v| v.as_u64()) == Some(1);
         let min = self.inner.min_replicas;
-        if min > 0 && !duplicate {
-            let timeout = i64::try_from(millis(self.inner.call_timeout)).unwrap_or(i64::MAX);
+        if min > 0 {
+            // A duplicate waits too: its first attempt may be the one that timed out. WAIT gives
+            // up a little before the call timeout, so a missing replica is reported as such.
+            let wait_ms = (millis(self.inner.call_timeout) * 3 / 4).max(1);
+            let timeout = i64::try_from(wait_ms).unwrap_or(i64::MAX);
             let acked: i64 = self.bounded(client.wait(i64::from(min), timeout)).await?;
             if acked < i64::from(min) {
                 return Err(StoreError::Unavailable(format!(
@@ -435,6 +471,11 @@ impl SessionStore for RedisStore {
                     top.seq
                 )));
             }
+            // Now readers may see it (and a failover keeps it).
+            let mut args = self.base_args();
+            args.push(top.seq.to_string());
+            args.push(top.epoch.as_str().to_owned());
+            self.eval(&self.inner.ack, topic, args).await?;
         }
         Ok(Appended {
             seq: top.seq,

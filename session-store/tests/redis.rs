@@ -129,11 +129,11 @@ async fn keys_follow_the_documented_layout() {
     assert_eq!(hist, "custom:hist:{chat.room-1}");
     assert_eq!(epoch, "custom:epoch:{chat.room-1}");
     assert_eq!(admin.get::<String, _>(&seq).await.expect("seq"), "1");
-    // The epoch is stored with the incarnation (run id) of the server that wrote it.
+    // The epoch is stored with the incarnation (replication id) of the server that wrote it.
     let stored: String = admin.get(&epoch).await.expect("epoch");
     let (stored_epoch, incarnation) = stored.split_once('|').expect("epoch|run_id");
     assert_eq!(stored_epoch, appended.epoch.as_str());
-    assert_eq!(incarnation.len(), 40, "run id {incarnation}");
+    assert_eq!(incarnation.len(), 40, "replication id {incarnation}");
     let entries: Vec<(String, HashMap<String, String>)> = admin
         .xrange_values(&hist, "-", "+", None)
         .await

@@ -1,10 +1,10 @@
--- Append: ARGV[3] = payload (JSON text), ARGV[4] = history max length (0 = keep no history),
--- ARGV[5] = publish id ("" = none), ARGV[6] = dedup window in ms. KEYS[4] = the id's dedup key.
+-- Append: ARGV[4] = payload (JSON text), ARGV[5] = history max length (0 = keep no history),
+-- ARGV[6] = publish id ("" = none), ARGV[7] = dedup window in ms. KEYS[5] = the id's dedup key.
 -- Returns {seq, epoch, duplicate (0/1)}.
 local epoch, seq = topic_state()
-if ARGV[5] ~= '' then
+if ARGV[6] ~= '' then
   -- A retry of a publish already stored in this epoch: answer what the first one got.
-  local seen = redis.call('GET', KEYS[4])
+  local seen = redis.call('GET', KEYS[5])
   if seen then
     local seen_seq, seen_epoch = string.match(seen, '^(%d+)|(.*)$')
     if seen_epoch == epoch then
@@ -13,12 +13,12 @@ if ARGV[5] ~= '' then
   end
 end
 seq = seq + 1
-local max_len = tonumber(ARGV[4])
+local max_len = tonumber(ARGV[5])
 if max_len > 0 then
   -- XADD before INCR: a failing XADD (e.g. out of memory) then leaves no seq without its message.
   -- Scripts are not rolled back on error, so the order is what keeps history gap-free.
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], string.format('%d-1', seq),
-    'd', ARGV[3], 't', string.format('%d', now_ms()))
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], string.format('%d-1', seq),
+    'd', ARGV[4], 't', string.format('%d', now_ms()))
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 else
   -- History switched off (possibly after running with it): keep none, as the memory store does.
@@ -27,7 +27,7 @@ end
 seq = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
-if ARGV[5] ~= '' then
-  redis.call('SET', KEYS[4], string.format('%d', seq) .. '|' .. epoch, 'PX', ARGV[6])
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[5], string.format('%d', seq) .. '|' .. epoch, 'PX', ARGV[7])
 end
 return {seq, epoch, 0}

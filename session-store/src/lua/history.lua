@@ -1,5 +1,5 @@
--- History: ARGV[3] = first stream id wanted ("<after + 1>-0"), ARGV[4] = after, ARGV[5] = most
--- messages, ARGV[6] = most payload bytes (a page always has at least one message).
+-- History: ARGV[4] = first stream id wanted ("<after + 1>-0"), ARGV[5] = after, ARGV[6] = most
+-- messages, ARGV[7] = most payload bytes (a page always has at least one message).
 -- Returns {seq, epoch, id1, data1, id2, data2, ...}: one page of the messages with seq > after
 -- that are younger than the ttl, read atomically with the top.
 --
@@ -8,17 +8,22 @@
 -- history.
 local BATCH = 16
 local epoch, seq = topic_state()
+seq = visible(seq)
 local out = {seq, epoch}
-if seq > tonumber(ARGV[4]) then
+if seq > tonumber(ARGV[5]) then
   local cutoff = now_ms() - tonumber(ARGV[2])
-  local limit = tonumber(ARGV[5])
-  local max_bytes = tonumber(ARGV[6])
+  local limit = tonumber(ARGV[6])
+  local max_bytes = tonumber(ARGV[7])
   local batch = math.min(limit, BATCH)
   local bytes = 0
-  local start = ARGV[3]
+  local start = ARGV[4]
   while true do
     local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', batch)
     for _, entry in ipairs(entries) do
+      if tonumber(string.match(entry[1], '^(%d+)-')) > seq then
+        -- Not acknowledged yet (lineage mode): not readable.
+        return out
+      end
       local fields = entry[2]
       local data, at
       for i = 1, #fields, 2 do

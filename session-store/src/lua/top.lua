@@ -1,3 +1,3 @@
 -- Top: returns {seq, epoch}, creating the epoch (with seq 0) for a topic without history.
 local epoch, seq = topic_state()
-return {seq, epoch}
+return {visible(seq), epoch}
