@@ -113,7 +113,8 @@ impl ConnectionMetrics {
 #[derive(Debug)]
 pub struct HubMetrics {
     pub topics: Gauge,
-    /// Messages not delivered, by reason: `duplicate`, `slow_consumer`, `gap_unfillable`, `malformed`.
+    /// Messages not delivered, by reason: `duplicate`, `stale_epoch`, `gap_unfillable`, `malformed`,
+    /// `too_large`.
     pub dropped: Family<ReasonLabel, Counter>,
     pub backplane_publish: Histogram,
     pub gap_fills: Counter,

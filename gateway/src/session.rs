@@ -223,7 +223,10 @@ impl Conn {
             Bind::Bound(None) => {}
             Bind::Superseded => return Err(Close::TakenOver),
         }
-        if let Some(owner) = claim.previous.filter(|o| o.pod != shared.pod) {
+        if let Some(owner) = claim
+            .previous
+            .filter(|o| o.pod != shared.pod && !o.pod.is_empty())
+        {
             // The session may still be open on the pod that held it (a client that reconnected
             // before the old socket died): tell that pod to close it. Only older generations
             // close, so a late message never hits a newer connection.

@@ -60,6 +60,7 @@ macro_rules! conformance_tests {
             new_epoch_replaces_only_the_stale_epoch,
             tops_are_read_in_one_batch,
             session_claims_fence_older_generations,
+            a_rolled_back_session_still_saves_and_claims_stay_ahead,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
@@ -601,6 +602,8 @@ pub async fn session_claims_fence_older_generations<H: Harness>(h: &H) {
         .expect("claim");
     assert_eq!(first.previous, None);
     let mut session = record(id.clone(), Some("alice"));
+    // The saver's pod is the owner the next claim reports.
+    session.last_pod = "pod-a".into();
     assert!(
         store
             .save_session(&session, first.generation, LONG)
@@ -644,4 +647,30 @@ pub async fn session_claims_fence_older_generations<H: Harness>(h: &H) {
             .expect("save")
     );
     assert_eq!(store.load_session(&id).await.expect("load"), Some(session));
+}
+
+pub async fn a_rolled_back_session_still_saves_and_claims_stay_ahead<H: Harness>(h: &H) {
+    let store = h.store(limits(100, LONG)).await;
+    let id = SessionId::generate();
+    let live = store
+        .claim_session(&id, "pod-a", LONG)
+        .await
+        .expect("claim");
+    let mut session = record(id.clone(), None);
+    session.last_pod = "pod-a".into();
+    // The store lost the session (flushed, or restored from before the claim): the live
+    // connection's save is not refused, and records it again.
+    store.delete_session(&id).await.expect("delete");
+    assert!(
+        store
+            .save_session(&session, live.generation, LONG)
+            .await
+            .expect("save")
+    );
+    let next = store
+        .claim_session(&id, "pod-b", LONG)
+        .await
+        .expect("claim");
+    assert!(next.generation > live.generation);
+    assert_eq!(next.previous.map(|o| o.pod), Some("pod-a".to_owned()));
 }

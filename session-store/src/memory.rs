@@ -291,9 +291,13 @@ impl SessionStore for MemoryStore {
                 },
                 expires: now,
             });
-        if entry.owner.generation != generation {
+        if entry.owner.generation > generation {
             return Ok(false);
         }
+        entry.owner = Owner {
+            pod: session.last_pod.clone(),
+            generation,
+        };
         entry.record = Some(session.clone());
         entry.expires = now + ttl;
         Ok(true)

@@ -575,7 +575,12 @@ impl SessionStore for RedisStore {
         let json = serde_json::to_string(session)
             .map_err(|e| corrupt(format!("session not serializable: {e}")))?;
         let keys = vec![self.session_key(&session.id)];
-        let args = vec![generation.to_string(), json, millis(ttl).to_string()];
+        let args = vec![
+            generation.to_string(),
+            json,
+            millis(ttl).to_string(),
+            session.last_pod.clone(),
+        ];
         let reply = self
             .eval_on(self.inner.pool.next(), &self.inner.save_session, keys, args)
             .await?;

@@ -105,6 +105,10 @@ impl TopicTask {
                         Ok(env) => {
                             let size = env.data.len();
                             let item = (env.data, Some(env.published_us));
+                            if env.epoch.is_newer_than(self.seq.epoch()) {
+                                tracing::info!(topic = %self.topic, from = ?self.seq.epoch(), to = ?env.epoch, "topic has a new epoch");
+                                self.hub.metrics.hub.epoch_change("new_epoch");
+                            }
                             match self.seq.arrive(env.seq, &env.epoch, item, size) {
                                 Arrival::Release(items) => self.release(items),
                                 Arrival::Duplicate => self.hub.metrics.hub.drop("duplicate"),
