@@ -44,7 +44,10 @@
 //! With `min_replicas` > 0 an append also waits (`WAIT`, on the same connection, bounded by the
 //! call timeout) until that many replicas have it, so a failover to one of them cannot lose it;
 //! fewer acknowledgements fail the call with [`StoreError::Unavailable`] (the message *is*
-//! stored: a retry with the same publish id returns it without storing it twice).
+//! stored: a retry with the same publish id returns it without storing it twice). The retry
+//! waits for the replicas as well, and succeeds only once they have the first append: its
+//! script rewrites the id's key, so `WAIT` covers the stream up to the first append even when
+//! that ran on another connection or pod.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -426,7 +429,9 @@ impl SessionStore for RedisStore {
         let top = parse_top(&mut items)?;
         let duplicate = items.next().and_then(|v| v.as_u64()) == Some(1);
         let min = self.inner.min_replicas;
-        if min > 0 && !duplicate {
+        // A duplicate waits too: it is the retry of an append that may not have reached a
+        // replica (the script wrote, so this WAIT covers the first append, wherever it ran).
+        if min > 0 {
             let timeout = i64::try_from(millis(self.inner.call_timeout)).unwrap_or(i64::MAX);
             let acked: i64 = self.bounded(client.wait(i64::from(min), timeout)).await?;
             if acked < i64::from(min) {

@@ -6,15 +6,21 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use protocol::{Payload, Position, Topic};
+use protocol::{Payload, Position, PublishId, Topic};
 use session_store::{HistoryLimits, RedisConfig, RedisStore, SessionStore, StoreError, recover};
-use test_support::{FaultProxy, Persistence, RedisServer};
+use test_support::{FaultProxy, Persistence, RedisReplica, RedisServer};
 
 async fn connect(url: String) -> RedisStore {
+    connect_waiting_for(url, 0).await
+}
+
+/// A store whose appends wait for `min_replicas` replicas.
+async fn connect_waiting_for(url: String, min_replicas: u32) -> RedisStore {
     RedisStore::connect(RedisConfig {
         call_timeout: Duration::from_millis(500),
         pool_size: 2,
         limits: HistoryLimits::default(),
+        min_replicas,
         ..RedisConfig::new(url)
     })
     .await
@@ -159,4 +165,43 @@ async fn a_reconnect_to_the_same_server_keeps_the_epoch() {
     // A second store (new connections) agrees.
     let other = connect(server.url()).await;
     assert_eq!(other.top(&t).await.unwrap().epoch, before.epoch);
+}
+
+#[tokio::test]
+async fn with_min_replicas_a_retry_succeeds_only_once_a_replica_has_the_message() {
+    let primary = RedisServer::start();
+    let link = FaultProxy::start(&primary);
+    let replica = RedisReplica::start_via(&link);
+    replica.wait_in_sync();
+    // Two stores: two pods, so the retry may come on other connections than the first try.
+    let store = connect_waiting_for(primary.url(), 1).await;
+    let other = connect_waiting_for(primary.url(), 1).await;
+    let t = topic("replicated");
+    let [seq_key, _, _] = store.topic_keys(&t);
+    let first = store.append(&t, &json("1"), None).await.unwrap();
+    assert_eq!(first.seq, 1);
+
+    link.pause();
+    let id = PublishId::new("stalled").unwrap();
+    let refused = store.append(&t, &json("2"), Some(&id)).await;
+    assert!(refused.is_err(), "acknowledged by no replica: {refused:?}");
+    assert_eq!(
+        primary.cmd(&["GET", &seq_key]),
+        "2",
+        "stored on the primary"
+    );
+    // Retries while the replica still lacks it are refused as well, on either store.
+    for (who, s) in [("same store", &store), ("other store", &other)] {
+        let retry = s.append(&t, &json("2"), Some(&id)).await;
+        assert!(
+            retry.is_err(),
+            "{who}: a retry succeeded while no replica had the message: {retry:?}"
+        );
+    }
+
+    link.resume();
+    replica.wait_in_sync();
+    let retried = other.append(&t, &json("2"), Some(&id)).await.unwrap();
+    assert_eq!((retried.seq, retried.duplicate), (2, true));
+    assert_eq!(replica.cmd(&["GET", &seq_key]), "2", "stored once");
 }
