@@ -178,7 +178,11 @@ async fn with_min_replicas_a_retry_succeeds_only_once_a_replica_has_the_message(
     let other = connect_waiting_for(primary.url(), 1).await;
     let t = topic("replicated");
     let [seq_key, _, _] = store.topic_keys(&t);
-    let first = store.append(&t, &json("1"), None).await.unwrap();
+    // Retried with its id like any refused append: on a loaded machine the replica's
+    // acknowledgement may take longer than the short call timeout.
+    let first_id = PublishId::new("first").unwrap();
+    let one = json("1");
+    let first = eventually(|| store.append(&t, &one, Some(&first_id))).await;
     assert_eq!(first.seq, 1);
 
     link.pause();
@@ -201,7 +205,8 @@ async fn with_min_replicas_a_retry_succeeds_only_once_a_replica_has_the_message(
 
     link.resume();
     replica.wait_in_sync();
-    let retried = other.append(&t, &json("2"), Some(&id)).await.unwrap();
+    let two = json("2");
+    let retried = eventually(|| other.append(&t, &two, Some(&id))).await;
     assert_eq!((retried.seq, retried.duplicate), (2, true));
     assert_eq!(replica.cmd(&["GET", &seq_key]), "2", "stored once");
 }
