@@ -55,6 +55,9 @@
 //! call timeout) until that many replicas have it; fewer acknowledgements fail the call with
 //! [`StoreError::Unavailable`] (the message *is* stored, but unreadable until acknowledged: a
 //! retry with the same publish id waits again and makes it readable, without storing it twice).
+//! The retry succeeds only once the replicas have the first append: its script rewrites the
+//! id's key, so `WAIT` covers the stream up to the first append even when that ran on another
+//! connection or pod.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

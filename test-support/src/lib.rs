@@ -31,6 +31,9 @@
 //!   [`RedisReplica::start_via`] follows its primary through a [`FaultProxy`]; pausing the proxy
 //!   while the primary takes writes, then [`promote`](RedisReplica::promote), leaves a new
 //!   primary without those writes, as a failover to a replica that was behind.
+//!   To move clients to the promoted replica the way a virtual IP or a Kubernetes Service
+//!   would, point them at a second proxy and [`retarget`](FaultProxy::retarget) it, then
+//!   [`cut`](FaultProxy::cut) the connections still open to the old primary.
 //! - **One bad link.** Point one gateway's Redis or NATS URL at a [`FaultProxy`] (see
 //!   [`FaultProxy::url`]) and the other gateways at the server itself: [`pause`](FaultProxy::pause)
 //!   stalls that link with its connections open (timeouts, not errors), [`delay`](FaultProxy::delay)

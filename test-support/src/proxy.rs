@@ -10,8 +10,8 @@
 //! connection task and closes its sockets.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct Shared {
+    /// Where new connections go: changed by `retarget`.
+    target: Mutex<SocketAddr>,
     paused: watch::Sender<bool>,
     /// Bumped by `cut`: each connection watches it from its accept on.
     cuts: watch::Sender<u64>,
@@ -45,17 +47,21 @@ impl Shared {
     fn delay(&self) -> Duration {
         Duration::from_nanos(self.delay_nanos.load(Relaxed))
     }
+
+    fn target(&self) -> SocketAddr {
+        *self.target.lock().expect("proxy target lock")
+    }
 }
 
 /// A fault-injecting TCP proxy on a free loopback port, forwarding every connection to `target`.
 ///
 /// Point one client at [`addr`](Self::addr) instead of the real server, then
 /// [`pause`](Self::pause), [`delay`](Self::delay), [`cut`](Self::cut) or
-/// [`refuse`](Self::refuse) that client's link. Stopped on drop.
+/// [`refuse`](Self::refuse) that client's link, or [`retarget`](Self::retarget) it to
+/// another server. Stopped on drop.
 #[derive(Debug)]
 pub struct FaultProxy {
     addr: SocketAddr,
-    target: SocketAddr,
     shared: Arc<Shared>,
     /// Dropping it ends the accept loop.
     stop: Option<oneshot::Sender<()>>,
@@ -74,6 +80,7 @@ impl FaultProxy {
             .expect("nonblocking listener");
         let addr = listener.local_addr().expect("proxy address");
         let shared = Arc::new(Shared {
+            target: Mutex::new(target),
             paused: watch::Sender::new(false),
             cuts: watch::Sender::new(0),
             refusing: AtomicBool::new(false),
@@ -94,14 +101,13 @@ impl FaultProxy {
             .spawn({
                 let shared = shared.clone();
                 move || {
-                    runtime.block_on(accept_loop(listener, target, shared, stopped));
+                    runtime.block_on(accept_loop(listener, shared, stopped));
                     // Dropping the runtime here drops every connection task, closing its sockets.
                 }
             })
             .expect("spawn proxy thread");
         Self {
             addr,
-            target,
             shared,
             stop: Some(stop),
             thread: Some(thread),
@@ -117,9 +123,17 @@ impl FaultProxy {
         self.addr
     }
 
-    /// Where connections are forwarded.
+    /// Where new connections are forwarded.
     pub fn target(&self) -> SocketAddr {
-        self.target
+        self.shared.target()
+    }
+
+    /// Forwards connections accepted from now on to `target` instead: a failover behind a
+    /// virtual IP or a DNS name, as Sentinel-managed VIPs or a Kubernetes Service do it. Open
+    /// connections stay with the old target; [`cut`](Self::cut) them to make their clients
+    /// reconnect to the new one.
+    pub fn retarget(&self, target: impl Into<SocketAddr>) {
+        *self.shared.target.lock().expect("proxy target lock") = target.into();
     }
 
     /// `scheme://127.0.0.1:port`, e.g. `proxy.url("redis")` or `proxy.url("nats")`.
@@ -206,7 +220,6 @@ impl Drop for FaultProxy {
 
 async fn accept_loop(
     listener: StdListener,
-    target: SocketAddr,
     shared: Arc<Shared>,
     mut stopped: oneshot::Receiver<()>,
 ) {
@@ -230,8 +243,10 @@ async fn accept_loop(
         }
         shared.accepted.fetch_add(1, Relaxed);
         shared.open.fetch_add(1, Relaxed);
-        // Subscribed here, so a `cut` after this accept reaches the connection.
+        // Subscribed here, so a `cut` after this accept reaches the connection; the target is
+        // read here too, so a `retarget` applies to every connection accepted after it.
         let cuts = shared.cuts.subscribe();
+        let target = shared.target();
         tokio::spawn(serve(client, target, shared.clone(), cuts));
     }
 }

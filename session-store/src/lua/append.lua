@@ -8,6 +8,15 @@ if ARGV[6] ~= '' then
   if seen then
     local seen_seq, seen_epoch = string.match(seen, '^(%d+)|(.*)$')
     if seen_epoch == epoch then
+      -- Touch the id's key (same value, same expiry): this call then writes, so a WAIT after it
+      -- (--redis-min-replicas) waits until the replicas reach this point of the replication
+      -- stream, past the first append. Without a write, WAIT would only cover this connection's
+      -- earlier writes, while the first append may have been made on another connection or pod
+      -- and never reached a replica (that is why it was retried).
+      local ttl = redis.call('PTTL', KEYS[5])
+      if ttl > 0 then
+        redis.call('PEXPIRE', KEYS[5], ttl)
+      end
       return {tonumber(seen_seq), epoch, 1}
     end
   end

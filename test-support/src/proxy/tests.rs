@@ -161,6 +161,34 @@ fn delay_holds_each_direction() {
 }
 
 #[test]
+fn retarget_sends_new_connections_elsewhere_and_cut_moves_the_open_ones() {
+    let old = RedisServer::start();
+    let new = RedisServer::start();
+    old.cmd(&["SET", "who", "old"]);
+    new.cmd(&["SET", "who", "new"]);
+    let proxy = FaultProxy::start(&old);
+    let mut open = connect(&proxy);
+    assert_eq!(redis_cmd(proxy.addr(), &["GET", "who"]).unwrap(), "old");
+
+    proxy.retarget(&new);
+    assert_eq!(proxy.target(), new.addr());
+    assert_eq!(
+        redis_cmd(proxy.addr(), &["GET", "who"]).unwrap(),
+        "new",
+        "a connection accepted after the retarget goes to the new target"
+    );
+    // The connection opened before still talks to the old server...
+    open.write_all(b"GET who\r\n").unwrap();
+    assert_eq!(read_reply(&mut open).unwrap(), "$3\r\nold\r\n");
+    // ...until it is cut; its client reconnects to the new one.
+    proxy.cut();
+    assert_closed(&mut open);
+    let mut reopened = connect(&proxy);
+    reopened.write_all(b"GET who\r\n").unwrap();
+    assert_eq!(read_reply(&mut reopened).unwrap(), "$3\r\nnew\r\n");
+}
+
+#[test]
 fn drop_closes_the_port_and_every_connection() {
     let redis = RedisServer::start();
     let proxy = FaultProxy::start(&redis);
