@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod faults_data;
 pub mod hostile;
 pub mod process;
 pub mod resuming;
