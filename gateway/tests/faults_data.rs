@@ -461,8 +461,9 @@ async fn two_resumes_of_one_session_at_two_pods_at_once_leave_exactly_one_connec
     assert_eq!(witness.snapshot().seqs["t"], (1..=5).collect::<Vec<u64>>());
 }
 
-/// Session on pod A (generation 1); it resumes on pod B (2), whose NATS link is paused, so B's
-/// takeover for A is stuck; it resumes again on A (3), which closes generation 1 itself. When B's
+/// Session on pod A (generation 1, in claim order); it resumes on pod B (2), whose NATS link is
+/// paused, so B's takeover for A is stuck; it resumes again on A (3), which closes generation 1
+/// itself. When B's
 /// link comes back, A's takeover closes B's generation 2, and B's late takeover, for
 /// generation 2, reaches A and leaves generation 3 open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,7 +488,8 @@ async fn a_takeover_delayed_on_the_backplane_never_closes_the_newer_connection()
     gen1.subscribe("s").await;
     let session = welcome["session"].as_str().unwrap().to_owned();
     let token = welcome["resume"].clone();
-    assert_eq!(StoredSession::read(&redis, &session).generation, 1);
+    let gen1_generation = StoredSession::read(&redis, &session).generation;
+    assert!(gen1_generation > 0);
 
     let links = link.connections_accepted();
     link.pause();
@@ -510,7 +512,10 @@ async fn a_takeover_delayed_on_the_backplane_never_closes_the_newer_connection()
         (Some(true), Some("a"))
     );
     let stored = StoredSession::read(&redis, &session);
-    assert_eq!((stored.generation, stored.owner.as_str()), (3, "a"));
+    // Generations only grow: the third claim is above the first two.
+    let gen3_generation = stored.generation;
+    assert!(gen3_generation > gen1_generation);
+    assert_eq!(stored.owner, "a");
     // A closed its own older connection at once.
     let closed = gen1.closed().await;
     assert_eq!(
@@ -544,7 +549,10 @@ async fn a_takeover_delayed_on_the_backplane_never_closes_the_newer_connection()
     assert_eq!(m["data"], "for gen 3");
     gen3.silent_for(Duration::from_millis(300)).await;
     let stored = StoredSession::read(&redis, &session);
-    assert_eq!((stored.generation, stored.owner.as_str()), (3, "a"));
+    assert_eq!(
+        (stored.generation, stored.owner.as_str()),
+        (gen3_generation, "a")
+    );
     assert!(
         stored.record["subscriptions"]["s2"].is_object(),
         "{}",
