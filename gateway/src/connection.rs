@@ -377,8 +377,13 @@ impl Conn {
         }
         self.save_session().await;
         if let Close::ByClient = close {
-            // tungstenite queued the reply to the client's close frame: send it.
-            let _ = timeout(self.shared.config.close_grace, socket.flush()).await;
+            // tungstenite queued the reply to the client's close frame: send it. A client that
+            // closes cleanly reads until that reply (the closing handshake), so it has every
+            // message sent before it: the positions are confirmed.
+            let replied = timeout(self.shared.config.close_grace, socket.flush()).await;
+            if matches!(replied, Ok(Ok(()))) {
+                self.save_session_as(true).await;
+            }
         }
         if let Some((code, advice)) = close.frame() {
             self.shared
@@ -394,13 +399,21 @@ impl Conn {
                 reason: advice.to_reason().into(),
             };
             let grace = self.shared.config.close_grace;
+            let mut handshake_done = false;
             let _ = timeout(grace, async {
                 if socket.send(Message::Close(Some(frame))).await.is_ok() {
                     // Wait for the client's close frame so it sees ours before the TCP close.
-                    while let Some(Ok(_)) = socket.next().await {}
+                    while let Some(Ok(message)) = socket.next().await {
+                        handshake_done |= matches!(message, Message::Close(_));
+                    }
                 }
             })
             .await;
+            if handshake_done {
+                // The client read our close frame, and so every message before it: the saved
+                // positions are now known to be what it has.
+                self.save_session_as(true).await;
+            }
         }
         for topic in self.subs.keys() {
             self.shared.hub.unsubscribe(topic, self.id);

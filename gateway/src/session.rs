@@ -14,7 +14,7 @@
 //! if it holds an older generation, and only the latest generation may save the record. Two
 //! concurrent resumes of one session therefore leave exactly one connection, the later claim.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::extract::ws::WebSocket;
 use protocol::{
@@ -76,17 +76,23 @@ impl Conn {
             Some(Err(_)) | None => None,
         };
         let resumed = previous.is_some();
+        // Positions the server saved are trusted only when the client is known to have read up
+        // to them (see `SessionRecord::confirmed`); the client's own are always trusted.
+        let mut saved_confirmed = true;
         let (mut state, mut restore) = match previous {
-            Some(record) => (
-                SessionState {
-                    id: record.id,
-                    secret: record.secret,
-                    user: record.user,
-                    created_ms: record.created_ms,
-                    generation: 0,
-                },
-                record.subscriptions,
-            ),
+            Some(record) => {
+                saved_confirmed = record.confirmed;
+                (
+                    SessionState {
+                        id: record.id,
+                        secret: record.secret,
+                        user: record.user,
+                        created_ms: record.created_ms,
+                        generation: 0,
+                    },
+                    record.subscriptions,
+                )
+            }
             None => {
                 let token = ResumeToken::generate(SessionId::generate());
                 (
@@ -101,6 +107,7 @@ impl Conn {
                 )
             }
         };
+        let from_client: HashSet<Topic> = positions.keys().cloned().collect();
         if resumed {
             // The client's own positions are what it really received: they win over ours.
             restore.extend(positions);
@@ -124,7 +131,11 @@ impl Conn {
                 skipped += 1;
                 continue;
             }
-            match self.join(&topic, Some(position), &mut budget).await {
+            let trusted = saved_confirmed || from_client.contains(&topic);
+            match self
+                .join(&topic, Some(position), trusted, &mut budget)
+                .await
+            {
                 Ok(joined) => {
                     let recovered = joined.recovered.unwrap_or(false);
                     topics.insert(
@@ -149,7 +160,7 @@ impl Conn {
         }
         // The positions saved here are the client's own (nothing is replayed yet): a hello
         // that fails from now on leaves a record the client can resume from.
-        match self.store_session().await {
+        match self.store_session(false).await {
             Ok(true) => {}
             Ok(false) => return Err(Close::TakenOver),
             Err(e) => {
@@ -304,7 +315,7 @@ impl Conn {
             return self.reply(socket, &reply).await;
         }
         let mut budget = self.shared.config.replay_budget;
-        let joined = match self.join(&topic, since, &mut budget).await {
+        let joined = match self.join(&topic, since, true, &mut budget).await {
             Ok(joined) => joined,
             Err(e) => {
                 let reply = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference);
@@ -353,11 +364,13 @@ impl Conn {
 
     /// Joins the hub for `topic`, then decides from the first page of history whether what
     /// the client missed since `since` can be replayed within `budget` (payload bytes, spent
-    /// by the estimate).
+    /// by the estimate). An untrusted `since` (a saved position the client may not have read
+    /// up to) is never recovered.
     async fn join(
         &mut self,
         topic: &Topic,
         since: Option<Position>,
+        trusted: bool,
         budget: &mut usize,
     ) -> Result<Joined, JoinError> {
         self.shared
@@ -396,6 +409,10 @@ impl Conn {
                 return Err(e.into());
             }
         };
+        if recovered && !trusted {
+            tracing::debug!(%topic, "saved position not confirmed by the client: not recovered");
+            recovered = false;
+        }
         if recovered && estimate > *budget {
             tracing::info!(%topic, estimate, budget = *budget, "replay over the budget: not recovered");
             recovered = false;
@@ -415,7 +432,7 @@ impl Conn {
         })
     }
 
-    fn record(&self) -> Option<SessionRecord> {
+    fn record(&self, confirmed: bool) -> Option<SessionRecord> {
         let s = self.session.as_ref()?;
         Some(SessionRecord {
             id: s.id.clone(),
@@ -426,6 +443,7 @@ impl Conn {
                 .iter()
                 .map(|(t, sub)| (t.clone(), sub.sent.clone()))
                 .collect(),
+            confirmed,
             created_ms: s.created_ms,
             last_pod: self.shared.pod.clone(),
         })
@@ -433,8 +451,8 @@ impl Conn {
 
     /// Saves the record under this connection's generation; `Ok(false)` when a newer
     /// connection claimed the session.
-    async fn store_session(&self) -> Result<bool, session_store::StoreError> {
-        let (Some(record), Some(session)) = (self.record(), self.session.as_ref()) else {
+    async fn store_session(&self, confirmed: bool) -> Result<bool, session_store::StoreError> {
+        let (Some(record), Some(session)) = (self.record(confirmed), self.session.as_ref()) else {
             return Ok(true);
         };
         let started = std::time::Instant::now();
@@ -455,6 +473,11 @@ impl Conn {
     /// refused save means a newer connection claimed the session (its takeover message may
     /// have been lost): this one closes.
     pub(crate) async fn save_session(&self) {
+        self.save_session_as(false).await;
+    }
+
+    /// [`Conn::save_session`], saying whether the client is known to have read everything sent.
+    pub(crate) async fn save_session_as(&self, confirmed: bool) {
         let Some(session) = &self.session else { return };
         if self.control.is_taken_over()
             || !self.shared.connections.holds_session(self.id, &session.id)
@@ -462,7 +485,7 @@ impl Conn {
             // Taken over by a newer connection, which owns the record now.
             return;
         }
-        match self.store_session().await {
+        match self.store_session(confirmed).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::debug!(session = %session.id, "session claimed by a newer connection");

@@ -230,9 +230,8 @@ async fn replay_gateway(
 }
 
 /// The pod ends a replay whose client stopped reading (write timeout): the saved position is
-/// the last flushed message, and a resume with the token alone starts right after it. The
-/// client, which still receives what was flushed before the pod gave up, ends up with every
-/// message in order: duplicates at the seam at most, never a gap.
+/// the last flushed message, never past what the client received, but unconfirmed (the client
+/// may not have read it), so a resume with the token alone is `recovered: false`: never a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_the_pod_abandons_halfway_resumes_without_positions_with_no_gap() {
     let redis = RedisServer::start();
@@ -296,14 +295,16 @@ async fn a_replay_the_pod_abandons_halfway_resumes_without_positions_with_no_gap
         "saved {saved} past what the client received ({received})"
     );
 
-    let (w, rest) = resume_without_positions(&gw, &token).await;
-    assert_eq!(w["topics"]["r"]["recovered"], true, "{w}");
+    // The pod gave up on the socket: what it flushed may still have sat unread in buffers, so
+    // the saved position is not confirmed, and a resume with the token alone cannot claim to
+    // recover from it: `recovered: false`, never a silent gap.
     assert_eq!(
-        rest.first(),
-        Some(&(saved + 1)),
-        "restarts after what was saved"
+        StoredSession::read(&redis, &session).record["confirmed"],
+        false
     );
-    assert_eq!(rest, (saved + 1..=REPLAY as u64).collect::<Vec<_>>());
+    let (w, rest) = resume_without_positions(&gw, &token).await;
+    assert_eq!(w["topics"]["r"]["recovered"], false, "{w}");
+    assert!(rest.is_empty());
     gw.publish_api("w", json!(2)).await;
     witness
         .wait("witness message", LIMIT, |s| s.count("w") == 2)
@@ -312,11 +313,11 @@ async fn a_replay_the_pod_abandons_halfway_resumes_without_positions_with_no_gap
 }
 
 /// The client drops its socket (reset) halfway through a replay, after reading `k` messages.
-/// The pod saves the last message it flushed and a resume with the token alone restarts right
-/// after it. That can be past what the client processed: whatever sat unread in the dropped
-/// socket's buffers was sent but never read, and the resume without positions does not replay
-/// it (as docs/protocol.md, "Positions", says of a client crash). A resume with the client's own
-/// positions recovers everything after them.
+/// The pod saves the last message it flushed, which can be past what the client processed
+/// (whatever sat unread in the dropped socket's buffers was sent but never read). So the saved
+/// position is unconfirmed, and a resume with the token alone is answered `recovered: false`
+/// rather than replaying from there. A resume with the client's own positions recovers
+/// everything after them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_cut_by_the_client_restarts_after_the_saved_position() {
     let redis = RedisServer::start();
@@ -364,9 +365,16 @@ async fn a_replay_cut_by_the_client_restarts_after_the_saved_position() {
     );
     assert!(saved <= REPLAY as u64);
 
+    assert_eq!(
+        StoredSession::read(&redis, &session).record["confirmed"],
+        false
+    );
     let (w, rest) = resume_without_positions(&gw, &token).await;
-    assert_eq!(w["topics"]["r"]["recovered"], true, "{w}");
-    assert_eq!(rest, (saved + 1..=REPLAY as u64).collect::<Vec<_>>());
+    assert_eq!(w["topics"]["r"]["recovered"], false, "{w}");
+    assert!(
+        rest.is_empty(),
+        "nothing is replayed from an unconfirmed position"
+    );
 
     // With the positions it really has, the same client recovers everything after them.
     let mut third = gw.client().await;

@@ -366,6 +366,7 @@ fn record(id: SessionId, user: Option<&str>) -> SessionRecord {
         secret: "5e".repeat(32),
         user: user.map(str::to_owned),
         subscriptions,
+        confirmed: true,
         created_ms: 1_700_000_000_123,
         last_pod: "gateway-0".into(),
     }

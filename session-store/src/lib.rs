@@ -135,6 +135,13 @@ pub struct SessionRecord {
     pub user: Option<String>,
     /// Subscribed topics with the last position delivered to the client.
     pub subscriptions: BTreeMap<Topic, Position>,
+    /// Whether the client is known to have read up to those positions: saved after a close
+    /// handshake it completed (it read our close frame, which came after every message). A save
+    /// while connected, or after the connection just vanished, is not confirmed: messages may
+    /// still have sat unread in socket buffers, so a resume without the client's own positions
+    /// cannot claim to recover from these.
+    #[serde(default)]
+    pub confirmed: bool,
     /// Milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// The pod that last held the session.

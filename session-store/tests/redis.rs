@@ -81,6 +81,7 @@ fn record() -> SessionRecord {
         secret: "ab".repeat(32),
         user: Some("carol".into()),
         subscriptions: Default::default(),
+        confirmed: false,
         created_ms: 1,
         last_pod: "gateway-1".into(),
     }
