@@ -115,7 +115,21 @@ impl Conn {
         // Grants may have shrunk since the session was saved (a new token): restore only what
         // this token allows.
         restore.retain(|topic, _| self.grants.can_subscribe(topic));
-        self.claim(socket, &mut state).await?;
+        if resumed {
+            self.claim(socket, &mut state).await?;
+        } else {
+            // A new session id is random and unknown to every other pod: nobody to take over,
+            // so it starts at the first generation without a store round trip. Any later claim
+            // (a resume) takes a higher one.
+            state.generation = 1;
+            if let Bind::Superseded = self.shared.connections.bind_session(
+                self.id,
+                state.id.clone(),
+                state.generation,
+            ) {
+                return Err(Close::TakenOver);
+            }
+        }
         let resume_token = ResumeToken {
             session: state.id.clone(),
             secret: state.secret.clone(),
