@@ -4,6 +4,7 @@
 pub mod hostile;
 pub mod process;
 pub mod resuming;
+pub mod scale;
 
 use std::net::SocketAddr;
 use std::time::Duration;
