@@ -122,11 +122,11 @@ impl Conn {
             // so it starts at the first generation without a store round trip. Any later claim
             // (a resume) takes a higher one.
             state.generation = 1;
-            if let Bind::Superseded = self.shared.connections.bind_session(
-                self.id,
-                state.id.clone(),
-                state.generation,
-            ) {
+            if let Bind::Superseded =
+                self.shared
+                    .connections
+                    .bind_session(self.id, state.id.clone(), state.generation)
+            {
                 return Err(Close::TakenOver);
             }
         }

@@ -51,6 +51,16 @@
 //! Commands are written at most once (no replay after a dropped connection) because `append` is
 //! not idempotent without a publish id; the gateway decides whether to retry.
 //!
+//! In a Redis Cluster, fred 10 counts following a `MOVED` or `ASK` redirection as a second write,
+//! so with one attempt allowed a command that meets a redirection (after a failover or while a
+//! slot moves) fails with [`StoreError::Unavailable`] instead; fred refreshes its slot table on
+//! `MOVED`, so the next call goes to the right node. The idempotent calls (`top`, `history`,
+//! `new_epoch`, `save_session`, `load_session`) are retried once on that error; `append` and
+//! `claim_session` are not. While a slot migrates (`ASK`), every call on its keys fails until
+//! the migration ends. fred also needs every master listed by the cluster to accept a
+//! connection before it serves any command after losing one: while a dead master is not yet
+//! replaced, calls on *every* slot wait and time out.
+//!
 //! With `min_replicas` > 0 an append also waits (`WAIT`, on the same connection, bounded by the
 //! call timeout) until that many replicas have it; fewer acknowledgements fail the call with
 //! [`StoreError::Unavailable`] (the message *is* stored, but unreadable until acknowledged: a
@@ -325,7 +335,8 @@ impl RedisStore {
         }
     }
 
-    /// Runs a topic script on the topic's keys.
+    /// Runs a topic script on the topic's keys. Only for the idempotent ones (`top`, `history`,
+    /// `new_epoch`): they are retried once after a cluster redirection (see [`gave_up`]).
     async fn eval(
         &self,
         script: &Script,
@@ -333,8 +344,9 @@ impl RedisStore {
         args: Vec<String>,
     ) -> Result<Vec<Value>, StoreError> {
         let keys = self.script_keys(topic);
+        let client = self.inner.pool.next();
         match self
-            .eval_on(self.inner.pool.next(), script, keys, args)
+            .eval_on(client, script, keys, args, Retry::Redirected)
             .await?
         {
             Value::Array(items) => Ok(items),
@@ -343,25 +355,19 @@ impl RedisStore {
     }
 
     /// EVALSHA on `client`, loading the script on first use and falling back to EVAL on
-    /// `NOSCRIPT`.
+    /// `NOSCRIPT`; with [`Retry::Redirected`], once more if fred gave up on a redirection.
     async fn eval_on(
         &self,
         client: &fred::prelude::Client,
         script: &Script,
         keys: Vec<String>,
         args: Vec<String>,
+        retry: Retry,
     ) -> Result<Value, StoreError> {
         self.bounded(async {
-            let sha = match script.sha.get() {
-                Some(sha) => sha.clone(),
-                None => {
-                    let sha: String = client.script_load(script.source.as_str()).await?;
-                    script.sha.get_or_init(|| sha).clone()
-                }
-            };
-            match client.evalsha(sha, keys.clone(), args.clone()).await {
-                Err(e) if e.details().starts_with("NOSCRIPT") => {
-                    client.eval(script.source.as_str(), keys, args).await
+            match eval_once(client, script, keys.clone(), args.clone()).await {
+                Err(e) if retry == Retry::Redirected && gave_up(&e) => {
+                    eval_once(client, script, keys, args).await
                 }
                 other => other,
             }
@@ -384,6 +390,47 @@ impl RedisStore {
             self.ttl_ms().to_string(),
             mode.to_owned(),
         ]
+    }
+}
+
+/// Whether a failed call may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Never: the call is not idempotent (an append without a publish id, a claim).
+    Never,
+    /// Once, when fred gave up after a cluster redirection ([`gave_up`]): for idempotent calls.
+    Redirected,
+}
+
+/// What fred 10 answers when it would have written a command a second time: with
+/// `max_command_attempts` 1, a `MOVED` or `ASK` redirection counts as that second write, so a
+/// command meeting one fails instead of following it (fred has already refreshed its slot
+/// table on `MOVED`, so the next command goes to the right node). A replay after a dropped
+/// connection fails the same way and may follow a write that did run: only idempotent calls
+/// retry on it.
+fn gave_up(e: &FredError) -> bool {
+    e.details() == "Too many failed write attempts."
+}
+
+/// One EVALSHA (loading the script first if its SHA is unknown), with EVAL on `NOSCRIPT`.
+async fn eval_once(
+    client: &fred::prelude::Client,
+    script: &Script,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<Value, FredError> {
+    let sha = match script.sha.get() {
+        Some(sha) => sha.clone(),
+        None => {
+            let sha: String = client.script_load(script.source.as_str()).await?;
+            script.sha.get_or_init(|| sha).clone()
+        }
+    };
+    match client.evalsha(sha, keys.clone(), args.clone()).await {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            client.eval(script.source.as_str(), keys, args).await
+        }
+        other => other,
     }
 }
 
@@ -454,7 +501,8 @@ impl SessionStore for RedisStore {
         // One connection for the script and the WAIT after it: WAIT counts this connection's
         // writes.
         let client = self.inner.pool.next();
-        let items = match self.eval_on(client, &self.inner.append, keys, args).await? {
+        let reply = self.eval_on(client, &self.inner.append, keys, args, Retry::Never);
+        let items = match reply.await? {
             Value::Array(items) => items,
             other => return Err(corrupt(format!("script returned {:?}", other.kind()))),
         };
@@ -546,6 +594,7 @@ impl SessionStore for RedisStore {
                 &self.inner.claim_session,
                 keys,
                 args,
+                Retry::Never,
             )
             .await?;
         let Value::Array(items) = reply else {
@@ -584,15 +633,31 @@ impl SessionStore for RedisStore {
             millis(ttl).to_string(),
             session.last_pod.clone(),
         ];
+        // Conditional on the generation: writing the same record twice is harmless.
+        let client = self.inner.pool.next();
         let reply = self
-            .eval_on(self.inner.pool.next(), &self.inner.save_session, keys, args)
+            .eval_on(
+                client,
+                &self.inner.save_session,
+                keys,
+                args,
+                Retry::Redirected,
+            )
             .await?;
         Ok(reply.as_u64() == Some(1))
     }
 
     async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let pool = &self.inner.pool;
-        let json: Option<String> = self.bounded(pool.hget(self.session_key(id), "r")).await?;
+        let key = self.session_key(id);
+        let json: Option<String> = self
+            .bounded(async {
+                match pool.hget(&key, "r").await {
+                    Err(e) if gave_up(&e) => pool.hget(&key, "r").await,
+                    other => other,
+                }
+            })
+            .await?;
         json.map(|json| {
             serde_json::from_str(&json).map_err(|e| corrupt(format!("session {id}: {e}")))
         })

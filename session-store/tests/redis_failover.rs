@@ -20,7 +20,9 @@ fn json(text: &str) -> Payload {
 async fn store(url: String, min_replicas: u32) -> RedisStore {
     RedisStore::connect(RedisConfig {
         limits: HistoryLimits::default(),
-        call_timeout: Duration::from_millis(500),
+        // Generous: under load a replica's acknowledgement can take a while, and an append
+        // that times out here would fail the test for the wrong reason.
+        call_timeout: Duration::from_secs(2),
         pool_size: 1,
         min_replicas,
         ..RedisConfig::new(url)

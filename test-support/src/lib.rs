@@ -1,5 +1,6 @@
 //! Real servers for tests, and ways to break them: `redis-server`, `nats-server` and
 //! `haproxy`, each started on a dynamic loopback port and killed by PID when its guard drops,
+//! multi-node deployments of them (a NATS cluster, a Redis Cluster, Redis behind Sentinel),
 //! plus a fault-injecting TCP proxy to put between one client and one server.
 //!
 //! A missing binary is a test failure with a message that says how to install it, never a skip.
@@ -17,6 +18,12 @@
 //! - `replica`: [`RedisReplica`], for failover.
 //! - `proxy`: [`FaultProxy`], to stall, slow, cut or refuse one link.
 //! - `nats`, `haproxy`: [`NatsServer`], [`Haproxy`].
+//! - `nats_cluster`: [`NatsCluster`], routed `nats-server`s with their monitoring endpoints
+//!   (`/routez`, `/connz?subs=1`), to kill and restart one node.
+//! - `redis_cluster`: [`RedisCluster`], three masters and three replicas built by hand, to kill
+//!   a master ([`RedisCluster::wait_failover`]) or move a slot ([`RedisCluster::reshard`]).
+//! - `sentinel`: [`Sentinels`], a master, a replica and three sentinels, for a graceful
+//!   ([`Sentinels::failover`]) or forced ([`Sentinels::kill_9_master`]) failover.
 //!
 //! # Fault injection: which piece for which failure
 //!
@@ -40,27 +47,39 @@
 //!   makes it slow, [`cut`](FaultProxy::cut) resets its connections (the client must reconnect),
 //!   and [`refuse`](FaultProxy::refuse) keeps it from reconnecting, while the server stays up for
 //!   everyone else.
+//! - **A node of a cluster dies.** [`NatsCluster::kill`] drops every client of one NATS node
+//!   (they move to another seed) while the other nodes keep routing; [`RedisCluster::kill_9`]
+//!   of a master makes its replica take over its slots (a new `run_id` there);
+//!   [`Sentinels::kill_9_master`] does the same behind Sentinel.
+//! - **Data moves.** [`RedisCluster::reshard`] moves one slot's keys to another master, as an
+//!   operator scaling the cluster would.
 
 #![forbid(unsafe_code)]
 
 mod haproxy;
 mod nats;
+mod nats_cluster;
 mod process;
 mod proxy;
 mod redis;
+mod redis_cluster;
 mod replica;
 mod resp;
+mod sentinel;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 pub use haproxy::Haproxy;
 pub use nats::NatsServer;
+pub use nats_cluster::NatsCluster;
 pub use process::{ProcessGuard, spawn_guarded};
 pub use proxy::FaultProxy;
 pub use redis::{Persistence, RedisServer};
+pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use replica::RedisReplica;
 pub use resp::{info_field, redis_cmd};
+pub use sentinel::Sentinels;
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {

@@ -40,10 +40,24 @@ pub(crate) fn redis_server_bin() -> PathBuf {
 /// Full syncs to replicas go over the socket without delay (`repl-diskless-sync-delay 0`; the
 /// default waits 5 s for more replicas), and a replica loads them without a temp file.
 pub(crate) fn spawn_redis(port: u16, dir: &Path, extra: &[&str]) -> ProcessGuard {
+    spawn_redis_with(None, port, dir, extra)
+}
+
+/// [`spawn_redis`], reading `config` first when given: a server with a config file can
+/// `CONFIG REWRITE` it (Sentinel does, when it promotes or demotes a server).
+pub(crate) fn spawn_redis_with(
+    config: Option<&Path>,
+    port: u16,
+    dir: &Path,
+    extra: &[&str],
+) -> ProcessGuard {
     let dir = dir.to_str().expect("temp dir path is UTF-8");
+    let mut cmd = Command::new(redis_server_bin());
+    if let Some(config) = config {
+        cmd.arg(config);
+    }
     let mut process = spawn_listening(
-        Command::new(redis_server_bin())
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--daemonize", "no", "--dir", dir, "--save", ""])
             .args([
                 "--repl-diskless-sync",

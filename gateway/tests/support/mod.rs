@@ -6,6 +6,7 @@ pub mod faults_data;
 pub mod hostile;
 pub mod process;
 pub mod resuming;
+pub mod scale;
 
 use std::net::SocketAddr;
 use std::time::Duration;
