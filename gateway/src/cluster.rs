@@ -342,13 +342,7 @@ mod tests {
     fn pod(bus: &MemoryBackplane, pod: &str) -> Arc<Shared> {
         let mut config = Config::embedded_default();
         config.heartbeat_interval = Duration::from_millis(20);
-        let store = Store::Memory(session_store::MemoryStore::new(
-            session_store::HistoryLimits {
-                max_len: config.history_size,
-                ttl: config.history_ttl,
-                dedup_window: config.dedup_window,
-            },
-        ));
+        let store = Store::Memory(session_store::MemoryStore::new(config.history_limits()));
         let backplane = Bus::Memory(bus.clone());
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
@@ -356,11 +350,7 @@ mod tests {
             store.clone(),
             backplane.clone(),
             metrics.clone(),
-            HubConfig {
-                gap_timeout: config.gap_timeout,
-                resync_interval: config.topic_resync_interval,
-                queue_bytes: config.outbound_queue_bytes,
-            },
+            HubConfig::from_config(&config),
             shutdown.clone(),
         );
         Arc::new(Shared {

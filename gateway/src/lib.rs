@@ -249,11 +249,7 @@ pub async fn run(
     let pod = config.pod_name();
     let metrics = Arc::new(Metrics::new());
     metrics.conn.capacity.set(config.max_connections as i64);
-    let limits = HistoryLimits {
-        max_len: config.history_size,
-        ttl: config.history_ttl,
-        dedup_window: config.dedup_window,
-    };
+    let limits = config.history_limits();
     let authenticator = auth::Authenticator::new(config.security.auth_config())?;
     let store = connect_store(&config, limits).await?;
     let backplane = connect_backplane(&config, &pod).await?;
@@ -262,11 +258,7 @@ pub async fn run(
         store.clone(),
         backplane.clone(),
         metrics.clone(),
-        HubConfig {
-            gap_timeout: config.gap_timeout,
-            resync_interval: config.topic_resync_interval,
-            queue_bytes: config.outbound_queue_bytes,
-        },
+        HubConfig::from_config(&config),
         root.clone(),
     );
     let public_addr = listeners.public.local_addr()?;

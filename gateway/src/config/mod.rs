@@ -323,6 +323,15 @@ impl Config {
             .unwrap_or_else(|| "gateway".to_owned())
     }
 
+    /// Every topic's history limits, as the store applies them.
+    pub fn history_limits(&self) -> session_store::HistoryLimits {
+        session_store::HistoryLimits {
+            max_len: self.history_size,
+            ttl: self.history_ttl,
+            dedup_window: self.dedup_window,
+        }
+    }
+
     /// The defaults, as `gateway serve` with no flags and no environment would have them.
     pub fn embedded_default() -> Self {
         #[derive(clap::Parser)]

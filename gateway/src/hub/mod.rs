@@ -111,6 +111,16 @@ pub struct HubConfig {
     pub queue_bytes: usize,
 }
 
+impl HubConfig {
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            gap_timeout: config.gap_timeout,
+            resync_interval: config.topic_resync_interval,
+            queue_bytes: config.outbound_queue_bytes,
+        }
+    }
+}
+
 /// The pod's topic table. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Hub {

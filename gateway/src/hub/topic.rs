@@ -148,7 +148,8 @@ impl TopicTask {
     /// missing. Whatever is still held after that is ahead of messages history no longer has:
     /// released as is (subscribers see the jump: see `connection`).
     async fn catch_up(&mut self) {
-        let Ok(_permit) = self.hub.catch_ups.acquire().await else {
+        let hub = self.hub.clone();
+        let Ok(_permit) = hub.catch_ups.acquire().await else {
             return;
         };
         let started = std::time::Instant::now();
@@ -162,12 +163,8 @@ impl TopicTask {
                     tracing::warn!(topic = %self.topic, error = %e, "history read failed; will retry");
                     if self.seq.is_full() {
                         // History cannot be read and the hold is at its bound: deliver what is
-                        // held rather than stall the topic. Subscribers see the jump and fill it
-                        // from history themselves, or resume and are told `recovered: false`.
-                        let items = self.seq.skip_gap();
-                        tracing::warn!(topic = %self.topic, count = items.len(), "releasing held messages past a gap");
-                        self.hub.metrics.hub.drop("gap_unfillable");
-                        self.release(items);
+                        // held rather than stall the topic.
+                        self.give_up_gap("history unreadable and the hold is full");
                     }
                     // Keep holding below the bound: the next arrival, gap timer or resync round
                     // tries again.
@@ -231,12 +228,18 @@ impl TopicTask {
         }
         self.hub.metrics.store.observe("history", started);
         if self.seq.has_gap() {
-            let items = self.seq.skip_gap();
-            tracing::warn!(topic = %self.topic, count = items.len(), "gap no longer in history");
-            self.hub.metrics.hub.drop("gap_unfillable");
-            self.release(items);
+            self.give_up_gap("gap no longer in history");
         }
         self.note_released();
+    }
+
+    /// Releases what is held past a gap that cannot be filled. Subscribers see the jump and
+    /// fill it from history themselves, or resume and are told `recovered: false`.
+    fn give_up_gap(&mut self, why: &'static str) {
+        let items = self.seq.skip_gap();
+        tracing::warn!(topic = %self.topic, count = items.len(), why, "releasing held messages past a gap");
+        self.hub.metrics.hub.drop("gap_unfillable");
+        self.release(items);
     }
 
     fn note_released(&self) {
