@@ -8,13 +8,16 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-say "system packages (redis-server, haproxy)"
+say "system packages (redis-server, haproxy, openssl)"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v haproxy >/dev/null || missing+=(haproxy)
+# The TLS tests make a throwaway CA and certificates with the openssl CLI.
+command -v openssl >/dev/null || missing+=(openssl)
 apt_install "${missing[@]}"
 redis-server --version
 haproxy -v | head -n 1
+openssl version
 export REDIS_SERVER_BIN HAPROXY_BIN
 REDIS_SERVER_BIN=$(command -v redis-server)
 HAPROXY_BIN=$(command -v haproxy)

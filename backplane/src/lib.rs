@@ -29,7 +29,7 @@ pub mod memory;
 pub mod nats;
 
 pub use memory::MemoryBackplane;
-pub use nats::{NatsBackplane, NatsConfig};
+pub use nats::{NatsAuth, NatsBackplane, NatsConfig};
 
 /// What a message is addressed to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

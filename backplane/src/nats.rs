@@ -4,7 +4,8 @@
 //! - this file: [`NatsConfig`], [`NatsBackplane`] (connect, publish, subscribe, connection
 //!   state) and the connection monitor that turns client events into [`Backplane::reconnects`]
 //!   ticks;
-//! - [`subjects`]: how [`Subject`]s map to NATS subjects and the `~XX` name encoding.
+//! - [`subjects`]: how [`Subject`]s map to NATS subjects and the `~XX` name encoding;
+//! - [`security`]: TLS and authentication ([`NatsAuth`]).
 //!
 //! Behaviour worth knowing:
 //! - **Startup never waits for NATS.** The client connects in the background
@@ -49,8 +50,10 @@ use tracing::{debug, info, warn};
 
 use crate::{Backplane, BackplaneError, Subject, Subscription};
 
+pub mod security;
 pub mod subjects;
 
+pub use security::NatsAuth;
 pub use subjects::{decode_token, encode_token};
 
 /// How often the client pings an idle server: bounds how long a silently dead connection (no
@@ -58,7 +61,7 @@ pub use subjects::{decode_token, encode_token};
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How to reach NATS and name things there.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NatsConfig {
     /// Servers of one cluster (`nats://host:4222`, `host:4222`, `tls://…`); the client connects
     /// to one of them and moves to another when it fails. Servers the cluster advertises are
@@ -72,6 +75,31 @@ pub struct NatsConfig {
     pub request_timeout: Duration,
     /// Messages buffered per subscription before the client drops for it.
     pub subscription_capacity: usize,
+    /// How the client authenticates (default: no credentials, or the URL's).
+    pub auth: NatsAuth,
+    /// Use TLS with every server, even with `nats://` URLs (a `tls://` or `wss://` URL implies
+    /// it). A server that does not offer TLS is then refused, never talked to in plaintext.
+    pub require_tls: bool,
+    /// rustls configuration for the TLS connections (trusted roots, client certificate);
+    /// default: the system's roots. Refused unless TLS is required.
+    pub tls: Option<Arc<async_nats::rustls::ClientConfig>>,
+}
+
+/// URLs may carry a password, and `auth` is a secret: never print them.
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| protocol::redact_url(u)).collect();
+        f.debug_struct("NatsConfig")
+            .field("urls", &urls)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("name", &self.name)
+            .field("request_timeout", &self.request_timeout)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("auth", &self.auth)
+            .field("require_tls", &self.require_tls)
+            .field("tls", &self.tls.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 impl NatsConfig {
@@ -94,6 +122,9 @@ impl Default for NatsConfig {
             request_timeout: Duration::from_secs(5),
             // async-nats's own default: generous, because every drop costs a history read.
             subscription_capacity: 65_536,
+            auth: NatsAuth::None,
+            require_tls: false,
+            tls: None,
         }
     }
 }
@@ -147,8 +178,9 @@ impl NatsBackplane {
             .urls
             .iter()
             .map(|u| {
-                u.parse::<ServerAddr>()
-                    .map_err(|e| BackplaneError::Invalid(format!("NATS URL {u:?}: {e}")))
+                u.parse::<ServerAddr>().map_err(|e| {
+                    BackplaneError::Invalid(format!("NATS URL {}: {e}", protocol::redact_url(u)))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
 
@@ -178,6 +210,7 @@ impl NatsBackplane {
                 }
                 std::future::ready(())
             });
+        let options = security::apply(&config, &addrs, options)?;
         let client = options.connect(addrs).await.map_err(unavailable)?;
 
         let reconnects = Arc::new(watch::Sender::new(0));

@@ -204,19 +204,56 @@ impl Shared {
     }
 }
 
-/// Redis when a URL is configured, else memory. An unreachable Redis is not an error here: the
-/// store keeps reconnecting, and the pod stays unready until it answers.
-async fn connect_store(config: &Config, limits: HistoryLimits) -> Result<Store, GatewayError> {
+/// The Redis configuration when a URL is configured: credential and TLS files are read here,
+/// so a bad one fails the start before anything connects.
+fn redis_config(
+    config: &Config,
+    limits: HistoryLimits,
+) -> Result<Option<session_store::RedisConfig>, ConfigError> {
     let Some(url) = &config.redis_url else {
-        return Ok(Store::Memory(session_store::MemoryStore::new(limits)));
+        return Ok(None);
     };
-    let redis = session_store::RedisConfig {
+    let mut redis = session_store::RedisConfig {
         key_prefix: config.key_prefix.clone(),
         limits,
         call_timeout: config.store_timeout,
         min_replicas: config.redis_min_replicas,
         ..session_store::RedisConfig::new(url.clone())
     };
+    config.backends.redis(&mut redis)?;
+    Ok(Some(redis))
+}
+
+/// The NATS configuration when URLs are configured, files read as for [`redis_config`].
+fn nats_config(config: &Config, pod: &str) -> Result<Option<backplane::NatsConfig>, ConfigError> {
+    if config.nats_url.is_empty() {
+        return Ok(None);
+    }
+    let mut nats = backplane::NatsConfig {
+        subject_prefix: config.key_prefix.clone(),
+        ..backplane::NatsConfig::new(config.nats_url.clone(), pod)
+    };
+    config.backends.nats(&mut nats)?;
+    Ok(Some(nats))
+}
+
+/// Redis when configured, else memory. An unreachable Redis is not an error here, nor is a
+/// TLS handshake or a login that fails: the store keeps reconnecting (logging why), and the pod
+/// stays unready until Redis answers.
+async fn connect_store(
+    redis: Option<session_store::RedisConfig>,
+    limits: HistoryLimits,
+) -> Result<Store, GatewayError> {
+    let Some(redis) = redis else {
+        return Ok(Store::Memory(session_store::MemoryStore::new(limits)));
+    };
+    tracing::info!(
+        url = %protocol::redact_url(&redis.url),
+        tls = redis.tls.is_some(),
+        user = redis.username.as_deref().unwrap_or("(from the URL or default)"),
+        password_file = redis.password.is_some(),
+        "session store: redis"
+    );
     let store = session_store::RedisStore::connect(redis).await?;
     if let Err(e) = store.ping().await {
         tracing::warn!(error = %e, "Redis is not reachable yet; staying unready and retrying");
@@ -224,16 +261,20 @@ async fn connect_store(config: &Config, limits: HistoryLimits) -> Result<Store, 
     Ok(Store::Redis(store))
 }
 
-/// NATS when URLs are configured, else in-process. An unreachable NATS is not an error here
-/// either: the client keeps reconnecting, and the pod stays unready until it is connected.
-async fn connect_backplane(config: &Config, pod: &str) -> Result<Bus, GatewayError> {
-    if config.nats_url.is_empty() {
+/// NATS when configured, else in-process. An unreachable NATS is not an error here either
+/// (nor a failing TLS handshake or login): the client keeps reconnecting, and the pod stays
+/// unready until it is connected.
+async fn connect_backplane(nats: Option<backplane::NatsConfig>) -> Result<Bus, GatewayError> {
+    let Some(nats) = nats else {
         return Ok(Bus::Memory(backplane::MemoryBackplane::new()));
-    }
-    let nats = backplane::NatsConfig {
-        subject_prefix: config.key_prefix.clone(),
-        ..backplane::NatsConfig::new(config.nats_url.clone(), pod)
     };
+    let urls: Vec<String> = nats.urls.iter().map(|u| protocol::redact_url(u)).collect();
+    tracing::info!(
+        ?urls,
+        tls = nats.tls.is_some(),
+        auth = nats.auth.kind(),
+        "backplane: nats"
+    );
     Ok(Bus::Nats(backplane::NatsBackplane::connect(nats).await?))
 }
 
@@ -251,8 +292,10 @@ pub async fn run(
     metrics.conn.capacity.set(config.max_connections as i64);
     let limits = config.history_limits();
     let authenticator = auth::Authenticator::new(config.security.auth_config())?;
-    let store = connect_store(&config, limits).await?;
-    let backplane = connect_backplane(&config, &pod).await?;
+    let redis = redis_config(&config, limits)?;
+    let nats = nats_config(&config, &pod)?;
+    let store = connect_store(redis, limits).await?;
+    let backplane = connect_backplane(nats).await?;
     let root = CancellationToken::new();
     let hub = Hub::new(
         store.clone(),

@@ -8,6 +8,7 @@
 //! - [`server`]: frames the server sends, and [`encode_message`], the hot-path frame that is
 //!   serialized once per published message and shared by every local subscriber.
 //! - [`close`]: close codes and the compact JSON reconnect advice carried in the close reason.
+//! - [`redact`]: [`redact_url`], backend URLs without their credentials, for logs and errors.
 //!
 //! The protocol is JSON text frames with a `type` field; `docs/protocol.md` documents every frame.
 //! `data` payloads are kept as raw JSON ([`serde_json::value::RawValue`]) end to end: the gateway
@@ -18,11 +19,13 @@
 pub mod client;
 pub mod close;
 pub mod names;
+pub mod redact;
 pub mod server;
 
 pub use client::{ClientFrame, DecodeError};
 pub use close::{CloseAdvice, CloseCode};
 pub use names::{Epoch, InvalidName, Payload, Position, PublishId, ResumeToken, SessionId, Topic};
+pub use redact::redact_url;
 pub use server::{ErrorCode, MAX_EPOCH_LEN, ServerFrame, encode_message, max_message_frame_len};
 
 /// Raw JSON payload of a message, validated once when it enters the gateway.

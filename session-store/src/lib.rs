@@ -36,7 +36,7 @@ pub mod memory;
 pub mod redis;
 
 pub use memory::MemoryStore;
-pub use redis::{RedisConfig, RedisStore};
+pub use redis::{RedisConfig, RedisStore, RedisTls};
 
 /// Failures of a store call. The gateway answers `unavailable` to the client for any of them.
 #[derive(Debug, thiserror::Error)]

@@ -38,13 +38,18 @@
 //! lack was never acknowledged nor read. A restart from files still starts new epochs.
 //!
 //! # Connection behaviour
-//! [`RedisStore::connect`] accepts any URL `fred` parses (`redis://`, `rediss://` with a TLS
-//! feature, `redis-cluster://`, `redis-sentinel://...?sentinelServiceName=..`). It waits up to the
+//! [`RedisStore::connect`] accepts any URL `fred` parses (`redis://`, `redis-cluster://`,
+//! `redis-sentinel://...?sentinelServiceName=..`, and each with TLS: `rediss://`,
+//! `rediss-cluster://`, `rediss-sentinel://`). TLS is rustls with the ring provider, configured
+//! by [`RedisConfig::tls`] (default: the system's roots); a TLS URL never falls back to
+//! plaintext, and TLS settings with a plaintext URL are refused. It waits up to the
 //! call timeout for a first connection and then returns **even if Redis is unreachable**: the
 //! clients keep reconnecting in the background forever (exponential backoff, 100 ms to 2 s), and
 //! calls fail with [`StoreError::Timeout`] or [`StoreError::Unavailable`] until Redis answers.
 //! A pod therefore starts (and reports not-ready through [`SessionStore::ping`]) without Redis,
 //! and recovers without a restart when Redis comes back. Only a malformed URL or prefix fails.
+//! A TLS handshake that fails (unknown issuer, wrong name, a plaintext server) is a connection
+//! failure like any other: retried, logged, and the store stays unavailable.
 //!
 //! Every call is bounded by `call_timeout`: `fred`'s own command timeout marks an expired command
 //! so it is never written late after a reconnect, and an outer timeout bounds the whole call.
@@ -73,12 +78,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fred::prelude::{
-    Builder, ClientLike, Error as FredError, ErrorKind, HashesInterface, KeysInterface,
-    LuaInterface, Pool, ReconnectPolicy, ServerInterface, Value,
+    Builder, ClientLike, Error as FredError, ErrorKind, EventInterface, HashesInterface,
+    KeysInterface, LuaInterface, Pool, ReconnectPolicy, ServerInterface, Value,
 };
 use fred::types::ConnectHandle;
-use fred::types::config::{Config, UnresponsiveConfig};
-use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic};
+use fred::types::config::UnresponsiveConfig;
+use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic, redact_url};
+
+mod tls;
+
+pub use tls::RedisTls;
 
 use crate::{
     Appended, Claim, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, SessionRecord, SessionStore,
@@ -115,6 +124,12 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// Replicas that must acknowledge an append before it succeeds (`WAIT`; default 0).
     pub min_replicas: u32,
+    /// ACL user name, instead of the URL's (default: the URL's, else `default`).
+    pub username: Option<String>,
+    /// Password, instead of the URL's. Never printed.
+    pub password: Option<String>,
+    /// TLS settings for a TLS URL (default: the system's roots). Refused with a plaintext URL.
+    pub tls: Option<RedisTls>,
 }
 
 impl RedisConfig {
@@ -126,6 +141,9 @@ impl RedisConfig {
             call_timeout: Duration::from_secs(2),
             pool_size: 4,
             min_replicas: 0,
+            username: None,
+            password: None,
+            tls: None,
         }
     }
 }
@@ -136,7 +154,7 @@ impl Default for RedisConfig {
     }
 }
 
-/// The URL may carry a password: never print it.
+/// The URL may carry a password, and `password` is one: never print them.
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
@@ -146,16 +164,10 @@ impl std::fmt::Debug for RedisConfig {
             .field("call_timeout", &self.call_timeout)
             .field("pool_size", &self.pool_size)
             .field("min_replicas", &self.min_replicas)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
             .finish()
-    }
-}
-
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***{}", &url[..scheme], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 
@@ -224,8 +236,13 @@ impl RedisStore {
                 "redis key prefix must not contain braces (they delimit cluster hash tags)".into(),
             ));
         }
-        let mut fred_config = Config::from_url(&config.url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {}", e.details())))?;
+        let mut fred_config = tls::fred_config(&config.url, config.tls.as_ref())?;
+        if let Some(username) = &config.username {
+            fred_config.username = Some(username.clone());
+        }
+        if let Some(password) = &config.password {
+            fred_config.password = Some(password.clone());
+        }
         // Retry the first connection like any later one instead of failing the pod's startup.
         fred_config.fail_fast = false;
 
@@ -250,7 +267,8 @@ impl RedisStore {
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build_pool(config.pool_size.max(1))
             .map_err(|e| StoreError::Unavailable(format!("redis client: {}", e.details())))?;
-        let tasks = pool.connect_pool();
+        let mut tasks = pool.connect_pool();
+        tasks.extend(log_connection_errors(&pool, &config.url));
 
         if tokio::time::timeout(call_timeout, pool.wait_for_connect())
             .await
@@ -448,6 +466,31 @@ fn map_error(e: FredError, timeout: Duration) -> StoreError {
         ErrorKind::Parse => StoreError::Corrupt(e.details().to_owned()),
         _ => StoreError::Unavailable(format!("redis: {}", e.details())),
     }
+}
+
+/// Logs why connections fail (a refused connection, a TLS handshake that fails verification,
+/// `WRONGPASS`): once at warn per outage, then at debug until a connection succeeds again.
+fn log_connection_errors(pool: &Pool, url: &str) -> Vec<ConnectHandle> {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url: Arc<str> = redact_url(url).into();
+    let mut tasks = Vec::new();
+    for client in pool.clients() {
+        let (on_error, url) = (Arc::clone(&failing), Arc::clone(&url));
+        tasks.push(client.on_error(move |(error, _server)| {
+            if on_error.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!(%url, error = %error.details(), "redis connection failed");
+            } else {
+                tracing::warn!(%url, error = %error.details(), "redis connection failed; retrying");
+            }
+            std::future::ready(Ok(()))
+        }));
+        let on_reconnect = Arc::clone(&failing);
+        tasks.push(client.on_reconnect(move |_| {
+            on_reconnect.store(false, std::sync::atomic::Ordering::Relaxed);
+            std::future::ready(Ok(()))
+        }));
+    }
+    tasks
 }
 
 /// Reads the `{seq, epoch, ...}` head that every topic script returns.

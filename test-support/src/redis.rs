@@ -1,5 +1,6 @@
 //! `redis-server` on a loopback port: throwaway (empty on every start) or persistent (restarted
-//! from its own snapshot or AOF files after a `kill -9`).
+//! from its own snapshot or AOF files after a `kill -9`); plaintext or TLS-only; open, with a
+//! password, or with an ACL user.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::process::{ProcessGuard, TempDir, spawn_listening};
-use crate::resp::{info_field, redis_cmd};
+use crate::resp::{Endpoint, Login, command, info_field};
+use crate::tls::{ClientAuth, TlsFiles};
 use crate::{find_binary, free_port};
 
 /// How a persistent [`RedisServer`] keeps its data across a kill and restart.
@@ -40,25 +42,106 @@ pub(crate) fn redis_server_bin() -> PathBuf {
 /// Full syncs to replicas go over the socket without delay (`repl-diskless-sync-delay 0`; the
 /// default waits 5 s for more replicas), and a replica loads them without a temp file.
 pub(crate) fn spawn_redis(port: u16, dir: &Path, extra: &[&str]) -> ProcessGuard {
-    spawn_redis_with(None, port, dir, extra)
+    spawn_redis_with(None, port, dir, extra, &Security::default())
 }
 
-/// [`spawn_redis`], reading `config` first when given: a server with a config file can
-/// `CONFIG REWRITE` it (Sentinel does, when it promotes or demotes a server).
+/// How a server is reached and who may use it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Security {
+    /// TLS-only on the port; the harness uses a Unix socket in the server's directory.
+    tls: Option<(TlsFiles, ClientAuth)>,
+    /// `requirepass` (no user) or an ACL user (the `default` user is then off).
+    login: Option<Login>,
+}
+
+impl Security {
+    fn args(&self, port: u16, dir: &Path) -> Vec<String> {
+        let mut args = Vec::new();
+        match &self.tls {
+            None => args.extend(["--port".to_owned(), port.to_string()]),
+            Some((files, client_auth)) => {
+                let path = |p: PathBuf| p.to_str().expect("UTF-8 path").to_owned();
+                let auth = match client_auth {
+                    ClientAuth::Optional => "optional",
+                    ClientAuth::Required => "yes",
+                };
+                args.extend(
+                    [
+                        "--port",
+                        "0",
+                        "--tls-port",
+                        &port.to_string(),
+                        "--tls-cert-file",
+                        &path(files.server_cert()),
+                        "--tls-key-file",
+                        &path(files.server_key()),
+                        "--tls-ca-cert-file",
+                        &path(files.ca()),
+                        "--tls-auth-clients",
+                        auth,
+                        "--unixsocket",
+                        &path(unix_socket(dir)),
+                        "--unixsocketperm",
+                        "700",
+                    ]
+                    .map(str::to_owned),
+                );
+            }
+        }
+        match &self.login {
+            None => {}
+            Some(Login {
+                user: None,
+                password,
+            }) => {
+                args.extend(["--requirepass".to_owned(), password.clone()]);
+            }
+            Some(Login {
+                user: Some(user),
+                password,
+            }) => {
+                args.extend(["--user", "default", "off", "--user", user, "on"].map(str::to_owned));
+                args.extend([
+                    format!(">{password}"),
+                    "~*".into(),
+                    "&*".into(),
+                    "+@all".into(),
+                ]);
+            }
+        }
+        args
+    }
+
+    fn endpoint(&self, port: u16, dir: &Path) -> Endpoint {
+        match self.tls {
+            None => Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port))),
+            Some(_) => Endpoint::Unix(unix_socket(dir)),
+        }
+    }
+}
+
+fn unix_socket(dir: &Path) -> PathBuf {
+    dir.join("redis.sock")
+}
+
+/// [`spawn_redis`] with `security`, reading `config` first when given: a server with a config
+/// file can `CONFIG REWRITE` it (Sentinel does, when it promotes or demotes a server).
 pub(crate) fn spawn_redis_with(
     config: Option<&Path>,
     port: u16,
     dir: &Path,
     extra: &[&str],
+    security: &Security,
 ) -> ProcessGuard {
-    let dir = dir.to_str().expect("temp dir path is UTF-8");
+    let dir_str = dir.to_str().expect("temp dir path is UTF-8");
     let mut cmd = Command::new(redis_server_bin());
     if let Some(config) = config {
         cmd.arg(config);
     }
     let mut process = spawn_listening(
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--daemonize", "no", "--dir", dir, "--save", ""])
+        cmd.args(security.args(port, dir))
+            .args(["--bind", "127.0.0.1"])
+            .args(["--daemonize", "no", "--dir", dir_str, "--save", ""])
             .args([
                 "--repl-diskless-sync",
                 "yes",
@@ -72,18 +155,22 @@ pub(crate) fn spawn_redis_with(
         port,
         "redis-server",
     );
-    wait_ready(port, &mut process);
+    wait_ready(
+        port,
+        &security.endpoint(port, dir),
+        security.login.as_ref(),
+        &mut process,
+    );
     process
 }
 
 /// Waits until the server answers `PING` (not `-LOADING`) and `INFO` says loading is over.
-fn wait_ready(port: u16, process: &mut ProcessGuard) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+fn wait_ready(port: u16, endpoint: &Endpoint, login: Option<&Login>, process: &mut ProcessGuard) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = String::new();
     loop {
-        let ready = redis_cmd(addr, &["PING"]).and_then(|pong| {
-            let info = redis_cmd(addr, &["INFO", "persistence"])?;
+        let ready = command(endpoint, login, &["PING"]).and_then(|pong| {
+            let info = command(endpoint, login, &["INFO", "persistence"])?;
             last = format!("PING: {pong}, loading: {:?}", info_field(&info, "loading"));
             Ok(pong == "PONG"
                 && info_field(&info, "loading") == Some("0")
@@ -116,6 +203,7 @@ pub struct RedisServer {
     // Declared before `dir`, so the server is dead before its directory is removed.
     process: ProcessGuard,
     persistence: Option<Persistence>,
+    security: Security,
     dir: TempDir,
 }
 
@@ -136,13 +224,63 @@ impl RedisServer {
         Self::launch(free_port(), Some(persistence))
     }
 
+    /// A TLS-only server (no plaintext port) with `files`' server certificate, trusting `files`'
+    /// CA for client certificates. Clients need `rediss://127.0.0.1:{port}` and the CA; the
+    /// harness's own commands ([`cmd`](Self::cmd)) go over a Unix socket.
+    pub fn start_tls(files: &TlsFiles, client_auth: ClientAuth) -> Self {
+        Self::launch_with(
+            free_port(),
+            None,
+            Security {
+                tls: Some((files.clone(), client_auth)),
+                login: None,
+            },
+        )
+    }
+
+    /// A server that requires `password` (`requirepass`, the `default` user).
+    pub fn start_with_password(password: &str) -> Self {
+        Self::with_login(None, password)
+    }
+
+    /// A server whose only user is the ACL user `user` (the `default` user is off).
+    pub fn start_with_acl_user(user: &str, password: &str) -> Self {
+        Self::with_login(Some(user), password)
+    }
+
+    fn with_login(user: Option<&str>, password: &str) -> Self {
+        let login = Login {
+            user: user.map(str::to_owned),
+            password: password.to_owned(),
+        };
+        Self::launch_with(
+            free_port(),
+            None,
+            Security {
+                tls: None,
+                login: Some(login),
+            },
+        )
+    }
+
     fn launch(port: u16, persistence: Option<Persistence>) -> Self {
+        Self::launch_with(port, persistence, Security::default())
+    }
+
+    fn launch_with(port: u16, persistence: Option<Persistence>, security: Security) -> Self {
         let dir = TempDir::new("gw-redis");
-        let process = spawn_redis(port, dir.path(), &Self::persistence_args(persistence));
+        let process = spawn_redis_with(
+            None,
+            port,
+            dir.path(),
+            &Self::persistence_args(persistence),
+            &security,
+        );
         Self {
             port,
             process,
             persistence,
+            security,
             dir,
         }
     }
@@ -156,8 +294,14 @@ impl RedisServer {
         }
     }
 
+    /// `redis://127.0.0.1:{port}`, or `rediss://` for a TLS server. Credentials are not in it.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.security.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -174,7 +318,8 @@ impl RedisServer {
         self.persistence
     }
 
-    /// Runs one command and returns its reply as text (see [`redis_cmd`]); panics on an error
+    /// Runs one command and returns its reply as text (see [`redis_cmd`](crate::redis_cmd)),
+    /// logged in and over the Unix socket when the server needs it; panics on an error
     /// reply or when the server cannot be reached.
     pub fn cmd(&self, args: &[&str]) -> String {
         self.try_cmd(args)
@@ -183,7 +328,8 @@ impl RedisServer {
 
     /// Like [`cmd`](Self::cmd), for tests that expect a failure.
     pub fn try_cmd(&self, args: &[&str]) -> io::Result<String> {
-        redis_cmd(self.addr(), args)
+        let endpoint = self.security.endpoint(self.port, self.dir.path());
+        command(&endpoint, self.security.login.as_ref(), args)
     }
 
     /// Writes a snapshot now. `SAVE` blocks the server until the file is complete, so the
@@ -220,7 +366,7 @@ impl RedisServer {
             self.dir.clear();
         }
         let args = Self::persistence_args(self.persistence);
-        self.process = spawn_redis(self.port, self.dir.path(), &args);
+        self.process = spawn_redis_with(None, self.port, self.dir.path(), &args, &self.security);
     }
 
     /// Starts a persistent server again on the same port and directory (SIGKILLing it first

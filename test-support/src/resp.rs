@@ -1,8 +1,11 @@
 //! Just enough of the Redis protocol (RESP2) to send a command and read its reply, over a plain
-//! `std` socket: tests and the harness itself need no client library and no `redis-cli`.
+//! `std` socket (TCP, or the Unix socket of a TLS-only server): tests and the harness itself need
+//! no client library and no `redis-cli`.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Long enough for a `SAVE` of a test-sized data set; short enough that a hung server fails the
@@ -16,17 +19,67 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// An error reply (`-ERR ...`, `-LOADING ...`) is an `io::Error` whose message is the error text.
 /// A new connection per command keeps this stateless: it works across kills and restarts.
 pub fn redis_cmd(addr: SocketAddr, args: &[&str]) -> io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+    command(&Endpoint::Tcp(addr), None, args)
+}
+
+/// Where the harness reaches a server: its TCP port, or a Unix socket (a TLS-only server's
+/// plaintext door for the harness, in the server's private directory).
+#[derive(Debug, Clone)]
+pub(crate) enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// The credentials the harness logs in with: `AUTH [user] password`.
+#[derive(Debug, Clone)]
+pub(crate) struct Login {
+    pub user: Option<String>,
+    pub password: String,
+}
+
+/// [`redis_cmd`] on any endpoint, after `AUTH` when `login` is given.
+pub(crate) fn command(
+    endpoint: &Endpoint,
+    login: Option<&Login>,
+    args: &[&str],
+) -> io::Result<String> {
+    match endpoint {
+        Endpoint::Tcp(addr) => {
+            let stream = TcpStream::connect_timeout(addr, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+            exchange(stream, login, args)
+        }
+        Endpoint::Unix(path) => {
+            let stream = UnixStream::connect(path)?;
+            stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+            exchange(stream, login, args)
+        }
+    }
+}
+
+fn exchange(stream: impl Read + Write, login: Option<&Login>, args: &[&str]) -> io::Result<String> {
+    let mut stream = BufReader::new(stream);
+    if let Some(login) = login {
+        let mut auth = vec!["AUTH"];
+        auth.extend(login.user.as_deref());
+        auth.push(&login.password);
+        stream.get_mut().write_all(&encode(&auth))?;
+        read_reply(&mut stream)?;
+    }
+    stream.get_mut().write_all(&encode(args))?;
+    read_reply(&mut stream)
+}
+
+fn encode(args: &[&str]) -> Vec<u8> {
     let mut request = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
         request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
         request.extend_from_slice(arg.as_bytes());
         request.extend_from_slice(b"\r\n");
     }
-    stream.write_all(&request)?;
-    read_reply(&mut BufReader::new(stream))
+    request
 }
 
 fn read_reply(r: &mut impl BufRead) -> io::Result<String> {

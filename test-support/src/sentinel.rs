@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::free_port;
 use crate::process::{ProcessGuard, TempDir, spawn_listening};
-use crate::redis::{redis_server_bin, spawn_redis_with};
+use crate::redis::{Security, redis_server_bin, spawn_redis_with};
 use crate::resp::{info_field, redis_cmd};
 
 /// The name the sentinels monitor the master under (`sentinelServiceName` in the URL).
@@ -45,7 +45,13 @@ impl DataNode {
         if let Some(master_port) = &master_port {
             extra.extend(["--replicaof", "127.0.0.1", master_port]);
         }
-        let process = spawn_redis_with(Some(&config), port, dir.path(), &extra);
+        let process = spawn_redis_with(
+            Some(&config),
+            port,
+            dir.path(),
+            &extra,
+            &Security::default(),
+        );
         Self {
             port,
             process: Some(process),

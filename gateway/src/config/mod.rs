@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use clap::Args;
 
+mod backends;
 mod security;
+mod tls;
 
+pub use backends::{BackendConfig, BackendConfigError};
 pub use security::SecurityConfig;
 
 /// Flags of `gateway serve` (the default command).
@@ -37,12 +40,13 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_DEMO")]
     pub demo: bool,
 
-    /// Redis URL for sessions and history (`redis://`, `rediss://`, `redis-sentinel://`,
-    /// `redis-cluster://`). Unset = in-memory store (single node).
+    /// Redis URL for sessions and history (`redis://`, `redis-sentinel://`, `redis-cluster://`;
+    /// TLS: `rediss://`, `rediss-sentinel://`, `rediss-cluster://`). Unset = in-memory store.
     #[arg(long, env = "GATEWAY_REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// NATS server URLs for cross-pod fan-out, comma-separated. Unset = in-process backplane.
+    /// NATS server URLs for cross-pod fan-out, comma-separated (`nats://`, `tls://` for TLS).
+    /// Unset = in-process backplane.
     #[arg(long, env = "GATEWAY_NATS_URL", value_delimiter = ',')]
     pub nats_url: Vec<String>,
 
@@ -191,6 +195,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub security: SecurityConfig,
+
+    /// TLS and credentials of the Redis and NATS connections.
+    #[command(flatten)]
+    pub backends: BackendConfig,
 }
 
 /// A configuration that cannot work.
@@ -221,6 +229,8 @@ pub enum ConfigError {
          redis-cluster:// WAIT would go to an arbitrary node"
     )]
     MinReplicasOnCluster,
+    #[error(transparent)]
+    Backend(#[from] BackendConfigError),
 }
 
 impl Config {
@@ -290,10 +300,12 @@ impl Config {
             && self
                 .redis_url
                 .as_deref()
-                .is_some_and(|u| u.starts_with("redis-cluster"))
+                .is_some_and(|u| u.starts_with("redis-cluster") || u.starts_with("rediss-cluster"))
         {
             return Err(ConfigError::MinReplicasOnCluster);
         }
+        self.backends
+            .validate(self.redis_url.as_deref(), &self.nats_url)?;
         if self.security.max_handshakes == 0 {
             return Err(ConfigError::Handshakes);
         }
