@@ -157,9 +157,12 @@ impl fmt::Display for SessionId {
 
 /// The generation of a topic's history. It changes when the history is lost (for example the
 /// store was flushed), so a client position from an older epoch is known to be unrecoverable.
+///
+/// Cheap to clone (shared string): every subscription of every connection holds its topic's
+/// epoch, twice (what was fed and what was flushed).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Epoch(String);
+pub struct Epoch(Arc<str>);
 
 impl Epoch {
     /// A new epoch: 16 lowercase hex digits, the creation time in Unix milliseconds (48 bits)
@@ -175,18 +178,18 @@ impl Epoch {
 
     /// The epoch created at `ms` (Unix milliseconds) with the random suffix `salt`.
     pub fn at(ms: u64, salt: u16) -> Self {
-        Self(format!("{:012x}{salt:04x}", ms & 0xffff_ffff_ffff))
+        Self(Arc::from(format!("{:012x}{salt:04x}", ms & 0xffff_ffff_ffff)))
     }
 
     /// Whether this epoch was created after `other`. Epochs are ordered by length, then
     /// lexicographically: fixed-width hex orders like the number it spells, and the 8-digit
     /// random epochs of earlier versions order before every time-prefixed one.
     pub fn is_newer_than(&self, other: &Epoch) -> bool {
-        (self.0.len(), self.0.as_str()) > (other.0.len(), other.0.as_str())
+        (self.0.len(), &*self.0) > (other.0.len(), &*other.0)
     }
 
     pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
+        Self(Arc::from(s.into()))
     }
 
     pub fn as_str(&self) -> &str {
