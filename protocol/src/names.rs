@@ -178,7 +178,10 @@ impl Epoch {
 
     /// The epoch created at `ms` (Unix milliseconds) with the random suffix `salt`.
     pub fn at(ms: u64, salt: u16) -> Self {
-        Self(Arc::from(format!("{:012x}{salt:04x}", ms & 0xffff_ffff_ffff)))
+        Self(Arc::from(format!(
+            "{:012x}{salt:04x}",
+            ms & 0xffff_ffff_ffff
+        )))
     }
 
     /// Whether this epoch was created after `other`. Epochs are ordered by length, then
