@@ -167,8 +167,8 @@ impl Shared {
     /// Publishes on `topic`: appends to history (which assigns `seq`), then publishes on the
     /// backplane. A backplane failure is not an error for the publisher: the message is in
     /// history, and every pod's topic task re-reads history to catch up. A retry with the same
-    /// `id` returns the first publish's result and publishes nothing (the first one's message
-    /// is the one in history).
+    /// `id` returns the first publish's result and stores nothing; it fans out again the first
+    /// one's message as history has it.
     pub async fn publish(
         &self,
         topic: &Topic,
@@ -179,9 +179,28 @@ impl Shared {
         let started = std::time::Instant::now();
         let appended = self.store.append(topic, &data, id).await?;
         self.metrics.store.observe("append", started);
-        if appended.duplicate {
-            return Ok(appended);
-        }
+        let data = if appended.duplicate {
+            // A retry. Its first attempt may never have reached the backplane (it failed after
+            // the append, or waited for replicas in vain), so fan out again what history holds
+            // under that seq (not the retry's data, which may differ); subscribers that have it
+            // drop the repeat by `seq`.
+            match self.store.history(topic, appended.seq - 1, 1).await {
+                Ok(page) => match page.messages.into_iter().next() {
+                    Some(stored)
+                        if stored.seq == appended.seq && page.top.epoch == appended.epoch =>
+                    {
+                        stored.data
+                    }
+                    _ => return Ok(appended),
+                },
+                Err(e) => {
+                    tracing::debug!(%topic, seq = appended.seq, error = %e, "duplicate not fanned out again; subscribers catch up from history");
+                    return Ok(appended);
+                }
+            }
+        } else {
+            data
+        };
         let envelope = Envelope {
             seq: appended.seq,
             epoch: appended.epoch.clone(),
