@@ -103,6 +103,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct loopback ports that were free a moment ago. They are held open together until
+/// all are chosen: [`free_port`] called twice in a row may return the same port (the first
+/// listener is already closed), which a server given both (a client and a cluster port) cannot
+/// bind.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local address").port())
+        .collect()
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::{ProcessGuard, TempDir, spawn_listening};
-use crate::{find_binary, free_port};
+use crate::process::{ProcessGuard, TempDir, try_spawn_listening};
+use crate::{find_binary, free_ports};
 
 /// Name shared by every node (NATS refuses routes between differently named clusters).
 const CLUSTER_NAME: &str = "gw-test";
@@ -47,9 +47,23 @@ impl NatsCluster {
     /// Starts `n` routed nodes (at least 2) and returns once each routes to all the others.
     pub fn start(n: usize) -> Self {
         assert!(n >= 2, "a cluster needs at least two nodes");
+        // Ports are chosen before any node starts, so one may be taken meanwhile by a server
+        // another test starts: try again on fresh ports.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(n) {
+                Ok(cluster) => return cluster,
+                Err(why) => last = why,
+            }
+        }
+        panic!("nats cluster did not start: {last}");
+    }
+
+    fn try_start(n: usize) -> Result<Self, String> {
         let dir = TempDir::new("gw-nats-cluster");
-        let ports: Vec<(u16, u16, u16)> = (0..n)
-            .map(|_| (free_port(), free_port(), free_port()))
+        let ports: Vec<(u16, u16, u16)> = free_ports(3 * n)
+            .chunks(3)
+            .map(|p| (p[0], p[1], p[2]))
             .collect();
         let nodes = ports
             .iter()
@@ -83,15 +97,19 @@ impl NatsCluster {
             .collect();
         let mut cluster = Self { nodes, dir };
         for i in 0..n {
-            cluster.spawn(i);
+            cluster.try_spawn(i)?;
         }
         for i in 0..n {
             cluster.wait_routes(i);
         }
-        cluster
+        Ok(cluster)
     }
 
     fn spawn(&mut self, i: usize) {
+        self.try_spawn(i).unwrap_or_else(|why| panic!("{why}"));
+    }
+
+    fn try_spawn(&mut self, i: usize) -> Result<(), String> {
         let bin = find_binary(
             "nats-server",
             "NATS_SERVER_BIN",
@@ -99,7 +117,7 @@ impl NatsCluster {
              (Debian's nats-server 2.9 is too old)",
         );
         let node = &mut self.nodes[i];
-        let process = spawn_listening(
+        let process = try_spawn_listening(
             Command::new(bin)
                 .arg("-c")
                 .arg(&node.config)
@@ -107,8 +125,9 @@ impl NatsCluster {
                 .stderr(Stdio::null()),
             node.port,
             "nats-server (cluster node)",
-        );
+        )?;
         node.process = Some(process);
+        Ok(())
     }
 
     /// Waits until node `i` has a route to every other running node.

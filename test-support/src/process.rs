@@ -64,20 +64,32 @@ pub fn spawn_guarded(cmd: &mut Command) -> ProcessGuard {
 /// Spawns a server and waits until it accepts TCP connections on `port`, so a test never races
 /// the server's startup.
 pub(crate) fn spawn_listening(cmd: &mut Command, port: u16, what: &str) -> ProcessGuard {
+    try_spawn_listening(cmd, port, what).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// [`spawn_listening`], saying why instead of panicking, so a caller can retry on other ports
+/// (a port that was free when chosen may have been taken since by a parallel test).
+pub(crate) fn try_spawn_listening(
+    cmd: &mut Command,
+    port: u16,
+    what: &str,
+) -> Result<ProcessGuard, String> {
     let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let mut guard = ProcessGuard { child: Some(child) };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return guard;
+            return Ok(guard);
         }
         if let Some(status) = guard.exited() {
-            panic!("{what} exited before listening on port {port}: {status}");
+            return Err(format!(
+                "{what} exited before listening on port {port}: {status}"
+            ));
         }
         if Instant::now() > deadline {
             guard.kill();
-            panic!("{what} did not listen on port {port} within 10 s");
+            return Err(format!("{what} did not listen on port {port} within 10 s"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::free_port;
+use crate::free_ports;
 use crate::process::{ProcessGuard, TempDir};
 use crate::redis::spawn_redis;
 use crate::resp::{info_field, redis_cmd};
@@ -34,7 +34,8 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     fn start() -> Self {
-        let (port, bus_port) = (free_port(), free_port());
+        let ports = free_ports(2);
+        let (port, bus_port) = (ports[0], ports[1]);
         let dir = TempDir::new("gw-redis-cluster");
         let timeout = NODE_TIMEOUT.as_millis().to_string();
         let process = spawn_redis(
