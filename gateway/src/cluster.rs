@@ -327,50 +327,26 @@ pub async fn send_takeover(shared: &Shared, pod: &str, session: &SessionId, gene
 mod tests {
     use super::*;
 
-    use std::sync::atomic::AtomicUsize;
-
     use backplane::MemoryBackplane;
-    use tokio_util::task::TaskTracker;
 
     use crate::config::Config;
-    use crate::control::{ConnControl, Connections};
-    use crate::hub::{Hub, HubConfig};
-    use crate::metrics::Metrics;
-    use crate::{Bus, Store, abuse, auth, drain::Drain};
+    use crate::control::ConnControl;
+    use crate::{Bus, Store, auth};
 
     /// A pod named `pod` on the shared in-process backplane `bus`, beating every 20 ms.
     fn pod(bus: &MemoryBackplane, pod: &str) -> Arc<Shared> {
         let mut config = Config::embedded_default();
         config.heartbeat_interval = Duration::from_millis(20);
         let store = Store::Memory(session_store::MemoryStore::new(config.history_limits()));
-        let backplane = Bus::Memory(bus.clone());
-        let metrics = Arc::new(Metrics::new());
-        let shutdown = CancellationToken::new();
-        let hub = Hub::new(
-            store.clone(),
-            backplane.clone(),
-            metrics.clone(),
-            HubConfig::from_config(&config),
-            shutdown.clone(),
-        );
-        Arc::new(Shared {
-            pod: pod.to_owned(),
-            store,
-            backplane,
-            hub,
-            metrics,
-            connections: Connections::default(),
-            drain: Drain::new(),
-            shutdown,
-            tasks: TaskTracker::new(),
-            public_addr: "127.0.0.1:1".parse().unwrap(),
-            cluster: ClusterView::default(),
-            auth: auth::Authenticator::new(config.security.auth_config()).unwrap(),
-            ip_limiter: abuse::IpLimiter::new(config.security.ip_limits()),
-            handshakes: abuse::HandshakeLimiter::new(config.security.max_handshakes),
-            slots: AtomicUsize::new(0),
+        let auth = auth::Authenticator::new(config.security.auth_config()).unwrap();
+        Shared::new(
             config,
-        })
+            pod.to_owned(),
+            store,
+            Bus::Memory(bus.clone()),
+            auth,
+            "127.0.0.1:1".parse().unwrap(),
+        )
     }
 
     /// Polls `done` every 10 ms, at most 500 times.

@@ -164,6 +164,46 @@ impl PublishError {
 }
 
 impl Shared {
+    /// Everything a pod shares, around its store, backplane and authenticator: metrics, the
+    /// hub (whose topic tasks stop with `shutdown`), the connection table, drain and limits.
+    pub fn new(
+        config: Config,
+        pod: String,
+        store: Store,
+        backplane: Bus,
+        auth: auth::Authenticator,
+        public_addr: SocketAddr,
+    ) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        metrics.conn.capacity.set(config.max_connections as i64);
+        let shutdown = CancellationToken::new();
+        let hub = Hub::new(
+            store.clone(),
+            backplane.clone(),
+            metrics.clone(),
+            HubConfig::from_config(&config),
+            shutdown.clone(),
+        );
+        Arc::new(Self {
+            pod,
+            store,
+            backplane,
+            hub,
+            metrics,
+            connections: Connections::default(),
+            drain: Drain::new(),
+            shutdown,
+            tasks: TaskTracker::new(),
+            slots: AtomicUsize::new(0),
+            auth,
+            ip_limiter: abuse::IpLimiter::new(config.security.ip_limits()),
+            handshakes: abuse::HandshakeLimiter::new(config.security.max_handshakes),
+            public_addr,
+            cluster: cluster::ClusterView::default(),
+            config,
+        })
+    }
+
     /// Publishes on `topic`: appends to history (which assigns `seq`), then publishes on the
     /// backplane. A backplane failure is not an error for the publisher: the message is in
     /// history, and every pod's topic task re-reads history to catch up. A retry with the same
@@ -307,42 +347,23 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     config.validate()?;
     let pod = config.pod_name();
-    let metrics = Arc::new(Metrics::new());
-    metrics.conn.capacity.set(config.max_connections as i64);
     let limits = config.history_limits();
     let authenticator = auth::Authenticator::new(config.security.auth_config())?;
     let redis = redis_config(&config, limits)?;
     let nats = nats_config(&config, &pod)?;
     let store = connect_store(redis, limits).await?;
     let backplane = connect_backplane(nats).await?;
-    let root = CancellationToken::new();
-    let hub = Hub::new(
-        store.clone(),
-        backplane.clone(),
-        metrics.clone(),
-        HubConfig::from_config(&config),
-        root.clone(),
-    );
     let public_addr = listeners.public.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
-    let shared = Arc::new(Shared {
-        pod: pod.clone(),
+    let shared = Shared::new(
+        config,
+        pod.clone(),
         store,
         backplane,
-        hub,
-        metrics,
-        connections: Connections::default(),
-        drain: Drain::new(),
-        shutdown: root.clone(),
-        tasks: TaskTracker::new(),
-        slots: AtomicUsize::new(0),
-        auth: authenticator.clone(),
-        ip_limiter: abuse::IpLimiter::new(config.security.ip_limits()),
-        handshakes: abuse::HandshakeLimiter::new(config.security.max_handshakes),
+        authenticator.clone(),
         public_addr,
-        cluster: cluster::ClusterView::default(),
-        config,
-    });
+    );
+    let root = shared.shutdown.clone();
     tracing::info!(%pod, %public_addr, %admin_addr, "gateway listening");
 
     // Listen on our control subject before taking clients: a takeover sent by another pod

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{Value, json};
 use support::{TestGateway, http};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -80,18 +80,19 @@ async fn a_peer_that_never_answers_pings_is_dropped() {
     assert!(saw_end, "idle connection was not dropped");
 }
 
-/// A reader whose queue overflows during a burst is not closed: the messages that did not fit
-/// are written from history once it has written its queue, in order, without a gap.
-#[tokio::test]
-async fn a_lagging_reader_catches_up_from_history_instead_of_being_closed() {
+/// A gateway with a 16-message queue and `history` messages of history; a slow subscriber that
+/// reads nothing while 2,000 × 8 KiB (16 MiB, far beyond socket buffers) are published to
+/// "firehose", and a fast one that read all of them in order. Returns the gateway, the slow
+/// client and its `welcome`, and the fast client.
+async fn firehose(history: usize) -> (TestGateway, support::Client, Value, support::Client) {
     let gw = TestGateway::with(|c| {
         c.outbound_queue = 16;
-        c.history_size = 2_500;
+        c.history_size = history;
         c.write_timeout = Duration::from_secs(60);
         c.write_buffer_size = 16 * 1024;
     })
     .await;
-    let (mut slow, _) = gw.hello().await;
+    let (mut slow, welcome) = gw.hello().await;
     slow.subscribe("firehose").await;
     let (mut fast, _) = gw.hello().await;
     fast.subscribe("firehose").await;
@@ -100,13 +101,19 @@ async fn a_lagging_reader_catches_up_from_history_instead_of_being_closed() {
         assert_eq!(support::seqs(&msgs), (1..=2_000).collect::<Vec<_>>());
         fast
     });
-    // 2,000 × 8 KiB = 16 MiB: far beyond socket buffers and the 16-message queue, within
-    // history.
     let data = "x".repeat(8 * 1024);
     for _ in 0..2_000 {
         gw.publish_api("firehose", json!(data)).await;
     }
-    let mut fast = reader.await.unwrap();
+    let fast = reader.await.unwrap();
+    (gw, slow, welcome, fast)
+}
+
+/// A reader whose queue overflows during a burst is not closed: the messages that did not fit
+/// are written from history once it has written its queue, in order, without a gap.
+#[tokio::test]
+async fn a_lagging_reader_catches_up_from_history_instead_of_being_closed() {
+    let (gw, mut slow, _, mut fast) = firehose(2_500).await;
     let msgs = slow.messages(2_000).await;
     assert_eq!(support::seqs(&msgs), (1..=2_000).collect::<Vec<_>>());
     slow.send(json!({"type": "ping"})).await;
@@ -125,27 +132,7 @@ async fn a_lagging_reader_catches_up_from_history_instead_of_being_closed() {
 /// everything history still had, gap-free; its resume says `recovered: false`. Never a skip.
 #[tokio::test]
 async fn a_reader_behind_history_is_closed_1013_and_told_recovered_false() {
-    let gw = TestGateway::with(|c| {
-        c.outbound_queue = 16;
-        c.history_size = 100;
-        c.write_timeout = Duration::from_secs(60);
-        c.write_buffer_size = 16 * 1024;
-    })
-    .await;
-    let (mut slow, welcome) = gw.hello().await;
-    slow.subscribe("firehose").await;
-    let (mut fast, _) = gw.hello().await;
-    fast.subscribe("firehose").await;
-    let reader = tokio::spawn(async move {
-        let msgs = fast.messages(2_000).await;
-        assert_eq!(support::seqs(&msgs), (1..=2_000).collect::<Vec<_>>());
-        fast
-    });
-    let data = "x".repeat(8 * 1024);
-    for _ in 0..2_000 {
-        gw.publish_api("firehose", json!(data)).await;
-    }
-    let mut fast = reader.await.unwrap();
+    let (gw, mut slow, welcome, mut fast) = firehose(100).await;
     let (msgs, closed) = slow.messages_until_close().await;
     let got = support::seqs(&msgs);
     assert_eq!(

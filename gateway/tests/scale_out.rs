@@ -361,6 +361,30 @@ async fn killing_the_nats_node_of_a_publishing_pod_loses_no_acked_message() {
     );
 }
 
+/// After a fault at `at`: waits for 60 more acks from each publisher, stops them, waits until
+/// the witness (on the third pod) has every ack, and checks and reports each topic.
+async fn settle(
+    what: &str,
+    f: &Fleet,
+    witness: &Witness,
+    [a, b]: [Publisher; 2],
+    at: Instant,
+) -> (Vec<TopicReport>, PubLog, PubLog) {
+    a.wait_acks_after(at, 60).await;
+    b.wait_acks_after(at, 60).await;
+    let (a, b) = (a.stop().await, b.stop().await);
+    assert!(witness.wait_for(&[&a, &b]).await, "witness got every ack");
+    let reports: Vec<_> = f
+        .topics
+        .iter()
+        .map(|t| check(&witness.log(t), t, &[&a, &b]))
+        .collect();
+    report(what, &reports, &[&a, &b]);
+    eprintln!("{what}: witness pod repairs: {}", repairs(&f.pods[2]).await);
+    refusals(what, at, &[&a, &b]);
+    (reports, a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_master_of_a_topic_slot_mid_publish_never_duplicates_or_hides_a_seq() {
     let mut f = fleet("failover", |nats, i| vec![nats.url(i)]).await;
@@ -382,21 +406,7 @@ async fn killing_the_master_of_a_topic_slot_mid_publish_never_duplicates_or_hide
         "cluster failover: node {victim} killed, node {promoted} serves slot {slot} after {:?}",
         killed.elapsed()
     );
-    a.wait_acks_after(killed, 60).await;
-    b.wait_acks_after(killed, 60).await;
-    let (a, b) = (a.stop().await, b.stop().await);
-    assert!(witness.wait_for(&[&a, &b]).await, "witness got every ack");
-    let reports: Vec<_> = f
-        .topics
-        .iter()
-        .map(|t| check(&witness.log(t), t, &[&a, &b]))
-        .collect();
-    report("cluster failover", &reports, &[&a, &b]);
-    eprintln!(
-        "cluster failover: witness pod repairs: {}",
-        repairs(&f.pods[2]).await
-    );
-    refusals("cluster failover", killed, &[&a, &b]);
+    let (reports, a, b) = settle("cluster failover", &f, &witness, [a, b], killed).await;
     eprintln!(
         "cluster failover: kill to first ack on {hit}: {:?}; on the other topics: {:?}",
         outage(killed, std::slice::from_ref(&hit), &[&a, &b]),
@@ -444,21 +454,7 @@ async fn moving_a_topic_slot_to_another_master_mid_publish_starts_a_visible_epoc
         "reshard: slot {slot} moved from node {from} to node {to} in {:?}",
         resharding.elapsed()
     );
-    a.wait_acks_after(resharding, 60).await;
-    b.wait_acks_after(resharding, 60).await;
-    let (a, b) = (a.stop().await, b.stop().await);
-    assert!(witness.wait_for(&[&a, &b]).await, "witness got every ack");
-    let reports: Vec<_> = f
-        .topics
-        .iter()
-        .map(|t| check(&witness.log(t), t, &[&a, &b]))
-        .collect();
-    report("reshard", &reports, &[&a, &b]);
-    eprintln!(
-        "reshard: witness pod repairs: {}",
-        repairs(&f.pods[2]).await
-    );
-    refusals("reshard", resharding, &[&a, &b]);
+    let (reports, a, b) = settle("reshard", &f, &witness, [a, b], resharding).await;
     eprintln!(
         "reshard: start to first ack on {moved}: {:?}",
         outage(resharding, std::slice::from_ref(&moved), &[&a, &b]),
