@@ -69,7 +69,9 @@ running() { # name program
   pid=$(cat "$f")
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
   if [ -r "/proc/$pid/cmdline" ]; then
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$2" || return 1
+    local cmdline
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+    [[ $cmdline == *"$2"* ]] || return 1
   fi
 }
 
@@ -130,7 +132,10 @@ start_pod() { # N binary
   port_open "$port" && die "port $port is taken (FLEET_PUBLIC_BASE)"
   port_open "$admin" && die "port $admin is taken (FLEET_ADMIN_BASE)"
   local extra=()
-  if "$bin" --help 2>/dev/null | grep -q -- '--agent-listen'; then
+  # Captured, not piped into `grep -q`: grep quitting early would SIGPIPE the help under pipefail.
+  local help
+  help=$("$bin" --help 2>/dev/null || true)
+  if [[ $help == *--agent-listen* ]]; then
     extra+=(--agent-listen "$host:$agent")
   fi
   GATEWAY_POD_NAME=$name \

