@@ -176,8 +176,11 @@ export declare class GatewayClient {
   /** Closes for good (1000). `connect()` again resumes the session while the server keeps it. */
   close(): void;
   subscribe<T = Json>(topic: string, onMessage: (message: Message<T>) => void, options?: SubscribeOptions): Subscription<T>;
-  /** Resolves with the message's `seq` once it is in the topic's history. */
-  publish(topic: string, data: Json): Promise<number>;
+  /**
+   * Resolves with the message's `seq` once it is in the topic's history. With `options.id` (a
+   * publish id), a retry gets the first attempt's `seq` instead of storing the message twice.
+   */
+  publish(topic: string, data: Json, options?: { id?: string }): Promise<number>;
   /** App-level round trip, in milliseconds. */
   ping(): Promise<number>;
   /** Sends `refresh` with `token`, or with a token from `getToken`; resolves with the new `exp`. */

@@ -536,12 +536,17 @@ export class GatewayClient {
     else this._queue = this._queue.filter((req) => !req.sent && this._pending.has(req.frame.ref));
   }
 
-  /** Publishes `data` (any JSON value) on `topic`; resolves with its `seq`. */
-  async publish(topic, data) {
+  /**
+   * Publishes `data` (any JSON value) on `topic`; resolves with its `seq`. With `options.id` (a
+   * publish id) a retry after a lost connection or `unavailable` gets the first attempt's `seq`.
+   */
+  async publish(topic, data, options = {}) {
     checkTopic(topic);
     if (data === undefined) throw new TypeError('publish: data must be a JSON value');
     if (!this._wantOpen && this.state !== 'connected') throw new GatewayError('closed', 'connect() first');
-    const reply = await this._request({ type: 'publish', topic, data });
+    const frame = { type: 'publish', topic, data };
+    if (options.id != null) frame.id = String(options.id);
+    const reply = await this._request(frame);
     return reply.seq;
   }
 
