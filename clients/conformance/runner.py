@@ -176,7 +176,7 @@ class Run:
     def token(self, kind: str | None) -> str | None:
         if kind is None:
             return None
-        return mint_token(self.secret, "2s" if kind == "short" else "1h")
+        return mint_token(self.secret, "4s" if kind == "short" else "1h")
 
     def step(self, st: dict) -> None:
         d = self.driver
