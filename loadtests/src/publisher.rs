@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
@@ -198,29 +198,30 @@ fn on_reply(report: &mut PublisherReport, text: &str) {
 }
 
 /// The latest `seq` of each topic, read by a fresh client (`subscribed.seq`): everything up to
-/// it was published, whether or not its publisher saw the ack.
+/// it was published, whether or not its publisher saw the ack. Read with the project's own
+/// client crate (outside the measured path): it retries the connection and confirms each topic.
 pub async fn gateway_tops(run: &Run, topics: &[String]) -> anyhow::Result<Vec<(String, u64)>> {
-    let (mut ws, target) = open(run).await?;
+    let target = run.balancer.pick(Pool::Again);
+    let url = run.balancer.targets[target].url.clone();
+    let mut config = gateway_client::ClientConfig::new([url]);
+    config.backoff.initial = Duration::from_millis(100);
+    config.backoff.max = Duration::from_millis(500);
+    let (client, mut events) = gateway_client::connect(config);
+    // The event stream is bounded: read it, or the client stops reading its socket.
+    tokio::spawn(async move { while events.next().await.is_some() {} });
     let mut tops = Vec::new();
     for topic in topics {
-        ws.send(Message::text(
-            json!({"type": "subscribe", "topic": topic}).to_string(),
-        ))
-        .await?;
-        loop {
-            let frame = timeout(Duration::from_secs(10), ws.next()).await?;
-            let Some(Ok(Message::Text(t))) = frame else {
-                anyhow::ensure!(frame.is_some(), "connection ended while reading tops");
-                continue;
-            };
-            let v: Value = serde_json::from_str(t.as_str())?;
-            if v["type"] == "subscribed" {
-                tops.push((topic.clone(), v["seq"].as_u64().unwrap_or(0)));
-                break;
+        let position = client.subscribe(topic, None).await;
+        match position {
+            Ok(p) => tops.push((topic.clone(), p.seq)),
+            Err(e) => {
+                client.close().await;
+                run.balancer.release(target);
+                anyhow::bail!("reading the top of {topic}: {e}");
             }
         }
     }
-    let _ = ws.close(None).await;
+    client.close().await;
     run.balancer.release(target);
     Ok(tops)
 }
