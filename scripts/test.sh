@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need, then runs formatting,
 # lints, every Rust test (against real redis-server, nats-server and haproxy), the offline
-# manifest checks, and the JS SDK's Node and browser tests. Fails loudly when something cannot
-# be installed.
+# manifest checks, the JS SDK's Node and browser tests, and the client conformance suite (JS,
+# Python and Rust SDKs). Fails loudly when something cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -40,5 +40,8 @@ bash scripts/validate-manifests.sh
 
 say "JS SDK, demo and fleet pages (Node tests and headless Chromium)"
 bash scripts/test-js.sh
+
+say "client conformance suite (JS, Python, Rust SDKs)"
+bash scripts/test-conformance.sh
 
 say "all checks passed"

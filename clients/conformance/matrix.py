@@ -24,7 +24,7 @@ def render(results: dict[str, dict[str, str]]) -> str:
     drivers = json.loads((HERE / "drivers.json").read_text())
     sdks = list(drivers)
     lines = [BEGIN,
-             "| behaviour (scenario) | " + " | ".join(f"{s} (`{drivers[s]['sdk']}`)" for s in sdks) + " |",
+             "| behaviour (scenario) | " + " | ".join(f"{drivers[s]['name']} (`{drivers[s]['sdk']}`)" for s in sdks) + " |",
              "|---|" + "---|" * len(sdks)]
     for sc in scenarios:
         cells = [MARK.get(results.get(s, {}).get(sc["id"], ""), "not run") for s in sdks]
