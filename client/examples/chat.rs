@@ -15,7 +15,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let urls = args.next().unwrap_or_else(|| "ws://127.0.0.1:8080/ws".into());
+    let urls = args
+        .next()
+        .unwrap_or_else(|| "ws://127.0.0.1:8080/ws".into());
     let topic = args.next().unwrap_or_else(|| "chat".into());
     let mut config = ClientConfig::new(urls.split(','));
     if let Ok(token) = std::env::var("GATEWAY_CLIENT_TOKEN") {
@@ -41,11 +43,17 @@ async fn main() -> anyhow::Result<()> {
     while let Some(event) = events.next().await {
         match event {
             Event::Message(m) => println!("{} #{} {}", m.topic, m.seq, m.data.get()),
-            Event::Gap(g) => eprintln!("gap on {} ({}): reload its state", g.topic, g.reason.as_str()),
+            Event::Gap(g) => eprintln!(
+                "gap on {} ({}): reload its state",
+                g.topic,
+                g.reason.as_str()
+            ),
             Event::Connected { pod, resumed, .. } => {
                 eprintln!("connected to {pod:?} (resumed: {resumed})")
             }
-            Event::Disconnected { code, reason, .. } => eprintln!("disconnected: {code:?} {reason}"),
+            Event::Disconnected { code, reason, .. } => {
+                eprintln!("disconnected: {code:?} {reason}")
+            }
             Event::Closed { error } => {
                 if let Some(e) = error {
                     eprintln!("stopped: {e}");

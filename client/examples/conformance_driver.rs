@@ -38,7 +38,9 @@ fn event_json(event: &Event) -> Option<Value> {
             "event": "gap", "topic": g.topic, "reason": g.reason.as_str(),
             "from": g.from.as_ref().map(position), "to": position(&g.to),
         }),
-        Event::Duplicate { topic, seq } => json!({"event": "duplicate", "topic": topic, "seq": seq}),
+        Event::Duplicate { topic, seq } => {
+            json!({"event": "duplicate", "topic": topic, "seq": seq})
+        }
         Event::Disconnected { code, advice, .. } => json!({
             "event": "disconnected", "code": code,
             "error": advice.as_ref().and_then(|a| a.error.clone()),
@@ -57,11 +59,16 @@ fn event_json(event: &Event) -> Option<Value> {
 fn config(cmd: &Value) -> ClientConfig {
     let urls: Vec<String> = cmd["urls"]
         .as_array()
-        .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
-    let ms = |key: &str, default: u64| Duration::from_millis(cmd["backoff"][key].as_u64().unwrap_or(default));
-    let mut config =
-        ClientConfig::new(urls).backoff(ms("initial_ms", 500), ms("max_ms", 30_000));
+    let ms = |key: &str, default: u64| {
+        Duration::from_millis(cmd["backoff"][key].as_u64().unwrap_or(default))
+    };
+    let mut config = ClientConfig::new(urls).backoff(ms("initial_ms", 500), ms("max_ms", 30_000));
     config.ping_interval = None;
     if !cmd["auto_refresh"].as_bool().unwrap_or(false) {
         config.refresh_before = None;
@@ -109,7 +116,9 @@ async fn main() -> anyhow::Result<()> {
                 let since: Option<Position> = serde_json::from_value(cmd["since"].clone()).ok();
                 tokio::spawn(async move {
                     if let Err(e) = c.subscribe(&topic, since).await {
-                        emit(json!({"event": "error", "code": e.code(), "message": e.to_string(), "topic": topic}));
+                        emit(
+                            json!({"event": "error", "code": e.code(), "message": e.to_string(), "topic": topic}),
+                        );
                     }
                 });
             }
@@ -120,7 +129,9 @@ async fn main() -> anyhow::Result<()> {
                     let id = cmd["id"].as_str();
                     match c.publish(topic, &cmd["data"], id).await {
                         Ok(seq) => emit(json!({"event": "published", "topic": topic, "seq": seq})),
-                        Err(e) => emit(json!({"event": "publish_error", "topic": topic, "code": e.code(), "message": e.to_string()})),
+                        Err(e) => emit(
+                            json!({"event": "publish_error", "topic": topic, "code": e.code(), "message": e.to_string()}),
+                        ),
                     }
                 });
             }

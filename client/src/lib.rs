@@ -223,10 +223,7 @@ fn check_topic(topic: &str) -> Result<(), ClientError> {
 }
 
 impl Client {
-    async fn request<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, ClientError> {
+    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(make(reply))
@@ -272,8 +269,8 @@ impl Client {
         data: &T,
         id: Option<&str>,
     ) -> Result<u64, ClientError> {
-        let data = serde_json::value::to_raw_value(data)
-            .map_err(|e| ClientError::Data(e.to_string()))?;
+        let data =
+            serde_json::value::to_raw_value(data).map_err(|e| ClientError::Data(e.to_string()))?;
         self.publish_raw(topic, data, id).await
     }
 

@@ -24,7 +24,12 @@ def load_scenarios() -> list[dict]:
 
 
 def load_drivers() -> dict[str, dict]:
-    return json.loads((HERE / "drivers.json").read_text())
+    """drivers.json, with `{cargo_target}` replaced by Cargo's target directory."""
+    target = os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target")
+    drivers = json.loads((HERE / "drivers.json").read_text())
+    for d in drivers.values():
+        d["command"] = [part.replace("{cargo_target}", target) for part in d["command"]]
+    return drivers
 
 
 class ScenarioFailed(AssertionError):

@@ -15,7 +15,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Gateway WebSocket URL (comma-separate several: tried in turn on each reconnect).
-    #[arg(long, env = "GATEWAY_URL", default_value = "ws://127.0.0.1:8080/ws", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "GATEWAY_URL",
+        default_value = "ws://127.0.0.1:8080/ws",
+        value_delimiter = ','
+    )]
     pub url: Vec<String>,
     /// Topics to subscribe to (repeat or comma-separate).
     #[arg(long, short, value_delimiter = ',')]
@@ -59,7 +64,9 @@ fn event_line(event: &Event) -> Option<Value> {
             pod,
             user,
             resumed,
-        } => json!({"type": "welcome", "session": session, "pod": pod, "user": user, "resumed": resumed}),
+        } => {
+            json!({"type": "welcome", "session": session, "pod": pod, "user": user, "resumed": resumed})
+        }
         Event::Subscribed { topic, position } => {
             json!({"type": "subscribed", "topic": topic, "seq": position.seq, "epoch": position.epoch})
         }
