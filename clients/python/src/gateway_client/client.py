@@ -201,6 +201,9 @@ class GatewayClient:
                                ping_interval=self.ping_interval, ping_timeout=self.ping_timeout)
         except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError):
             return None, "", None
+        if self._closing:
+            await ws.close(1000)
+            return ws.close_code, ws.close_reason or "", None
         self._ws = ws
         up_since: Optional[float] = None
         try:
@@ -214,9 +217,9 @@ class GatewayClient:
                 hello["positions"] = {t: p.to_json() for t, p in self._hello_positions.items()}
             await ws.send(json.dumps(hello))
             first = await asyncio.wait_for(ws.recv(), self.connect_timeout)
-            up_since = await self._on_frame(first)
+            up_since = await self._on_frame_safely(first)
             async for text in ws:
-                await self._on_frame(text)
+                await self._on_frame_safely(text)
         except (ConnectionClosed, asyncio.TimeoutError, OSError):
             pass
         finally:
@@ -335,6 +338,14 @@ class GatewayClient:
         position = self._topics.position(topic)
         if fut is not None and not fut.done() and position is not None:
             fut.set_result(position)
+
+    async def _on_frame_safely(self, text: Union[str, bytes]) -> Optional[float]:
+        try:
+            return await self._on_frame(text)
+        except (KeyError, TypeError, AttributeError) as e:
+            # A frame missing a field this client needs: reported, the connection goes on.
+            self._emit(ErrorEvent(GatewayError("bad_frame", f"unexpected frame from the gateway: {e!r}")))
+            return None
 
     async def _on_frame(self, text: Union[str, bytes]) -> Optional[float]:
         try:
