@@ -262,7 +262,9 @@ class Run:
 
         CHECKS[c["check"]](self.driver, c)
 
-    def execute(self) -> None:
+    def execute(self) -> dict:
+        """Runs the scenario; returns what was measured (not asserted): per disconnection,
+        the time to the next `welcome` and the wait the SDK chose."""
         self.start()
         try:
             for st in self.scenario["steps"]:
@@ -270,5 +272,19 @@ class Run:
             time.sleep(float(os.environ.get("CONFORMANCE_SETTLE_S", "0.3")))
             for c in self.scenario["expect"]:
                 self.check(c)
+            return self.measured()
         finally:
             self.stop()
+
+    def measured(self) -> dict:
+        d = self.driver
+        assert d is not None
+        resumes = []
+        for close in d.matching("disconnected"):
+            later = [e for e in d.events if e["t"] > close["t"]]
+            wait = next((e["delay_ms"] for e in later if e.get("event") == "reconnecting"), None)
+            back = next((e for e in later if e.get("event") == "connected"), None)
+            if back is not None:
+                resumes.append({"code": close.get("code"), "waited_ms": wait,
+                                "to_welcome_ms": round((back["t"] - close["t"]) * 1000, 1)})
+        return {"resumes": resumes}
