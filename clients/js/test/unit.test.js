@@ -281,14 +281,20 @@ describe('resume', () => {
 });
 
 describe('requests', () => {
-  test('publish resolves with the seq; errors reject with the gateway code', async () => {
+  test('publish resolves with the seq and carries a publish id; errors reject with the gateway code', async () => {
     const { server, client } = await subscribedClient();
     const conn = server.conns[0];
     const p = client.publish('t', { hi: 1 });
     const frame = await conn.next('publish');
     assert.deepEqual(frame.data, { hi: 1 });
+    assert.equal(frame.id, undefined);
     conn.send({ type: 'published', topic: 't', seq: 42, ref: frame.ref });
     assert.equal(await p, 42);
+    const retry = client.publish('t', { hi: 1 }, { id: 'order-17' });
+    const withId = await conn.next('publish');
+    assert.equal(withId.id, 'order-17');
+    conn.send({ type: 'published', topic: 't', seq: 42, ref: withId.ref });
+    assert.equal(await retry, 42);
     const q = client.publish('t', 2);
     const f2 = await conn.next('publish');
     conn.send({ type: 'error', code: 'forbidden', message: 'no', ref: f2.ref });
