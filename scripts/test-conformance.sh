@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The client conformance suite (clients/conformance): every scenario against the JS, Python and
-# Rust SDKs' drivers, on real gateways, redis-server and nats-server. Installs what it needs
+# Rust SDKs' drivers, on real gateways, redis-server, nats-server and haproxy. Installs what it needs
 # (the Python SDK and pytest into .venv, npm ci for the JS SDK when not done yet), builds the
 # gateway and the Rust driver, runs the suite, and checks that the feature matrix in
 # docs/clients.md is the one this run gives. Transcripts and logs: target/test-output/conformance/.
@@ -10,8 +10,12 @@ root=$(pwd)
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-command -v redis-server >/dev/null || apt_install redis-server
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v haproxy >/dev/null || missing+=(haproxy)
+apt_install "${missing[@]}"
 export REDIS_SERVER_BIN=${REDIS_SERVER_BIN:-$(command -v redis-server)}
+export HAPROXY_BIN=${HAPROXY_BIN:-$(command -v haproxy)}
 ensure_nats
 command -v node >/dev/null || { echo "node is missing: scripts/test-js.sh installs it" >&2; exit 1; }
 

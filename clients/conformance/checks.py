@@ -45,6 +45,12 @@ def last(d: Driver, c: dict) -> None:
         raise ScenarioFailed(f"the last {c['event']} should match {c['match']}: {found[-1:]}")
 
 
+def pod_changed(d: Driver, c: dict) -> None:
+    pods = [e["pod"] for e in d.matching("connected")]
+    if len(pods) < 2 or pods[-1] == pods[0]:
+        raise ScenarioFailed(f"expected to end on another pod than the first: {pods}")
+
+
 def waited_after_ms(d: Driver, c: dict) -> None:
     """The reconnect after a close with `after_ms` waited at least that long."""
     closes = d.matching("disconnected", {"code": c["code"]})
@@ -85,4 +91,4 @@ def backoff(d: Driver, c: dict) -> None:
 
 
 CHECKS = {f.__name__: f for f in (once_in_order, seqs, epochs_changed, some, none, last,
-                                  waited_after_ms, backoff)}
+                                  pod_changed, waited_after_ms, backoff)}

@@ -12,7 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-from servers import LOGS, ROOT, Gateway, Nats, Redis, free_port, mint_token, wait_fleet
+from servers import (LOGS, ROOT, Gateway, Haproxy, Nats, Redis, free_port, mint_token,
+                     wait_fleet)
 from wsproxy import WsProxy
 
 HERE = Path(__file__).resolve().parent
@@ -138,7 +139,7 @@ class Run:
     def __init__(self, scenario: dict, sdk: str, driver_command: list[str]):
         self.scenario = scenario
         self.setup = scenario.get("setup", {})
-        self.redis = self.nats = self.proxy = None
+        self.redis = self.nats = self.proxy = self.haproxy = None
         self.gateways: list[Gateway] = []
         self.publisher: Publisher | None = None
         self.tmp = tempfile.TemporaryDirectory()
@@ -164,6 +165,8 @@ class Run:
             wait_fleet(self.gateways, len(self.gateways))
         if s.get("proxy"):
             self.proxy = WsProxy(self.gateways[0].url)
+        if s.get("haproxy"):
+            self.haproxy = Haproxy(self.gateways, Path(self.tmp.name))
         self.driver = Driver(self.log_name, self.driver_command, self.log_name)
 
     def stop(self) -> None:
@@ -171,6 +174,8 @@ class Run:
             self.driver.stop()
         if self.proxy:
             self.proxy.stop()
+        if self.haproxy:
+            self.haproxy.stop()
         for g in self.gateways:
             g.stop()
         for p in (self.nats, self.redis):
@@ -183,6 +188,13 @@ class Run:
             return None
         return mint_token(self.secret, "4s" if kind == "short" else "1h")
 
+    def pod(self, which: int | str) -> Gateway:
+        """A pod by index, or `"connected"`: the one the client's last `welcome` came from."""
+        if which == "connected":
+            pod = self.driver.matching("connected")[-1]["pod"]
+            return next(g for g in self.gateways if g.pod == pod)
+        return self.gateways[int(which)]
+
     def step(self, st: dict) -> None:
         d = self.driver
         assert d is not None
@@ -191,6 +203,7 @@ class Run:
         if do == "connect":
             urls = {"pods": lambda: [g.url for g in self.gateways],
                     "proxy": lambda: [self.proxy.url],
+                    "haproxy": lambda: [self.haproxy.url],
                     "closed_port": lambda: [f"ws://127.0.0.1:{free_port()}/ws"]}[st["urls"]]()
             cmd = {"cmd": "connect", "urls": urls, "backoff": st.get("backoff", DEFAULT_BACKOFF)}
             if st.get("token"):
@@ -205,7 +218,7 @@ class Run:
             d.wait_for(f"subscribed {st['topic']}",
                        lambda: d.matching("subscribed", {"topic": st["topic"]}), timeout)
         elif do == "publish":
-            pub = Publisher(self.gateways[st.get("via", 0)], st["topic"], st["count"],
+            pub = Publisher(self.pod(st.get("via", 0)), st["topic"], st["count"],
                             st.get("interval_ms", 0))
             if st.get("background"):
                 self.publisher = pub
@@ -233,9 +246,9 @@ class Run:
             d.wait_for(f"{n} x {st['event']} {st.get('match', {})}",
                        lambda: len(d.matching(st["event"], st.get("match"))) >= n, timeout)
         elif do == "drain":
-            self.gateways[st["pod"]].post("/admin/drain")
+            self.pod(st["pod"]).post("/admin/drain")
         elif do == "kill":
-            self.gateways[st["pod"]].signal(signal.SIGKILL)
+            self.pod(st["pod"]).signal(signal.SIGKILL)
         elif do == "redis":
             action = st["action"]
             if action == "flushall":

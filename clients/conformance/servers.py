@@ -113,9 +113,11 @@ class Gateway(Process):
         self.pod = pod
         self.port = free_port()
         self.admin_port = free_port()
+        self.agent_port = free_port()
         genv = {
             "GATEWAY_LISTEN": f"127.0.0.1:{self.port}",
             "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
+            "GATEWAY_AGENT_LISTEN": f"127.0.0.1:{self.agent_port}",
             "GATEWAY_POD_NAME": pod,
             "GATEWAY_MAX_FRAME_RATE": "0",
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
@@ -155,6 +157,43 @@ class Gateway(Process):
 
     def publish(self, topic: str, data: object) -> int:
         return int(self.post("/api/publish", {"topic": topic, "data": data})["seq"])
+
+
+class Haproxy(Process):
+    """HAProxy in front of the pods as deploy/haproxy/haproxy-local.cfg sets it up: leastconn,
+    health checks on /readyz, and the pods' agent-check (a draining pod gets no new upgrades)."""
+
+    def __init__(self, gateways: list[Gateway], workdir: Path):
+        self.port = free_port()
+        servers = "\n".join(
+            f"    server {g.pod} 127.0.0.1:{g.port} check agent-check agent-port {g.agent_port} agent-inter 200ms"
+            for g in gateways)
+        cfg = workdir / "haproxy.cfg"
+        cfg.write_text(f"""global
+    maxconn 1000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout tunnel 1h
+    timeout check 1s
+    retries 2
+    option redispatch 1
+frontend ws
+    bind 127.0.0.1:{self.port}
+    default_backend gateway
+backend gateway
+    balance leastconn
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 200ms fall 1 rise 1 weight 100
+{servers}
+""")
+        super().__init__([find_binary("haproxy", "HAPROXY_BIN"), "-db", "-f", str(cfg)],
+                         f"haproxy-{self.port}.log")
+        wait_port(self.port, self.proc, "haproxy")
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
 
 
 def wait_fleet(gateways: list[Gateway], n: int, timeout: float = 15.0) -> None:
