@@ -101,7 +101,11 @@ impl Connection {
                     }
                 }
                 for p in std::mem::take(&mut self.queue) {
-                    self.send_publish(live, p).await?;
+                    // A caller that gave up (its request timed out) was told it failed: sending
+                    // the publish now would store a message it believes was not.
+                    if !p.reply.is_closed() {
+                        self.send_publish(live, p).await?;
+                    }
                 }
             }
             ServerFrame::Subscribed(Subscribed {

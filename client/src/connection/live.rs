@@ -165,6 +165,9 @@ impl Connection {
                 }
                 self.confirmed.remove(&topic);
                 self.share_positions();
+                for w in self.waiters.remove(&topic).unwrap_or_default() {
+                    let _ = w.send(Err(ClientError::Closed));
+                }
                 let reference = self.take_ref();
                 self.pending
                     .insert(reference, Pending::Unsubscribe(Some(reply)));

@@ -270,6 +270,9 @@ impl Connection {
             Command::Unsubscribe { topic, reply } => {
                 self.topics.remove(&topic);
                 self.share_positions();
+                for w in self.waiters.remove(&topic).unwrap_or_default() {
+                    let _ = w.send(Err(ClientError::Closed));
+                }
                 let _ = reply.send(Ok(()));
             }
             Command::Publish {
