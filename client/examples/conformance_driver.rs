@@ -8,7 +8,12 @@ use gateway_client::{Client, ClientConfig, Event, Events, Position};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-fn emit(v: Value) {
+/// Prints an event with the driver's monotonic clock (`at_ms`): the runner's checks on waits
+/// use it.
+fn emit(mut v: Value) {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    v["at_ms"] = json!(start.elapsed().as_secs_f64() * 1000.0);
     println!("{v}");
 }
 

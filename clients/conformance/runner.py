@@ -39,7 +39,7 @@ class ScenarioFailed(AssertionError):
 
 class Driver:
     """An SDK's driver process: commands as JSON lines in, events as JSON lines out, each event
-    stamped with the runner's monotonic clock when it arrived."""
+    stamped `t` (seconds) with the driver's clock (`at_ms`), else when it arrived here."""
 
     def __init__(self, sdk: str, command: list[str], log_name: str):
         LOGS.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,9 @@ class Driver:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 event = {"event": "unparsable", "line": line}
-            event["t"] = time.monotonic()
+            # The driver's own clock when it gives one (`at_ms`): a busy runner reads late.
+            at_ms = event.get("at_ms")
+            event["t"] = at_ms / 1000 if isinstance(at_ms, (int, float)) else time.monotonic()
             self.transcript.write(json.dumps(event) + "\n")
             self.transcript.flush()
             with self.cond:
@@ -208,6 +210,8 @@ class Run:
             cmd = {"cmd": "connect", "urls": urls, "backoff": st.get("backoff", DEFAULT_BACKOFF)}
             if st.get("token"):
                 cmd["token"] = self.token(st["token"])
+            if "auto_refresh" in st:
+                cmd["auto_refresh"] = st["auto_refresh"]
             if st.get("token_file"):
                 path = Path(self.tmp.name) / "token"
                 path.write_text(self.token(st["token_file"]) + "\n")

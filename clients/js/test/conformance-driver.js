@@ -6,7 +6,8 @@ import WebSocket from 'ws';
 
 import { GatewayClient } from '../src/gateway-client.js';
 
-const emit = (event) => process.stdout.write(`${JSON.stringify(event)}\n`);
+// Each event carries the driver's monotonic clock (`at_ms`): the runner's checks on waits use it.
+const emit = (event) => process.stdout.write(`${JSON.stringify({ ...event, at_ms: performance.now() })}\n`);
 let client = null;
 
 function connect(cmd) {

@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +20,8 @@ from . import (Backoff, Connected, Disconnected, Duplicate, ErrorEvent, Event, G
 
 
 def emit(event: dict[str, Any]) -> None:
+    # Each event carries the driver's monotonic clock (`at_ms`): the runner's checks on waits use it.
+    event["at_ms"] = time.monotonic() * 1000
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
 
