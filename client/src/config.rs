@@ -76,6 +76,9 @@ pub struct ClientConfig {
     pub urls: Vec<String>,
     /// The token for the first `hello`.
     pub token: Option<String>,
+    /// A resume token saved from an earlier run ([`Client::resume_token`](crate::Client::resume_token)):
+    /// the first `hello` resumes that session while the gateway still holds it.
+    pub resume: Option<String>,
     /// Where new tokens come from (on `token_expired`, and before `exp`).
     pub token_source: Option<TokenSource>,
     /// Send `refresh` with a token from `token_source` this long before the token's `exp`
@@ -104,6 +107,7 @@ impl ClientConfig {
         ClientConfig {
             urls: urls.into_iter().map(Into::into).collect(),
             token: None,
+            resume: None,
             token_source: None,
             refresh_before: Some(Duration::from_secs(60)),
             backoff: Backoff::default(),
@@ -117,6 +121,12 @@ impl ClientConfig {
 
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Resume the session of an earlier run (its [`Client::resume_token`](crate::Client::resume_token)).
+    pub fn resume(mut self, token: impl Into<String>) -> Self {
+        self.resume = Some(token.into());
         self
     }
 

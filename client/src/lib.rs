@@ -167,8 +167,15 @@ pub(crate) enum Command {
 #[derive(Debug, Clone)]
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
-    positions: Arc<Mutex<BTreeMap<String, Position>>>,
+    shared: Arc<Mutex<Shared>>,
     request_timeout: Duration,
+}
+
+/// What the handles read of the connection task's state.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub positions: BTreeMap<String, Position>,
+    pub resume: Option<String>,
 }
 
 /// The client's events, in order. Ends after [`Event::Closed`].
@@ -195,12 +202,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn connect(config: ClientConfig) -> (Client, Events) {
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let (events_tx, rx) = mpsc::channel(EVENT_BUFFER);
-    let positions = Arc::new(Mutex::new(BTreeMap::new()));
-    let task = connection::Connection::new(config, commands_rx, events_tx, positions.clone());
+    let shared = Arc::new(Mutex::new(Shared {
+        positions: BTreeMap::new(),
+        resume: config.resume.clone(),
+    }));
+    let task = connection::Connection::new(config, commands_rx, events_tx, shared.clone());
     tokio::spawn(task.run());
     let client = Client {
         commands,
-        positions,
+        shared,
         request_timeout: REQUEST_TIMEOUT,
     };
     (client, Events { rx })
@@ -295,9 +305,21 @@ impl Client {
 
     /// Every subscribed topic's position, as the next `hello` would present it.
     pub fn positions(&self) -> BTreeMap<String, Position> {
-        self.positions
+        self.shared
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .positions
+            .clone()
+    }
+
+    /// The session's resume token (from the last `welcome`). Keep it secret; a process that
+    /// restarts resumes its session with it ([`ClientConfig::resume`]) and each topic's
+    /// position (`since` in [`Client::subscribe`]).
+    pub fn resume_token(&self) -> Option<String> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .resume
             .clone()
     }
 

@@ -111,6 +111,7 @@ async fn resumes_with_positions_drops_duplicates_honours_after_ms_and_stops() {
             epoch: "e1".into()
         }
     );
+    assert_eq!(client.resume_token().as_deref(), Some("s1.secret"));
 
     let mut seen = Vec::new();
     let mut published = None;

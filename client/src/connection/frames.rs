@@ -72,6 +72,7 @@ impl Connection {
                 live.next_ping = self.config.ping_interval.map(|i| Instant::now() + i);
                 live.refresh_at = self.refresh_at(None);
                 self.resume = Some(resume);
+                self.share_positions();
                 let restored = if resumed { topics } else { BTreeMap::new() };
                 // Restored topics first: their replay follows the welcome.
                 for (topic, t) in &restored {

@@ -25,7 +25,7 @@ use crate::wire::{
     ClientFrame, CloseAdvice, ErrorFrame, MessageFrame, Position, Published, Reference, Refreshed,
     ServerFrame, Subscribed, Unsubscribed, Welcome, token_expiry,
 };
-use crate::{ClientError, Command, Event, Reply};
+use crate::{ClientError, Command, Event, Reply, Shared};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -69,7 +69,7 @@ pub(crate) struct Connection {
     config: ClientConfig,
     commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::Sender<Event>,
-    shared_positions: Arc<Mutex<BTreeMap<String, Position>>>,
+    shared: Arc<Mutex<Shared>>,
     topics: Topics,
     confirmed: HashSet<String>,
     waiters: HashMap<String, Vec<Reply<Position>>>,
@@ -94,21 +94,22 @@ impl Connection {
         config: ClientConfig,
         commands: mpsc::UnboundedReceiver<Command>,
         events: mpsc::Sender<Event>,
-        shared_positions: Arc<Mutex<BTreeMap<String, Position>>>,
+        shared: Arc<Mutex<Shared>>,
     ) -> Self {
         let token = config.token.clone();
+        let resume = config.resume.clone();
         Connection {
             config,
             commands,
             events,
-            shared_positions,
+            shared,
             topics: Topics::default(),
             confirmed: HashSet::new(),
             waiters: HashMap::new(),
             pending: HashMap::new(),
             queue: Vec::new(),
             next_ref: 1,
-            resume: None,
+            resume,
             token,
             token_stale: false,
             attempt: 0,
@@ -122,10 +123,9 @@ impl Connection {
     }
 
     fn share_positions(&self) {
-        *self
-            .shared_positions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = self.topics.positions();
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.positions = self.topics.positions();
+        shared.resume.clone_from(&self.resume);
     }
 
     pub(crate) async fn run(mut self) {

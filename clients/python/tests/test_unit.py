@@ -152,9 +152,16 @@ def test_second_hello_carries_resume_and_positions() -> None:
                     await asyncio.wait_for(sub.__anext__(), 5)
                 while len(gw.hellos) < 2:
                     await asyncio.sleep(0.01)
+            saved = c.resume_token
         assert "resume" not in gw.hellos[0]
         assert gw.hellos[1]["resume"] == "s1.secret"
         assert gw.hellos[1]["positions"] == {"t": {"seq": 2, "epoch": "e1"}}
+        assert saved == "s1.secret"
+        # A restarted process resumes its session with the saved token.
+        async with gw as url:
+            async with GatewayClient(url, resume=saved):
+                pass
+        assert gw.hellos[2]["resume"] == "s1.secret"
 
     asyncio.run(main())
 

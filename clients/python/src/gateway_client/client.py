@@ -39,7 +39,8 @@ class GatewayClient:
     """
 
     def __init__(self, urls: Union[str, Sequence[str]], *, token: Optional[str] = None,
-                 get_token: Optional[TokenGetter] = None, backoff: Backoff = Backoff(),
+                 get_token: Optional[TokenGetter] = None, resume: Optional[str] = None,
+                 backoff: Backoff = Backoff(),
                  max_after: float = 300.0, connect_timeout: float = 10.0,
                  request_timeout: float = 10.0, ping_interval: Optional[float] = 20.0,
                  ping_timeout: Optional[float] = 10.0, auto_refresh: bool = True,
@@ -58,7 +59,7 @@ class GatewayClient:
         self.session: Optional[str] = None
         self.pod: Optional[str] = None
         self.user: Optional[str] = None
-        self._resume: Optional[str] = None
+        self._resume: Optional[str] = resume
         self._topics = Topics()
         self._subs: dict[str, set[Subscription]] = {}
         self._confirmed: dict[str, asyncio.Future[Position]] = {}
@@ -102,6 +103,12 @@ class GatewayClient:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         self._finish(GatewayError("closed", "the client was closed"))
+
+    @property
+    def resume_token(self) -> Optional[str]:
+        """The session's resume token (keep it secret). A process that restarts resumes its
+        session with ``GatewayClient(..., resume=token)`` and ``subscribe(topic, since=...)``."""
+        return self._resume
 
     def positions(self) -> dict[str, Position]:
         """Every subscribed topic's position, as the next ``hello`` presents it."""
