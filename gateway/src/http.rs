@@ -15,20 +15,38 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use backplane::Backplane;
 use protocol::{Payload, Topic};
 use serde::Deserialize;
 use session_store::SessionStore;
 use tokio::net::TcpListener;
 
-use crate::metrics::OutcomeLabel;
 use crate::{PublishError, Shared, connection};
 
-/// Serves the public port: a hyper HTTP/1 server per socket (so the upgrade request has a
-/// header-read deadline against slowloris), after reading a PROXY v2 header from trusted
-/// proxies when `--proxy-protocol` is on.
-pub async fn serve_public(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+/// How clients reach a public listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// `--listen`: probes, direct clients, proxies that only send `X-Forwarded-For`. PROXY
+    /// headers are never read here, whoever the peer is.
+    Direct,
+    /// `--proxy-listen`: only `--trusted-proxies` may connect, and each connection starts with
+    /// a PROXY v2 header.
+    Proxied,
+}
+
+/// The socket peer of a connection (the load balancer's address on `--proxy-listen`), as
+/// opposed to the client address that `ConnectInfo` carries. `drain-peer` selects by it.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpPeer(pub std::net::IpAddr);
+
+/// Serves a public port: a hyper HTTP/1 server per socket (so the upgrade request has a
+/// header-read deadline against slowloris), after the PROXY v2 header on [`Ingress::Proxied`].
+pub async fn serve_public(
+    listener: TcpListener,
+    ingress: Ingress,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
     let mut app = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
@@ -51,38 +69,49 @@ pub async fn serve_public(listener: TcpListener, shared: Arc<Shared>) -> std::io
                 }
             },
         };
-        tokio::spawn(serve_socket(tcp, peer, app.clone(), shared.clone()));
+        if ingress == Ingress::Proxied && !shared.config.security.is_trusted_proxy(peer.ip()) {
+            // Closed before reading: an untrusted peer must not get to claim any address.
+            tracing::debug!(%peer, "not a trusted proxy; closing");
+            shared.metrics.conn.outcome("untrusted_proxy");
+            drop(tcp);
+            continue;
+        }
+        tokio::spawn(serve_socket(tcp, peer, ingress, app.clone(), shared.clone()));
     }
 }
 
 async fn serve_socket(
     mut tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
+    tcp_peer: SocketAddr,
+    ingress: Ingress,
     app: Router,
     shared: Arc<Shared>,
 ) {
-    let security = &shared.config.security;
-    let deadline = security.header_read_timeout;
-    let trusted = security
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&crate::abuse::canonical(peer.ip())));
-    let peer = if security.proxy_protocol && trusted {
-        match tokio::time::timeout(deadline, crate::abuse::read_proxy_v2(&mut tcp)).await {
-            Ok(Ok(header)) => header.source.unwrap_or(peer),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "bad PROXY header; closing");
-                return;
+    let deadline = shared.config.security.header_read_timeout;
+    let peer = match ingress {
+        Ingress::Direct => tcp_peer,
+        // A `LOCAL` header (the balancer's own health check) leaves the balancer as the peer.
+        Ingress::Proxied => {
+            match tokio::time::timeout(deadline, crate::abuse::read_proxy_v2(&mut tcp)).await {
+                Ok(Ok(header)) => header.source.unwrap_or(tcp_peer),
+                Ok(Err(e)) => {
+                    tracing::debug!(%tcp_peer, error = %e, "bad PROXY header; closing");
+                    shared.metrics.conn.outcome("proxy_header");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.conn.outcome("proxy_header");
+                    return;
+                }
             }
-            Err(_) => return,
         }
-    } else {
-        peer
     };
+    let tcp_ip = TcpPeer(crate::abuse::canonical(tcp_peer.ip()));
     let _ = tcp.set_nodelay(true);
     let service =
         hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(tcp_ip);
             tower::ServiceExt::oneshot(app.clone(), req)
         });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -155,12 +184,7 @@ fn refuse(
     outcome: &'static str,
     retry_after: Option<u32>,
 ) -> Response {
-    shared
-        .metrics
-        .conn
-        .total
-        .get_or_create(&OutcomeLabel { outcome })
-        .inc();
+    shared.metrics.conn.outcome(outcome);
     let mut response = (status, outcome).into_response();
     if let Some(secs) = retry_after {
         response
@@ -173,6 +197,7 @@ fn refuse(
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(TcpPeer(tcp_peer)): Extension<TcpPeer>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -215,14 +240,7 @@ async fn upgrade(
             Some(5),
         );
     };
-    shared
-        .metrics
-        .conn
-        .total
-        .get_or_create(&OutcomeLabel {
-            outcome: "accepted",
-        })
-        .inc();
+    shared.metrics.conn.outcome("accepted");
     let c = &shared.config;
     let token = shared.tasks.token();
     // Sizes derived from `--max-message-size` (see `sizes`): the write bound holds a batch plus
@@ -238,7 +256,7 @@ async fn upgrade(
         .max_message_size(max_read)
         .max_frame_size(max_read)
         .on_upgrade(move |socket| async move {
-            connection::serve(socket, shared, ip, permit).await;
+            connection::serve(socket, shared, ip, tcp_peer, permit).await;
             drop(ip_guard);
             drop(slot);
             drop(token);

@@ -86,6 +86,8 @@ pub enum GatewayError {
 #[derive(Debug)]
 pub struct Listeners {
     pub public: TcpListener,
+    /// `--proxy-listen`: the public routes behind a PROXY-v2-speaking load balancer.
+    pub proxy: Option<TcpListener>,
     pub admin: TcpListener,
     /// HAProxy agent-check port, when configured.
     pub agent: Option<TcpListener>,
@@ -96,6 +98,7 @@ impl Listeners {
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
         Ok(Self {
             public: bind_with_backlog(config.listen)?,
+            proxy: config.proxy_listen.map(bind_with_backlog).transpose()?,
             admin: TcpListener::bind(config.admin_listen).await?,
             agent: match config.agent_listen {
                 Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -375,7 +378,19 @@ pub async fn run(
         .await
         .map_err(|e| tracing::warn!(error = %e, "control subject not subscribed yet; retrying"))
         .ok();
-    let public = tokio::spawn(http::serve_public(listeners.public, shared.clone()));
+    let public = tokio::spawn(http::serve_public(
+        listeners.public,
+        http::Ingress::Direct,
+        shared.clone(),
+    ));
+    let proxied = listeners.proxy.map(|listener| {
+        tracing::info!(addr = ?listener.local_addr(), "PROXY v2 listener for the load balancer");
+        tokio::spawn(http::serve_public(
+            listener,
+            http::Ingress::Proxied,
+            shared.clone(),
+        ))
+    });
     let admin = tokio::spawn(http::serve_admin(listeners.admin, shared.clone()));
     if let Some(agent) = listeners.agent {
         tokio::spawn(agent::serve(agent, shared.clone()));
@@ -397,7 +412,7 @@ pub async fn run(
     root.cancel();
     shared.tasks.close();
     let _ = tokio::time::timeout(shared.config.close_grace, shared.tasks.wait()).await;
-    for server in [public, admin] {
+    for server in [public, admin].into_iter().chain(proxied) {
         match server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "server ended with an error"),

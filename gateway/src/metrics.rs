@@ -41,7 +41,9 @@ pub struct OpLabel {
 pub struct ConnectionMetrics {
     pub active: Gauge,
     pub capacity: Gauge,
-    /// Upgrade attempts by outcome: `accepted`, `capacity`, `draining`, `origin`.
+    /// Connections by outcome: `accepted` (upgraded) and each refusal under its own label
+    /// (`draining`, `capacity`, `handshakes`, `origin`, `ip_connections`, `ip_rate`,
+    /// `untrusted_proxy`, `proxy_header`), so a rate of accepted connections never counts refusals.
     pub total: Family<OutcomeLabel, Counter>,
     pub closes: Family<CodeLabel, Counter>,
     pub subscriptions: Gauge,
@@ -51,6 +53,11 @@ pub struct ConnectionMetrics {
 }
 
 impl ConnectionMetrics {
+    /// Counts one connection under `outcome`.
+    pub fn outcome(&self, outcome: &'static str) {
+        self.total.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
     pub fn new() -> Self {
         Self {
             active: Gauge::default(),
@@ -77,7 +84,7 @@ impl ConnectionMetrics {
         );
         r.register(
             "connections",
-            "WebSocket upgrade attempts by outcome",
+            "Connections by outcome: accepted, or the refusal's reason",
             self.total.clone(),
         );
         r.register(

@@ -410,6 +410,7 @@ async fn start_error(edit: impl FnOnce(&mut Config)) -> GatewayError {
     edit(&mut c);
     let listeners = Listeners {
         public: TcpListener::bind(c.listen).await.unwrap(),
+        proxy: None,
         admin: TcpListener::bind(c.admin_listen).await.unwrap(),
         agent: None,
     };

@@ -14,7 +14,7 @@ mod security;
 mod tls;
 
 pub use backends::{BackendConfig, BackendConfigError};
-pub use security::SecurityConfig;
+pub use security::{ProxyConfigError, SecurityConfig};
 
 /// Flags of `gateway serve` (the default command).
 #[derive(Debug, Clone, Args)]
@@ -22,6 +22,13 @@ pub struct Config {
     /// Public address: `/ws`, `/healthz`, `/readyz`.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Public address for the load balancer: the same routes as `--listen`, but every
+    /// connection must come from `--trusted-proxies` (others are closed before a byte is read)
+    /// and start with a PROXY protocol v2 header, whose client address then counts. `--listen`
+    /// never reads PROXY headers, so probes and direct clients keep using it. Unset = none.
+    #[arg(long, env = "GATEWAY_PROXY_LISTEN")]
+    pub proxy_listen: Option<SocketAddr>,
 
     /// Admin address: `/metrics`, `/scaler`, `/admin/*`, `/api/publish`. Keep it private.
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
@@ -212,8 +219,8 @@ pub enum ConfigError {
     MessageSize(usize),
     #[error("--rebalance-tolerance ({0}) must be between 0 and 10")]
     Tolerance(f64),
-    #[error("--listen and --admin-listen are both {0}")]
-    SameAddress(SocketAddr),
+    #[error("--{0} and --{1} are both {2}")]
+    SameAddress(&'static str, &'static str, SocketAddr),
     #[error("--allowed-origins entry {0:?} must look like scheme://host[:port]")]
     Origin(String),
     #[error(
@@ -231,6 +238,8 @@ pub enum ConfigError {
     MinReplicasOnCluster,
     #[error(transparent)]
     Backend(#[from] BackendConfigError),
+    #[error(transparent)]
+    Proxies(#[from] ProxyConfigError),
 }
 
 impl Config {
@@ -282,9 +291,23 @@ impl Config {
         if !(128..=16 << 20).contains(&self.max_message_size) {
             return Err(ConfigError::MessageSize(self.max_message_size));
         }
-        if self.listen == self.admin_listen && self.listen.port() != 0 {
-            return Err(ConfigError::SameAddress(self.listen));
+        let addresses = [
+            ("listen", Some(self.listen)),
+            ("proxy-listen", self.proxy_listen),
+            ("admin-listen", Some(self.admin_listen)),
+            ("agent-listen", self.agent_listen),
+        ];
+        for (i, (a, x)) in addresses.iter().enumerate() {
+            for (b, y) in &addresses[i + 1..] {
+                if let (Some(x), Some(y)) = (x, y)
+                    && x == y
+                    && x.port() != 0
+                {
+                    return Err(ConfigError::SameAddress(a, b, *x));
+                }
+            }
         }
+        self.security.validate_proxies(self.proxy_listen.is_some())?;
         for origin in &self.allowed_origins {
             if !origin.contains("://") || origin.ends_with('/') {
                 return Err(ConfigError::Origin(origin.clone()));

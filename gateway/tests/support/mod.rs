@@ -26,6 +26,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A gateway running in this process on loopback ports.
 pub struct TestGateway {
     pub public: SocketAddr,
+    /// `--proxy-listen`, when the config sets it.
+    pub proxy: Option<SocketAddr>,
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<Result<(), gateway::GatewayError>>>,
@@ -53,6 +55,10 @@ impl TestGateway {
         edit(&mut c);
         let listeners = Listeners {
             public: TcpListener::bind(c.listen).await.unwrap(),
+            proxy: match c.proxy_listen {
+                Some(a) => Some(TcpListener::bind(a).await.unwrap()),
+                None => None,
+            },
             admin: TcpListener::bind(c.admin_listen).await.unwrap(),
             agent: match c.agent_listen {
                 Some(a) => Some(TcpListener::bind(a).await.unwrap()),
@@ -60,6 +66,7 @@ impl TestGateway {
             },
         };
         let public = listeners.public.local_addr().unwrap();
+        let proxy = listeners.proxy.as_ref().map(|l| l.local_addr().unwrap());
         let admin = listeners.admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway::run(listeners, c, async move {
@@ -67,6 +74,7 @@ impl TestGateway {
         }));
         Self {
             public,
+            proxy,
             admin,
             stop: Some(tx),
             task: Some(task),
