@@ -10,11 +10,10 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Extension, Json, Router};
 use backplane::Backplane;
 use protocol::{Payload, Topic};
@@ -76,7 +75,13 @@ pub async fn serve_public(
             drop(tcp);
             continue;
         }
-        tokio::spawn(serve_socket(tcp, peer, ingress, app.clone(), shared.clone()));
+        tokio::spawn(serve_socket(
+            tcp,
+            peer,
+            ingress,
+            app.clone(),
+            shared.clone(),
+        ));
     }
 }
 
@@ -123,29 +128,6 @@ async fn serve_socket(
         Ok(()) => tracing::trace!(%peer, "HTTP connection done"),
         Err(e) => tracing::debug!(%peer, error = %e, "HTTP connection ended"),
     }
-}
-
-pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    let stop = shared.shutdown.clone();
-    // The largest `/api/publish` body, instead of axum's 2 MB default: a bigger one is a 413.
-    let body_limit = crate::sizes::max_publish_body(shared.config.max_message_size);
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/api/publish", post(api_publish))
-        .route("/admin/drain", post(admin_drain).get(drain_status))
-        .route("/admin/cluster", get(admin_cluster))
-        .route("/scaler", get(scaler))
-        .route_layer(middleware::from_fn_with_state(
-            shared.clone(),
-            require_token,
-        ))
-        // After the token layer: the page is static; its API calls carry the token.
-        .merge(crate::assets::fleet_routes())
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(shared);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
 }
 
 /// A reserved place among the pod's connections; released on drop (also when an upgrade
@@ -287,48 +269,8 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     "ready".into_response()
 }
 
-async fn require_token(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(expected) = &shared.config.admin_token {
-        // Through the Kubernetes pod proxy, `Authorization` is dropped: accept our own header too.
-        let headers = request.headers();
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .or_else(|| {
-                headers
-                    .get("x-gateway-admin-token")
-                    .and_then(|v| v.to_str().ok())
-            })
-            .unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-            return (StatusCode::UNAUTHORIZED, "admin token required").into_response();
-        }
-    }
-    next.run(request).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        shared.metrics.encode(),
-    )
-        .into_response()
-}
-
 #[derive(Debug, Deserialize)]
-struct PublishRequest {
+pub(crate) struct PublishRequest {
     topic: String,
     /// `None` when missing or `null`: refused, as a WebSocket `publish` without `data` is.
     data: Option<Box<protocol::RawJson>>,
@@ -342,7 +284,7 @@ fn api_error(status: StatusCode, error: &str, message: impl std::fmt::Display) -
     (status, Json(body)).into_response()
 }
 
-async fn api_publish(
+pub(crate) async fn api_publish(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<PublishRequest>, JsonRejection>,
 ) -> Response {
@@ -396,54 +338,4 @@ async fn api_publish(
         // The append may have run before the failure: retry with the same id.
         Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, e.code().as_str(), e),
     }
-}
-
-fn drain_report(shared: &Shared) -> serde_json::Value {
-    serde_json::json!({
-        "pod": shared.pod,
-        "draining": shared.drain.is_draining(),
-        "connections": shared.connections.len(),
-        "closed": shared.drain.closed(),
-    })
-}
-
-/// Starts a drain (idempotent) and answers at once; progress is on `GET /admin/drain`.
-async fn admin_drain(State(shared): State<Arc<Shared>>) -> Response {
-    if !shared.drain.is_draining() {
-        let s = shared.clone();
-        tokio::spawn(async move { crate::drain::drain(&s).await });
-        // Let the drain flag be set before reporting.
-        tokio::task::yield_now().await;
-    }
-    (StatusCode::ACCEPTED, Json(drain_report(&shared))).into_response()
-}
-
-async fn drain_status(State(shared): State<Arc<Shared>>) -> Response {
-    Json(drain_report(&shared)).into_response()
-}
-
-/// The fleet as this pod sees it: one entry per live pod.
-async fn admin_cluster(State(shared): State<Arc<Shared>>) -> Response {
-    let pods = shared.cluster.pods(crate::cluster::max_age(&shared));
-    Json(serde_json::json!({ "pod": shared.pod, "pods": pods })).into_response()
-}
-
-/// Connection counts for KEDA's metrics-api trigger (`valueLocation: fleet.connections`, or
-/// `pod.connections` for this pod alone).
-async fn scaler(State(shared): State<Arc<Shared>>) -> Response {
-    let pods = shared.cluster.pods(crate::cluster::max_age(&shared));
-    let live: Vec<_> = pods.iter().filter(|p| !p.beat.draining).collect();
-    let connections: u64 = pods.iter().map(|p| p.beat.connections).sum();
-    let capacity: u64 = live.iter().map(|p| p.beat.capacity).sum();
-    let per_pod = if live.is_empty() {
-        0
-    } else {
-        connections / live.len() as u64
-    };
-    let me = crate::cluster::heartbeat(&shared);
-    Json(serde_json::json!({
-        "pod": { "name": me.pod, "connections": me.connections, "capacity": me.capacity, "draining": me.draining },
-        "fleet": { "pods": pods.len(), "connections": connections, "capacity": capacity, "connections_per_pod": per_pod },
-    }))
-    .into_response()
 }

@@ -3,8 +3,10 @@
 //!
 //! Layout, along the data path:
 //! - [`config`]: flags and environment (`GATEWAY_*`), validated before anything binds.
-//! - `http`: the public router (`/ws` upgrade with admission, `/healthz`, `/readyz`) and the
-//!   admin router (`/metrics`, `/api/publish`, `/admin/drain`).
+//! - `http`: the public routers (`/ws` upgrade with admission, `/healthz`, `/readyz`) on
+//!   `--listen` and, behind PROXY v2, `--proxy-listen`.
+//! - [`admin`]: the admin router with its two token scopes (read: `/metrics`, `/scaler`,
+//!   `/admin/cluster`; operator: drain, undrain, drain-peer, `/api/*`).
 //! - `connection`: one task per socket: reads frames, writes replies and batched deliveries.
 //! - `session`: `hello`, resume and per-topic recovery for a connection.
 //! - [`sizes`]: the message size limit, checked at the door, and the buffers derived from it.
@@ -35,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod abuse;
 mod access;
+pub mod admin;
 mod agent;
 pub mod assets;
 pub mod auth;
@@ -349,6 +352,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     config.validate()?;
+    let admin_tokens = Arc::new(admin::AdminTokens::load(&config).map_err(ConfigError::from)?);
     let pod = config.pod_name();
     let limits = config.history_limits();
     let authenticator = auth::Authenticator::new(config.security.auth_config())?;
@@ -391,7 +395,7 @@ pub async fn run(
             shared.clone(),
         ))
     });
-    let admin = tokio::spawn(http::serve_admin(listeners.admin, shared.clone()));
+    let admin = tokio::spawn(admin::serve(listeners.admin, shared.clone(), admin_tokens));
     if let Some(agent) = listeners.agent {
         tokio::spawn(agent::serve(agent, shared.clone()));
     }

@@ -41,9 +41,25 @@ pub struct TargetArgs {
         hide = true
     )]
     pub admin_listen: std::net::SocketAddr,
-    /// Admin bearer token, if the pod requires one.
+    /// File holding the pod's operator token (the pod's own GATEWAY_ADMIN_TOKEN_FILE, so the
+    /// preStop hook finds it).
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+    /// The operator token itself (prefer `--admin-token-file`).
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+}
+
+impl TargetArgs {
+    /// The operator token: the file's content less trailing line breaks, else `--admin-token`.
+    pub fn token(&self) -> Result<Option<String>, OpsError> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(self.admin_token.clone());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| OpsError::TokenFile(format!("{}: {e}", path.display())))?;
+        Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -90,6 +106,8 @@ pub enum OpsError {
     Timeout { left: u64, waited: Duration },
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
+    #[error("--admin-token-file {0}")]
+    TokenFile(String),
 }
 
 /// A pod's admin port, however it is reached.
@@ -119,7 +137,7 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     pub async fn from_args(args: &TargetArgs) -> Result<Self, OpsError> {
-        let token = args.admin_token.clone();
+        let token = args.token()?;
         if args.local {
             let mut addr = args.admin_listen;
             if addr.ip().is_unspecified() {

@@ -97,7 +97,10 @@ async fn the_client_address_comes_from_the_header_of_a_trusted_peer_only() {
     // An untrusted peer on the proxy listener is closed before a byte is read.
     let mut tcp = tcp_from(lo(2), proxy).await;
     let _ = tcp
-        .write_all(&encode_proxy_v2(Some(("203.0.113.7:1".parse().unwrap(), proxy))))
+        .write_all(&encode_proxy_v2(Some((
+            "203.0.113.7:1".parse().unwrap(),
+            proxy,
+        ))))
         .await;
     assert!(
         read_until_closed(&mut tcp, Duration::from_secs(5))

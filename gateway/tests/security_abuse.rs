@@ -386,7 +386,10 @@ fn the_admin_port_refuses_to_start_exposed_without_a_token() {
         assert!(!out.status.success(), "{args:?} {env:?} started");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("is not loopback: set --admin-token (or --admin-insecure to allow it)"),
+            stderr.contains(
+                "is not loopback: set --admin-token-file (GATEWAY_ADMIN_TOKEN_FILE), or \
+                 --admin-insecure for development only"
+            ),
             "{stderr}"
         );
     }

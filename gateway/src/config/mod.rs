@@ -5,6 +5,7 @@
 //! so a bad deployment fails at once with a message instead of misbehaving later.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -39,8 +40,25 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_AGENT_LISTEN")]
     pub agent_listen: Option<SocketAddr>,
 
-    /// Bearer token required by every admin endpoint (`Authorization: Bearer …`); unset = none.
-    #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+    /// File holding the operator token (trailing newline stripped): required by every admin
+    /// endpoint as `Authorization: Bearer …` (drain, undrain, publish, the server API) and
+    /// accepted by the read-only ones too. Required when `--admin-listen` is not loopback.
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// File holding the read-only token: `GET /metrics`, `GET /scaler` and `GET /admin/cluster`
+    /// only (403 elsewhere), for Prometheus and KEDA. Needs an operator token.
+    #[arg(long, env = "GATEWAY_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+
+    /// The operator token itself, for local runs and tests; prefer `--admin-token-file` (a
+    /// value in the environment is visible to anything that can read the process's env).
+    #[arg(
+        long,
+        env = "GATEWAY_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
     pub admin_token: Option<String>,
 
     /// Serve the demo page (built on the JS SDK) at `/` on the public port.
@@ -224,9 +242,17 @@ pub enum ConfigError {
     #[error("--allowed-origins entry {0:?} must look like scheme://host[:port]")]
     Origin(String),
     #[error(
-        "--admin-listen {0} is not loopback: set --admin-token (or --admin-insecure to allow it)"
+        "--admin-listen {0} is not loopback: set --admin-token-file (GATEWAY_ADMIN_TOKEN_FILE), \
+         or --admin-insecure for development only"
     )]
     AdminExposed(SocketAddr),
+    #[error(
+        "--metrics-token-file needs --admin-token-file: without an operator token, drain and \
+         publish would be open to anyone who reaches the admin port"
+    )]
+    MetricsTokenAlone,
+    #[error(transparent)]
+    AdminToken(#[from] crate::admin::TokenError),
     #[error("--max-handshakes must be greater than zero")]
     Handshakes,
     #[error("--key-prefix {0:?} may only contain A-Z a-z 0-9 _ -")]
@@ -307,17 +333,20 @@ impl Config {
                 }
             }
         }
-        self.security.validate_proxies(self.proxy_listen.is_some())?;
+        self.security
+            .validate_proxies(self.proxy_listen.is_some())?;
         for origin in &self.allowed_origins {
             if !origin.contains("://") || origin.ends_with('/') {
                 return Err(ConfigError::Origin(origin.clone()));
             }
         }
-        if !self.admin_listen.ip().is_loopback()
-            && self.admin_token.is_none()
-            && !self.security.admin_insecure
+        let operator_token = self.admin_token.is_some() || self.admin_token_file.is_some();
+        if !self.admin_listen.ip().is_loopback() && !operator_token && !self.security.admin_insecure
         {
             return Err(ConfigError::AdminExposed(self.admin_listen));
+        }
+        if self.metrics_token_file.is_some() && !operator_token {
+            return Err(ConfigError::MetricsTokenAlone);
         }
         if self.redis_min_replicas > 0
             && self

@@ -102,7 +102,8 @@ pub struct SecurityConfig {
     #[arg(long, env = "GATEWAY_MAX_HANDSHAKES", default_value_t = 1_024)]
     pub max_handshakes: usize,
 
-    /// Allow the admin port on a non-loopback address without --admin-token.
+    /// Development only: allow the admin port on a non-loopback address without an operator
+    /// token (anyone who reaches it may drain pods and publish).
     #[arg(long, env = "GATEWAY_ADMIN_INSECURE")]
     pub admin_insecure: bool,
 }

@@ -1,0 +1,184 @@
+//! The admin plane as production runs it: an operator token and a read-only token from files,
+//! start-up errors that name the flag, readiness that survives a backend blip, undrain, and a
+//! `/metrics` scrape that Prometheus's own checker accepts.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use support::hostile::Witness;
+use support::{TestGateway, http};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+const OPERATOR: &str = "operator-token-of-the-admin-suite";
+const METRICS: &str = "metrics-token-of-the-admin-suite";
+
+/// A token file (with the trailing newline `kubectl create secret --from-file` often leaves).
+fn token_file(name: &str, token: &str) -> PathBuf {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("admin-plane-{name}-{}", std::process::id()));
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    path
+}
+
+fn with_tokens(c: &mut gateway::Config) {
+    c.admin_token_file = Some(token_file("operator", OPERATOR));
+    c.metrics_token_file = Some(token_file("metrics", METRICS));
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}\r\n")
+}
+
+async fn call(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> u16 {
+    let headers = token.map(bearer);
+    let body = (method == "POST").then_some(r#"{"topic":"witness","data":{"n":-1}}"#);
+    http(admin, method, path, body, headers.as_deref()).await.0
+}
+
+#[tokio::test]
+async fn the_metrics_token_reads_but_cannot_drain_or_publish() {
+    let gw = TestGateway::with(with_tokens).await;
+    let mut w = Witness::join(&gw.ws_url(), gw.admin, None).await;
+    w.admin_headers = Some(bearer(OPERATOR));
+    let reads = ["/metrics", "/scaler", "/admin/cluster"];
+    let writes = [
+        ("POST", "/admin/drain"),
+        ("GET", "/admin/drain"),
+        ("POST", "/api/publish"),
+    ];
+    for path in reads {
+        assert_eq!(
+            call(gw.admin, "GET", path, Some(METRICS)).await,
+            200,
+            "{path}"
+        );
+        assert_eq!(
+            call(gw.admin, "GET", path, Some(OPERATOR)).await,
+            200,
+            "{path}"
+        );
+        assert_eq!(call(gw.admin, "GET", path, None).await, 401, "{path}");
+        assert_eq!(
+            call(gw.admin, "GET", path, Some("wrong")).await,
+            401,
+            "{path}"
+        );
+    }
+    for (method, path) in writes {
+        assert_eq!(
+            call(gw.admin, method, path, Some(METRICS)).await,
+            403,
+            "{path}"
+        );
+        assert_eq!(call(gw.admin, method, path, None).await, 401, "{path}");
+        let longer = format!("{OPERATOR}x");
+        assert_eq!(call(gw.admin, method, path, Some(&longer)).await, 401);
+    }
+    // Nothing was drained or published by the refused calls; the witness keeps receiving.
+    w.check().await;
+    let (_, drain) = http(
+        gw.admin,
+        "GET",
+        "/admin/drain",
+        None,
+        Some(&bearer(OPERATOR)),
+    )
+    .await;
+    assert!(drain.contains(r#""draining":false"#), "{drain}");
+    // The operator token drains (and the witness is told 1001, as every client).
+    assert_eq!(
+        call(gw.admin, "POST", "/admin/drain", Some(OPERATOR)).await,
+        202
+    );
+}
+
+/// Runs the binary with `args`; its stderr, after asserting that it failed to start.
+fn fails_to_start(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["--listen=127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn admin_plane_misconfigurations_fail_the_start_naming_the_flag() {
+    let exposed = fails_to_start(&["--admin-listen=0.0.0.0:0"]);
+    assert!(
+        exposed.contains("--admin-listen 0.0.0.0:0 is not loopback: set --admin-token-file"),
+        "{exposed}"
+    );
+    let alone = fails_to_start(&[
+        "--admin-listen=127.0.0.1:0",
+        "--metrics-token-file",
+        token_file("alone", METRICS).to_str().unwrap(),
+    ]);
+    assert!(
+        alone.contains("--metrics-token-file needs --admin-token-file"),
+        "{alone}"
+    );
+    let missing = fails_to_start(&[
+        "--admin-listen=0.0.0.0:0",
+        "--admin-token-file=/nonexistent/admin-token",
+    ]);
+    assert!(
+        missing.contains("--admin-token-file /nonexistent/admin-token"),
+        "{missing}"
+    );
+    let operator = token_file("same-op", OPERATOR);
+    let same = fails_to_start(&[
+        "--admin-listen=127.0.0.1:0",
+        "--admin-token-file",
+        operator.to_str().unwrap(),
+        "--metrics-token-file",
+        operator.to_str().unwrap(),
+    ]);
+    assert!(
+        same.contains("--metrics-token-file holds the operator token"),
+        "{same}"
+    );
+    // Nothing of a token reaches the log, whatever failed.
+    for text in [&exposed, &alone, &missing, &same] {
+        assert!(
+            !text.contains(OPERATOR) && !text.contains(METRICS),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_drain_command_reads_the_pods_token_file_from_the_environment() {
+    let gw = TestGateway::with(with_tokens).await;
+    let (mut client, _) = gw.hello().await;
+    let out = tokio::process::Command::new(BIN)
+        .args(["drain", "--url", &format!("http://{}", gw.admin)])
+        .env("GATEWAY_ADMIN_TOKEN_FILE", token_file("cli", OPERATOR))
+        .env_remove("GATEWAY_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("drained test-pod"), "{stdout}");
+    assert_eq!(client.closed().await.code, 1001);
+    // With the read-only token the command is refused, and says so.
+    let gw = TestGateway::with(with_tokens).await;
+    let out = tokio::process::Command::new(BIN)
+        .args(["drain", "--url", &format!("http://{}", gw.admin)])
+        .args(["--admin-token", METRICS])
+        .env_remove("GATEWAY_ADMIN_TOKEN_FILE")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+}
