@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need, then runs formatting,
 # lints, every Rust test (against real redis-server, nats-server and haproxy), the offline
-# manifest checks, the rehearsal of the rendered manifests, and the JS SDK's Node and browser
-# tests. Fails loudly when something cannot
-# be installed.
+# manifest checks, the rehearsal of the rendered manifests and the Dockerfile's documented runs,
+# and the JS SDK's Node and browser tests. Fails loudly when something cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -39,10 +38,10 @@ cargo test --workspace --locked
 say "deploy/ manifests (offline validation)"
 bash scripts/validate-manifests.sh
 
-say "deploy/ rehearsal (the rendered overlays run as local processes)"
+say "deploy/ rehearsal (the rendered overlays and the Dockerfile's runs as local processes)"
 cargo build -p gateway --bin gateway --locked
 GATEWAY_BIN="$PWD/target/debug/gateway" .venv/bin/python -m pytest -q -p no:cacheprovider -p no:cloudcoil \
-  deploy/tests/test_rehearsal.py
+  deploy/tests/test_rehearsal.py deploy/tests/test_dockerfile.py
 
 say "JS SDK, demo and fleet pages (Node tests and headless Chromium)"
 bash scripts/test-js.sh

@@ -8,7 +8,8 @@
 #   - deploy/tests/manifests.py's invariants (grace vs drain, no probe on the PROXY port, admin
 #     secure outside dev, tunnel timeout vs ping, trusted proxies, PDBs, surge, ...);
 #   - promtool check/test rules on deploy/monitoring, and the pytest files of deploy/tests
-#     except the rehearsal (which needs the gateway binary: scripts/test.sh runs it).
+#     except the rehearsal and the Dockerfile's runs (they need the gateway binary:
+#     scripts/test.sh runs them).
 #
 #   scripts/validate-manifests.sh                      everything above
 #   scripts/validate-manifests.sh --deployable DIR...  also fail on REPLACE_ME placeholders:
@@ -40,4 +41,5 @@ promtool check rules deploy/monitoring/gateway-rules.yaml
 promtool test rules deploy/monitoring/gateway-rules.test.yaml
 
 say "pytest deploy/tests (invariants, monitoring)"
-.venv/bin/python -m pytest -q -p no:cacheprovider -p no:cloudcoil deploy/tests --ignore=deploy/tests/test_rehearsal.py
+.venv/bin/python -m pytest -q -p no:cacheprovider -p no:cloudcoil deploy/tests \
+  --ignore=deploy/tests/test_rehearsal.py --ignore=deploy/tests/test_dockerfile.py
