@@ -15,10 +15,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use backplane::Backplane;
 use protocol::{Payload, Topic};
 use serde::Deserialize;
-use session_store::SessionStore;
 use tokio::net::TcpListener;
 
 use crate::{PublishError, Shared, connection};
@@ -256,15 +254,20 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether this pod can take a new connection: not draining, below capacity, and no backend
+/// down past `--unready-after-backend-down` (from the cached background checks: never a
+/// blocking call, and no error text on the public port).
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let unready = |why: String| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     if shared.drain.is_draining() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+        return unready("draining".into());
     }
-    if let Err(e) = shared.store.ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response();
+    if shared.slots.load(Ordering::Acquire) >= shared.config.max_connections {
+        return unready("full".into());
     }
-    if !shared.backplane.is_connected() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "backplane disconnected").into_response();
+    let grace = shared.config.unready_after_backend_down;
+    if let Some(crate::health::Unavailable(backend)) = shared.health.unavailable(grace) {
+        return unready(format!("backend unavailable: {}", backend.name()));
     }
     "ready".into_response()
 }

@@ -48,6 +48,7 @@ mod connection;
 mod control;
 mod drain;
 mod envelope;
+mod health;
 mod http;
 mod hub;
 mod metrics;
@@ -135,6 +136,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub connections: Connections,
     pub drain: Drain,
+    /// Cached backend health, for `/readyz`.
+    pub health: health::BackendHealth,
     /// Cancelled last, when every connection is gone: stops topic tasks and servers.
     pub shutdown: CancellationToken,
     /// Holds a token per live connection task.
@@ -198,6 +201,10 @@ impl Shared {
             metrics,
             connections: Connections::default(),
             drain: Drain::new(),
+            health: health::BackendHealth::new(
+                config.redis_url.is_some(),
+                !config.nats_url.is_empty(),
+            ),
             shutdown,
             tasks: TaskTracker::new(),
             slots: AtomicUsize::new(0),
@@ -407,6 +414,7 @@ pub async fn run(
     tokio::spawn(cluster::run_control(shared.clone(), control));
     tokio::spawn(cluster::run_rebalancer(shared.clone()));
     tokio::spawn(sizes::watch_backplane_limit(shared.clone()));
+    tokio::spawn(health::run_checks(shared.clone()));
 
     // Either a signal (the caller's future) or an operator's drain request starts the drain;
     // only the caller's future ends the process.

@@ -270,6 +270,7 @@ pub struct Metrics {
     pub publish: PublishMetrics,
     pub store: StoreMetrics,
     pub drain: DrainMetrics,
+    pub health: crate::health::HealthMetrics,
     registry: Registry,
 }
 
@@ -280,18 +281,21 @@ impl Metrics {
         let publish = PublishMetrics::default();
         let store = StoreMetrics::default();
         let drain = DrainMetrics::default();
+        let health = crate::health::HealthMetrics::default();
         let mut registry = Registry::with_prefix("gateway");
         conn.register(&mut registry);
         hub.register(&mut registry);
         publish.register(&mut registry);
         store.register(&mut registry);
         drain.register(&mut registry);
+        health.register(&mut registry);
         Self {
             conn,
             hub,
             publish,
             store,
             drain,
+            health,
             registry,
         }
     }

@@ -182,3 +182,79 @@ async fn the_drain_command_reads_the_pods_token_file_from_the_environment() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
 }
+
+/// `/readyz` until `until` (or up to [`support::WAIT`]): every answer must be `status`.
+async fn readyz_stays(public: SocketAddr, status: u16, until: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + until;
+    while tokio::time::Instant::now() < deadline {
+        let (got, body) = http(public, "GET", "/readyz", None, None).await;
+        assert_eq!(got, status, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn backend_up(gw: &TestGateway, backend: &str) -> String {
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let prefix = format!("gateway_backend_up{{backend=\"{backend}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or("absent")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn readiness_rides_out_a_redis_stall_and_goes_unready_after_the_configured_time() {
+    use std::time::Duration;
+    let redis = test_support::RedisServer::start();
+    let link = test_support::FaultProxy::start(&redis);
+    let gw = TestGateway::with(|c| {
+        c.redis_url = Some(link.url("redis"));
+        c.store_timeout = Duration::from_millis(300);
+        c.unready_after_backend_down = Duration::from_secs(3);
+    })
+    .await;
+    support::wait_readyz(gw.public, 200).await;
+    assert_eq!(backend_up(&gw, "redis").await, "1");
+    let (mut witness, _) = gw.hello().await;
+    // A stall of a third of the grace: every probe stays 200, the metric says down, the open
+    // connection keeps answering.
+    link.pause();
+    readyz_stays(gw.public, 200, Duration::from_secs(1)).await;
+    assert_eq!(backend_up(&gw, "redis").await, "0");
+    witness.send(serde_json::json!({"type": "ping"})).await;
+    witness.expect("pong").await;
+    link.resume();
+    support::wait_readyz(gw.public, 200).await;
+    // A longer outage: unready once the grace has passed, with no error text on the public
+    // port; liveness never depends on the backend.
+    link.pause();
+    let body = support::wait_readyz(gw.public, 503).await;
+    assert_eq!(body, "backend unavailable: redis");
+    assert_eq!(
+        http(gw.public, "GET", "/healthz", None, None).await,
+        (200, "ok".into())
+    );
+    witness.send(serde_json::json!({"type": "ping"})).await;
+    witness.expect("pong").await;
+    link.resume();
+    support::wait_readyz(gw.public, 200).await;
+    assert_eq!(backend_up(&gw, "redis").await, "1");
+}
+
+#[tokio::test]
+async fn a_full_pod_is_unready_until_a_connection_leaves() {
+    let gw = TestGateway::with(|c| c.max_connections = 1).await;
+    assert_eq!(
+        backend_up(&gw, "redis").await,
+        "absent",
+        "memory: not checked"
+    );
+    let (c, _) = gw.hello().await;
+    assert_eq!(
+        http(gw.public, "GET", "/readyz", None, None).await,
+        (503, "full".into())
+    );
+    drop(c);
+    support::wait_readyz(gw.public, 200).await;
+}

@@ -83,6 +83,16 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_STORE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,
 
+    /// How often Redis and NATS are checked in the background (`gateway_backend_up`, `/readyz`).
+    #[arg(long, env = "GATEWAY_BACKEND_CHECK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub backend_check_interval: Duration,
+
+    /// `/readyz` fails once a backend that answered before has been down this long (one that
+    /// never answered keeps the pod unready from the start). Long enough to ride out a Redis
+    /// failover or a NATS reconnect, which hit every pod at once.
+    #[arg(long, env = "GATEWAY_UNREADY_AFTER_BACKEND_DOWN", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub unready_after_backend_down: Duration,
+
     /// The public address other pods and the fleet page show for this pod (e.g.
     /// `$(POD_IP):8080` in Kubernetes). Default: the bound `--listen` address.
     #[arg(long, env = "GATEWAY_ADVERTISE_ADDR")]
@@ -296,6 +306,7 @@ impl Config {
             ("write-timeout", self.write_timeout),
             ("topic-resync-interval", self.topic_resync_interval),
             ("store-timeout", self.store_timeout),
+            ("backend-check-interval", self.backend_check_interval),
             ("dedup-window", self.dedup_window),
             ("heartbeat-interval", self.heartbeat_interval),
             ("rebalance-interval", self.rebalance_interval),

@@ -39,6 +39,9 @@ pub fn config() -> Config {
     c.admin_listen = "127.0.0.1:0".parse().unwrap();
     c.pod_name = Some("test-pod".into());
     c.close_grace = Duration::from_secs(2);
+    // Backend outages in tests are seconds long: readiness follows them within a fraction.
+    c.backend_check_interval = Duration::from_millis(100);
+    c.unready_after_backend_down = Duration::from_millis(300);
     // Tests connect many clients from one address and publish fast; the abuse limits have
     // tests of their own.
     c.security.unlimited();
@@ -136,6 +139,22 @@ impl Drop for TestGateway {
         if let Some(task) = &self.task {
             task.abort();
         }
+    }
+}
+
+/// Polls `GET /readyz` on `public` until it answers `status`; panics after [`WAIT`].
+pub async fn wait_readyz(public: SocketAddr, status: u16) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (got, body) = http(public, "GET", "/readyz", None, None).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz still {got} {body}, expected {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
