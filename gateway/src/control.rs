@@ -2,7 +2,9 @@
 //! pod's table of open connections with the session generation each one holds.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
+#[cfg(test)]
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -264,6 +266,7 @@ impl Connections {
 }
 
 /// The peer of connections that have none (unit tests).
+#[cfg(test)]
 pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 #[cfg(test)]

@@ -189,6 +189,15 @@ async fn upgrade(
             Some(1),
         );
     }
+    if shared.drain.peer_draining(tcp_peer) {
+        // Its load balancer pod is stopping: the client retries, through another one.
+        return refuse(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "peer_draining",
+            Some(1),
+        );
+    }
     if !origin_allowed(&shared.config.allowed_origins, &headers) {
         return refuse(&shared, StatusCode::FORBIDDEN, "origin", None);
     }

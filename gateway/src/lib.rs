@@ -420,6 +420,7 @@ pub async fn run(
     // only the caller's future ends the process.
     shutdown.await;
     tracing::info!("shutting down: draining connections");
+    shared.drain.terminate();
     drain::drain(&shared).await;
     root.cancel();
     shared.tasks.close();

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::client::ClientArgs;
-use gateway::ops::{DrainArgs, StatusArgs, Target};
+use gateway::ops::{DrainArgs, DrainPeerArgs, StatusArgs, Target, UndrainArgs};
 use gateway::{Config, Listeners};
 
 #[derive(Debug, Parser)]
@@ -26,6 +26,11 @@ enum Command {
     Client(ClientArgs),
     /// Drain one pod (1001 to every client, paced) and wait until it has no connections.
     Drain(DrainArgs),
+    /// Undo an operator's drain: the pod takes connections again (not after SIGTERM).
+    Undrain(UndrainArgs),
+    /// Close, on every gateway, the connections coming from one load balancer pod (its
+    /// preStop hook), paced, and wait until none is left.
+    DrainPeer(DrainPeerArgs),
     /// Print the fleet: connections, share, capacity and draining per pod.
     Status(StatusArgs),
     /// Mint an HS256 test token with the gateway's secret.
@@ -47,6 +52,15 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Drain(args)) => {
             let target = Target::from_args(&args.target).await?;
             gateway::ops::drain(&target, &args, &mut std::io::stdout()).await?;
+            Ok(())
+        }
+        Some(Command::Undrain(args)) => {
+            let target = Target::from_args(&args.target).await?;
+            gateway::ops::undrain(&target, &mut std::io::stdout()).await?;
+            Ok(())
+        }
+        Some(Command::DrainPeer(args)) => {
+            gateway::ops::peer::drain_peer(&args, &mut std::io::stdout()).await?;
             Ok(())
         }
         Some(Command::Token(args)) => {

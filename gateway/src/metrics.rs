@@ -43,7 +43,7 @@ pub struct ConnectionMetrics {
     pub capacity: Gauge,
     /// Connections by outcome: `accepted` (upgraded) and each refusal under its own label
     /// (`draining`, `capacity`, `handshakes`, `origin`, `ip_connections`, `ip_rate`,
-    /// `untrusted_proxy`, `proxy_header`), so a rate of accepted connections never counts refusals.
+    /// `untrusted_proxy`, `proxy_header`, `peer_draining`), so a rate of accepted connections never counts refusals.
     pub total: Family<OutcomeLabel, Counter>,
     pub closes: Family<CodeLabel, Counter>,
     pub subscriptions: Gauge,
@@ -249,6 +249,10 @@ impl StoreMetrics {
 pub struct DrainMetrics {
     pub draining: Gauge,
     pub rebalance_closes: Counter,
+    /// `drain-peer` runs in progress (a load balancer pod stopping).
+    pub peer_drains: Gauge,
+    /// Connections closed with 1001 because their load balancer pod was stopping.
+    pub peer_drain_closes: Counter,
 }
 
 impl DrainMetrics {
@@ -258,6 +262,16 @@ impl DrainMetrics {
             "rebalance_closes",
             "Connections closed with 1012 to even out the fleet",
             self.rebalance_closes.clone(),
+        );
+        r.register(
+            "peer_drains_active",
+            "drain-peer runs in progress (a load balancer pod stopping)",
+            self.peer_drains.clone(),
+        );
+        r.register(
+            "peer_drain_closes",
+            "Connections closed with 1001 because their load balancer pod was stopping",
+            self.peer_drain_closes.clone(),
         );
     }
 }

@@ -258,3 +258,86 @@ async fn a_full_pod_is_unready_until_a_connection_leaves() {
     drop(c);
     support::wait_readyz(gw.public, 200).await;
 }
+
+fn closed_count(report: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(report).unwrap();
+    v["closed"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn an_operators_drain_is_undone_by_undrain_but_a_sigterm_drain_is_not() {
+    use std::time::Duration;
+    // Two closes a second: the drain of six clients is still running when it is undone.
+    let mut gw = TestGateway::with(|c| c.drain_rate = 2).await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(gw.hello().await.0);
+    }
+    assert_eq!(gw.admin_post("/admin/drain", "").await.0, 202);
+    support::wait_readyz(gw.public, 503).await;
+    // Once the drain's first close has gone out, undo the rest with the command.
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while closed_count(&gw.admin_get("/admin/drain").await.1) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the drain never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = tokio::process::Command::new(BIN)
+        .args(["undrain", "--url", &format!("http://{}", gw.admin)])
+        .env_remove("GATEWAY_ADMIN_TOKEN")
+        .env_remove("GATEWAY_ADMIN_TOKEN_FILE")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("undrained test-pod: taking connections again"),
+        "{stdout}"
+    );
+    let (_, report) = gw.admin_get("/admin/drain").await;
+    let closed_at_undrain = closed_count(&report);
+    assert!(report.contains(r#""draining":false"#), "{report}");
+    // Ready and taking upgrades again at once; the drain stops at its next close (one close
+    // may have been on its way when the undrain landed).
+    assert_eq!(
+        http(gw.public, "GET", "/readyz", None, None).await,
+        (200, "ready".into())
+    );
+    let (newcomer, _) = gw.hello().await;
+    clients.push(newcomer);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, report) = gw.admin_get("/admin/drain").await;
+    let closed = closed_count(&report);
+    assert!(closed <= closed_at_undrain + 1, "{report}");
+    let mut open = 0;
+    for c in &mut clients {
+        c.send(serde_json::json!({"type": "ping"})).await;
+        match support::hostile::frame_or_close(c).await {
+            Ok(f) if f["type"] == "pong" => open += 1,
+            Ok(f) => panic!("unexpected {f}"),
+            Err(closed) => assert_eq!(closed.code, 1001),
+        }
+    }
+    assert_eq!(
+        open,
+        7 - closed,
+        "every connection not closed by the drain stays open"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(metrics.contains("gateway_draining 0"), "{metrics}");
+
+    // SIGTERM: the drain ends in exit and cannot be undone.
+    gw.begin_shutdown();
+    support::wait_readyz(gw.public, 503).await;
+    let (status, body) = gw.admin_post("/admin/undrain", "").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("terminating"), "{body}");
+    gw.shutdown().await;
+}

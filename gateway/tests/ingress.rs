@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use gateway::abuse::encode_proxy_v2;
 use serde_json::json;
-use support::hostile::{read_until_closed, refusal, tcp_from, ws_over};
+use support::hostile::{Witness, read_until_closed, refusal, tcp_from, ws_from, ws_over};
+use support::resuming::ResumingClient;
 use support::{TestGateway, http};
 use tokio::io::AsyncWriteExt;
 
@@ -160,4 +161,126 @@ fn unsafe_proxy_settings_fail_the_start_naming_the_flag() {
             "{err}"
         );
     }
+}
+
+/// Waits until `done` holds for every client's state; panics after 20 s.
+async fn until_all(
+    clients: &[ResumingClient],
+    what: &str,
+    done: impl Fn(&support::resuming::ClientState) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !clients.iter().all(|c| done(&c.snapshot())) {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn drain_peer_closes_only_that_peers_tunnels_and_their_clients_resume_losslessly() {
+    let gw = TestGateway::with(|c| {
+        as_deployed(c);
+        c.drain_rate = 20;
+    })
+    .await;
+    let url = gw.ws_url();
+    // Five clients that came through "HAProxy A" (127.0.0.1) and reconnect through "B"
+    // (127.0.0.3); a witness connected through "C" (127.0.0.2) must keep receiving.
+    let clients: Vec<ResumingClient> = (0..5)
+        .map(|_| ResumingClient::spawn_from(url.clone(), "feed", vec![lo(1), lo(3)]))
+        .collect();
+    let mut w = Witness::on(ws_from(lo(2), gw.public).await.unwrap(), gw.admin, None).await;
+    until_all(&clients, "all connected", |s| s.connected).await;
+    // A tunnel through the PROXY listener counts under the balancer's address, not the
+    // client's: draining the client address closes nothing.
+    let mut tunnel = tcp_from(lo(1), gw.proxy.unwrap()).await;
+    let header = encode_proxy_v2(Some(("203.0.113.9:1".parse().unwrap(), gw.proxy.unwrap())));
+    tunnel.write_all(&header).await.unwrap();
+    let (mut tunnel, _) = support::hostile::hello_on(
+        ws_over(tunnel, gw.proxy.unwrap()).await.unwrap(),
+        None,
+        json!({}),
+    )
+    .await
+    .welcome();
+    let body = r#"{"peer":"203.0.113.9"}"#;
+    let (status, report) = http(gw.admin, "POST", "/admin/drain-peer", Some(body), None).await;
+    assert_eq!(status, 202, "{report}");
+    assert!(report.contains(r#""connections":0"#), "{report}");
+
+    // Messages flow while A's tunnels are drained.
+    let publisher = {
+        let admin = gw.admin;
+        tokio::spawn(async move {
+            for n in 0..60 {
+                let status =
+                    support::hostile::admin_publish(admin, None, "feed", json!({"n": n})).await;
+                assert_eq!(status, 200);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let out = tokio::process::Command::new(BIN)
+        .args(["drain-peer", "--peer", "127.0.0.1", "--poll", "100ms"])
+        .args(["--targets-from-dns", &gw.admin.to_string()])
+        .env_remove("GATEWAY_ADMIN_TOKEN")
+        .env_remove("GATEWAY_ADMIN_TOKEN_FILE")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("drained 127.0.0.1 from 1 gateways"),
+        "{stdout}"
+    );
+    publisher.await.unwrap();
+    w.check().await;
+    // The tunnel from A was closed with 1001 too; the witness was not.
+    assert_eq!(tunnel.closed().await.code, 1001);
+    until_all(&clients, "every message after the resume", |s| {
+        s.connected && s.got.last() == Some(&60)
+    })
+    .await;
+    for c in clients {
+        let s = c.stop().await;
+        assert_eq!(
+            s.closes.iter().map(|(code, _)| *code).collect::<Vec<_>>(),
+            vec![1001],
+            "closed once, by the peer drain"
+        );
+        assert_eq!(s.unrecovered, 0);
+        support::resuming::assert_complete(&s.got, 60);
+    }
+    let (_, report) = http(
+        gw.admin,
+        "GET",
+        "/admin/drain-peer?peer=127.0.0.1",
+        None,
+        None,
+    )
+    .await;
+    assert!(
+        report.contains(r#""connections":0"#) && report.contains(r#""draining":false"#),
+        "{report}"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("gateway_peer_drain_closes_total 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_peer_drains_active 0"),
+        "{metrics}"
+    );
+    // The pod itself was never draining.
+    assert_eq!(
+        http(gw.public, "GET", "/readyz", None, None).await,
+        (200, "ready".into())
+    );
+    w.check().await;
 }

@@ -1,14 +1,17 @@
 //! The admin port: metrics and the scaler's numbers (read scope), drain, undrain, drain-peer and
 //! the server API (operator scope), and the static fleet page. See `docs/operations.md`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::Shared;
@@ -36,6 +39,8 @@ pub(crate) async fn serve(
     let operator = Router::new()
         .route("/api/publish", post(crate::http::api_publish))
         .route("/admin/drain", post(admin_drain).get(drain_status))
+        .route("/admin/undrain", post(admin_undrain))
+        .route("/admin/drain-peer", post(drain_peer).get(drain_peer_status))
         .route_layer(middleware::from_fn_with_state(
             (tokens, Scope::Operator),
             scope::require,
@@ -84,6 +89,74 @@ async fn admin_drain(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn drain_status(State(shared): State<Arc<Shared>>) -> Response {
     Json(drain_report(&shared)).into_response()
+}
+
+/// Undoes an operator's drain (200 with the drain report), or 409 while the pod is stopping.
+async fn admin_undrain(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.drain.undrain() {
+        Ok(was_draining) => {
+            shared.metrics.drain.draining.set(0);
+            if was_draining {
+                tracing::info!("drain undone by an operator");
+            }
+            Json(drain_report(&shared)).into_response()
+        }
+        Err(e) => {
+            let body = serde_json::json!({"error": "terminating", "message": e.to_string()});
+            (StatusCode::CONFLICT, Json(body)).into_response()
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PeerRequest {
+    /// The socket peer whose connections are drained: a load balancer pod's address.
+    peer: IpAddr,
+}
+
+fn peer_report(shared: &Shared, peer: IpAddr) -> serde_json::Value {
+    serde_json::json!({
+        "pod": shared.pod,
+        "peer": peer,
+        "draining": shared.drain.peer_draining(peer),
+        "connections": shared.connections.count_from(peer),
+    })
+}
+
+/// Starts closing the connections from one peer (idempotent) and answers at once, 202 with the
+/// connections left from it; progress is on `GET /admin/drain-peer?peer=IP`.
+async fn drain_peer(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<PeerRequest>, JsonRejection>,
+) -> Response {
+    let peer = match body {
+        Ok(Json(req)) => crate::abuse::canonical(req.peer),
+        Err(e) => {
+            let body = serde_json::json!({"error": "bad_request", "message": e.body_text()});
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+    };
+    if !shared.drain.peer_draining(peer) {
+        let s = shared.clone();
+        tokio::spawn(async move { crate::drain::drain_peer(&s, peer).await });
+        tokio::task::yield_now().await;
+    }
+    (StatusCode::ACCEPTED, Json(peer_report(&shared, peer))).into_response()
+}
+
+async fn drain_peer_status(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<PeerRequest>, QueryRejection>,
+) -> Response {
+    match query {
+        Ok(Query(req)) => {
+            Json(peer_report(&shared, crate::abuse::canonical(req.peer))).into_response()
+        }
+        Err(e) => {
+            let body = serde_json::json!({"error": "bad_request", "message": e.body_text()});
+            (StatusCode::BAD_REQUEST, Json(body)).into_response()
+        }
+    }
 }
 
 /// The fleet as this pod sees it: one entry per live pod.

@@ -100,6 +100,13 @@ impl TestGateway {
         (c, welcome)
     }
 
+    /// Starts the shutdown (SIGTERM) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Starts the shutdown (SIGTERM) and waits for `run` to return.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
