@@ -432,7 +432,8 @@ def check_haproxy_tier(docs: list[dict]) -> list[str]:
             grace = lb["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
             hook = " ".join(c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", []))
             sleep = sum(float(s) for s in re.findall(r"sleep (\d+)", hook))
-            bound = duration_s(_env_of(docs, c, "GATEWAY_DRAIN_TIMEOUT")) if "drain-peer" in hook else 0
+            timeout = re.search(r"drain-peer .*--timeout[ =](\S+)", hook)
+            bound = duration_s(timeout.group(1) if timeout else "60s") if "drain-peer" in hook else 0
             if "drain-peer" not in hook:
                 problems.append(f"Deployment {name}: preStop does not run `gateway drain-peer`")
             if hard_stop is None:

@@ -79,6 +79,7 @@ class Subscriber:
         self.problems: list[str] = []
         self.closes: list[int] = []
         self.refusals: list[int] = []
+        self.lbs: list[str] = []
         self.subscribed = asyncio.Event()
         self.stopping = False
 
@@ -119,6 +120,7 @@ class Subscriber:
             if welcome.get("type") != "welcome":
                 raise AssertionError(f"subscriber {self.n}: {welcome}")
             self.pods.append(welcome["pod"])
+            self.lbs.append(target)
             if self.resume:
                 topic = welcome.get("topics", {}).get(TOPIC)
                 if not welcome["resumed"] or not topic or not topic.get("recovered"):
@@ -356,7 +358,11 @@ async def rehearse(reh: Rehearsal):
         # 6. An HAProxy pod removed: the cloud LB deregisters it (clients reconnect to the other),
         #    its preStop asks the gateways to 1001 its tunnels (drain-peer), then its STOPSIGNAL.
         lb0 = lbs[0]
-        lb_list.remove(f"{lb0.ip}:8080")
+        lb0_addr = f"{lb0.ip}:8080"
+        via_lb0 = {s.n: s.closes.count(1001) for s in subs if s.lbs[-1] == lb0_addr}
+        others = {s.n: s.closes.count(1001) for s in subs if s.n not in via_lb0}
+        assert via_lb0, "some subscribers should be connected through gateway-lb-0"
+        lb_list.remove(lb0_addr)
 
         def stop_lb():
             hook = c.run_prestop(lb0, rewrite=lambda argv: drain_peer_argv(c, lb0, argv))
@@ -366,6 +372,12 @@ async def rehearse(reh: Rehearsal):
         assert hook.returncode == 0, hook.stdout + hook.stderr
         assert_nothing_lost(subs, reh)
         assert code == 0
+        # drain-peer closed exactly the tunnels through gateway-lb-0, with 1001; they moved.
+        for sub in subs:
+            if sub.n in via_lb0:
+                assert sub.closes.count(1001) > via_lb0[sub.n] and sub.lbs[-1] != lb0_addr
+            else:
+                assert sub.closes.count(1001) == others[sub.n], "drain-peer closed another peer's tunnel"
         assert all(1006 not in s.closes for s in subs), "tunnels were cut, not drained"
     finally:
         for s in subs:
