@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import resource
-import shutil
 import signal
 import socket
 import struct
@@ -157,6 +156,7 @@ class Cluster:
         self.pods: list[Pod] = []
         self.backends: list[subprocess.Popen] = []
         self.services: dict[str, str] = {}
+        self.lb_ips: list[str] = []
         self.dns = DnsServer(
             {
                 f"gateway-headless.{self.namespace}.svc.cluster.local": lambda: self.ips("gateway", ready=True),
@@ -246,11 +246,9 @@ class Cluster:
             out["GATEWAY_TRUSTED_PROXIES"] = ",".join(f"{ip}/32" for ip in self.lb_ips) or out["GATEWAY_TRUSTED_PROXIES"]
         return out
 
-    lb_ips: list[str] = []
 
     def _argv(self, pod: Pod, container: dict, argv: list[str]) -> list[str]:
-        argv = [self.gateway_bin if a == "gateway" else self.map_path(pod, container, a) for a in argv]
-        return argv
+        return [self.gateway_bin if a == "gateway" else self.map_path(pod, container, a) for a in argv]
 
     def _run_init_containers(self, pod: Pod):
         for c in pod.spec.get("initContainers", []):
@@ -362,11 +360,3 @@ def _connects(host: str, port: int) -> bool:
     except OSError:
         return False
 
-
-def connects(host: str, port: int) -> bool:
-    return _connects(host, port)
-
-
-def copy_logs(workdir: Path, dest: Path):
-    for log in workdir.glob("*.log"):
-        shutil.copy(log, dest / log.name)
