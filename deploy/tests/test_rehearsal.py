@@ -322,6 +322,14 @@ async def rehearse(reh: Rehearsal):
         assert lb.proc.poll() is None, f"{lb.name} exited: its rendered config cannot run"
         await asyncio.to_thread(wait_for, f"{lb.name} sees both gateways UP", lambda p=lb: haproxy_servers_up(c, p) == 2, 30)
 
+    # Only /ws is public: readiness, health and metrics are not reachable through the LB.
+    for path in ("/readyz", "/healthz", "/metrics"):
+        try:
+            urllib.request.urlopen(f"http://{lbs[0].ip}:8080{path}", timeout=2)
+            raise AssertionError(f"{path} is reachable through HAProxy")
+        except urllib.error.HTTPError as e:
+            assert e.code == 404, (path, e.code)
+
     # 3. Traffic through HAProxy: subscribers spread over both HAProxy pods and both gateways.
     lb_list = reh.lb_addrs(lbs)
     subs = [Subscriber(i, lb_list, reh.tokens.mint(f"user-{i}") if reh.auth else None, reh.origin)
