@@ -445,3 +445,52 @@ async fn a_live_scrape_passes_promtool_and_carries_build_and_process_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_never_hold_a_token() {
+    let log = support::hostile::log_path("json");
+    let operator = token_file("json-log", OPERATOR);
+    let pod = support::hostile::start_logged(
+        &[
+            "--log-format",
+            "json",
+            "--admin-token-file",
+            operator.to_str().unwrap(),
+        ],
+        "info",
+        &log,
+    );
+    let admin: SocketAddr = ([127, 0, 0, 1], pod.admin).into();
+    // A refused and an accepted call, so that the admin plane has logged what it logs.
+    assert_eq!(
+        call(admin, "POST", "/admin/undrain", Some("wrong")).await,
+        401
+    );
+    assert_eq!(
+        call(admin, "POST", "/admin/undrain", Some(OPERATOR)).await,
+        200
+    );
+    pod.terminate();
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("gateway stopped") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_file(&log);
+    let mut messages = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        messages.push(v["message"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(messages.iter().any(|m| m == "gateway listening"), "{text}");
+    assert!(!text.contains(OPERATOR), "{text}");
+}
