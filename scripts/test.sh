@@ -8,21 +8,25 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-say "system packages (redis-server, haproxy, openssl)"
+say "system packages (redis-server, haproxy, openssl, promtool)"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v haproxy >/dev/null || missing+=(haproxy)
 # The TLS tests make a throwaway CA and certificates with the openssl CLI.
 command -v openssl >/dev/null || missing+=(openssl)
+# `promtool check metrics` on a live /metrics scrape (gateway/tests/admin_plane.rs).
+command -v promtool >/dev/null || missing+=(prometheus)
 apt_install "${missing[@]}"
 redis-server --version
 # Not `| head`: with pipefail, haproxy killed by SIGPIPE would fail the run.
 haproxy_version=$(haproxy -v)
 echo "${haproxy_version%%$'\n'*}"
 openssl version
-export REDIS_SERVER_BIN HAPROXY_BIN
+promtool --version 2>&1 | sed -n 1p
+export REDIS_SERVER_BIN HAPROXY_BIN PROMTOOL_BIN
 REDIS_SERVER_BIN=$(command -v redis-server)
 HAPROXY_BIN=$(command -v haproxy)
+PROMTOOL_BIN=$(command -v promtool)
 
 ensure_nats
 

@@ -40,13 +40,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.serve.log_format);
     match cli.command {
         Some(Command::Client(args)) => Ok(gateway::client::run(args).await?),
         Some(Command::Drain(args)) => {
@@ -85,6 +79,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind {} and {}", config.listen, config.admin_listen))?;
     gateway::run(listeners, config, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Logs to stderr at `RUST_LOG` (default `info`), as text or one JSON object per line.
+fn init_logging(format: gateway::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        gateway::config::LogFormat::Text => logs.init(),
+        gateway::config::LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.

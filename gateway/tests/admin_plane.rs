@@ -341,3 +341,156 @@ async fn an_operators_drain_is_undone_by_undrain_but_a_sigterm_drain_is_not() {
     assert!(body.contains("terminating"), "{body}");
     gw.shutdown().await;
 }
+
+/// `promtool` (Debian package `prometheus`), or `None` when it is not installed.
+fn promtool() -> Option<PathBuf> {
+    let path = std::env::var_os("PROMTOOL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("promtool"));
+    Command::new(&path)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| path)
+}
+
+#[tokio::test]
+async fn a_live_scrape_passes_promtool_and_carries_build_and_process_metrics() {
+    // Every family present: traffic, a refusal, a drain-peer, backends.
+    let redis = test_support::RedisServer::start();
+    let gw = TestGateway::with(|c| {
+        c.redis_url = Some(redis.url());
+        c.max_connections = 2;
+    })
+    .await;
+    support::wait_readyz(gw.public, 200).await;
+    let (mut a, _) = gw.hello().await;
+    let (_b, _) = gw.hello().await;
+    a.subscribe("t").await;
+    gw.publish_api("t", serde_json::json!(1)).await;
+    a.expect("message").await;
+    let full = tokio_tungstenite::connect_async(gw.ws_url()).await;
+    assert!(full.is_err(), "the third connection is refused: capacity");
+    let (status, _) = gw
+        .admin_post("/admin/drain-peer", r#"{"peer":"192.0.2.1"}"#)
+        .await;
+    assert_eq!(status, 202);
+
+    let text_accept = "Accept: text/plain;version=0.0.4\r\n";
+    let (status, text) = http(gw.admin, "GET", "/metrics", None, Some(text_accept)).await;
+    assert_eq!(status, 200);
+    let (_, open) = gw.admin_get("/metrics").await;
+    assert!(open.ends_with("# EOF\n"), "OpenMetrics by default");
+    for line in [
+        r#"gateway_connections_total{outcome="accepted"} 2"#,
+        r#"gateway_connections_total{outcome="capacity"} 1"#,
+        r#"gateway_backend_up{backend="redis"} 1"#,
+        "gateway_peer_drain_closes_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("gateway_build_info{"))
+        .expect("gateway_build_info");
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
+    assert!(
+        build.contains("commit=\"") && build.ends_with("} 1"),
+        "{build}"
+    );
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("process_open_fds") > 0.0);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+
+    let Some(promtool) = promtool() else {
+        // scripts/test.sh installs it; a bare `cargo test` on a machine without it says so.
+        eprintln!("promtool not installed (Debian package prometheus): check skipped");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is required in CI"
+        );
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_never_hold_a_token() {
+    let log = support::hostile::log_path("json");
+    let operator = token_file("json-log", OPERATOR);
+    let pod = support::hostile::start_logged(
+        &[
+            "--log-format",
+            "json",
+            "--admin-token-file",
+            operator.to_str().unwrap(),
+        ],
+        "info",
+        &log,
+    );
+    let admin: SocketAddr = ([127, 0, 0, 1], pod.admin).into();
+    // A refused and an accepted call, so that the admin plane has logged what it logs.
+    assert_eq!(
+        call(admin, "POST", "/admin/undrain", Some("wrong")).await,
+        401
+    );
+    assert_eq!(
+        call(admin, "POST", "/admin/undrain", Some(OPERATOR)).await,
+        200
+    );
+    pod.terminate();
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("gateway stopped") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_file(&log);
+    let mut messages = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        messages.push(v["message"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(messages.iter().any(|m| m == "gateway listening"), "{text}");
+    assert!(!text.contains(OPERATOR), "{text}");
+}

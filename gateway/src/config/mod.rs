@@ -61,6 +61,11 @@ pub struct Config {
     )]
     pub admin_token: Option<String>,
 
+    /// Log lines on stderr: `text` for people, `json` (one object per line) for log pipelines.
+    /// The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Serve the demo page (built on the JS SDK) at `/` on the public port.
     #[arg(long, env = "GATEWAY_DEMO")]
     pub demo: bool,
@@ -234,6 +239,13 @@ pub struct Config {
     /// TLS and credentials of the Redis and NATS connections.
     #[command(flatten)]
     pub backends: BackendConfig,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A configuration that cannot work.
