@@ -443,6 +443,42 @@ mod tests {
         assert_eq!(c.rebalance_stable_beats, 3);
     }
 
+    /// Every flag has its `GATEWAY_*` variable and is documented (operations.md or, for the
+    /// security flags, security.md), so the docs cannot fall behind a new flag.
+    #[test]
+    fn every_flag_has_its_env_and_is_documented() {
+        #[derive(clap::Parser)]
+        struct Parse {
+            #[command(flatten)]
+            config: Config,
+        }
+        let docs = [
+            include_str!("../../../docs/operations.md"),
+            include_str!("../../../docs/security.md"),
+        ]
+        .concat();
+        let mentioned = |flag: &str| {
+            docs.match_indices(flag).any(|(i, _)| {
+                !docs[i + flag.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+            })
+        };
+        let command = <Parse as clap::CommandFactory>::command();
+        let mut problems = Vec::new();
+        for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+            let Some(long) = arg.get_long() else { continue };
+            let env = format!("GATEWAY_{}", long.to_uppercase().replace('-', "_"));
+            if arg.get_env().and_then(|e| e.to_str()) != Some(env.as_str()) {
+                problems.push(format!("--{long} should read {env}"));
+            }
+            if !mentioned(&format!("--{long}")) {
+                problems.push(format!(
+                    "--{long} is not in docs/operations.md or docs/security.md"
+                ));
+            }
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
     #[test]
     fn contradictions_are_refused() {
         let mut c = Config::embedded_default();
