@@ -284,3 +284,54 @@ async fn drain_peer_closes_only_that_peers_tunnels_and_their_clients_resume_loss
     );
     w.check().await;
 }
+
+#[tokio::test]
+async fn behind_a_real_haproxy_with_send_proxy_v2_clients_count_as_themselves() {
+    let gw = TestGateway::with(|c| {
+        as_deployed(c);
+        c.security.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.security.max_conns_per_ip = 1;
+    })
+    .await;
+    let frontend = test_support::free_port();
+    let proxy = gw.proxy.unwrap();
+    // As deploy/haproxy/haproxy.cfg does it: PROXY v2 on the tunnels and on the health checks.
+    let cfg = format!(
+        "global\n  maxconn 200\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  \
+         timeout server 60s\n  timeout tunnel 1h\nfrontend fe\n  bind 127.0.0.1:{frontend}\n  \
+         default_backend gw\nbackend gw\n  option httpchk GET /readyz\n  \
+         server g {proxy} check inter 200ms fall 2 rise 1 send-proxy-v2 check-send-proxy\n"
+    );
+    let _haproxy = test_support::Haproxy::start(&cfg, frontend);
+    let lb: SocketAddr = ([127, 0, 0, 1], frontend).into();
+    let through = |from: u8| async move { ws_over(tcp_from(lo(from), lb).await, lb).await };
+    // Until HAProxy's check has seen the server up.
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    let first = loop {
+        match through(5).await {
+            Ok(c) => break c,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // One connection per client address: the second from 127.0.0.5 is refused by the
+    // gateway (it saw HAProxy's header), one from 127.0.0.6 is not.
+    assert_eq!(refusal(through(5).await).0, 429);
+    let second = through(6).await.expect("another client address");
+    let (mut first, _) = support::hostile::hello_on(first, None, json!({}))
+        .await
+        .welcome();
+    let (mut second, _) = support::hostile::hello_on(second, None, json!({}))
+        .await
+        .welcome();
+    // Both tunnels come from HAProxy's own address: draining it closes both with 1001.
+    let body = r#"{"peer":"127.0.0.1"}"#;
+    assert_eq!(
+        http(gw.admin, "POST", "/admin/drain-peer", Some(body), None)
+            .await
+            .0,
+        202
+    );
+    assert_eq!(first.closed().await.code, 1001);
+    assert_eq!(second.closed().await.code, 1001);
+}

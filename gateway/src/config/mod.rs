@@ -431,40 +431,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid() {
-        let c = Config::embedded_default();
-        c.validate().unwrap();
-        assert_eq!(c.max_message_size, 65_536);
-        assert_eq!(c.resume_window, Duration::from_secs(120));
-        assert_eq!(c.rebalance_stable_beats, 3);
-    }
-
-    #[test]
-    fn contradictions_are_refused() {
-        let mut c = Config::embedded_default();
-        c.idle_timeout = Duration::from_secs(1);
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::IdleNotAbovePing { .. })
-        ));
-        let mut c = Config::embedded_default();
-        c.outbound_queue = 0;
-        assert_eq!(
-            c.validate().unwrap_err().to_string(),
-            "--outbound-queue must be greater than zero"
-        );
-        let mut c = Config::embedded_default();
-        c.rebalance_stable_beats = 0;
-        assert_eq!(
-            c.validate().unwrap_err().to_string(),
-            "--rebalance-stable-beats must be greater than zero"
-        );
-        let mut c = Config::embedded_default();
-        c.allowed_origins = vec!["example.com".into()];
-        assert!(c.validate().is_err());
-    }
-}
+mod tests;
