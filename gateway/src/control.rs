@@ -2,6 +2,9 @@
 //! pod's table of open connections with the session generation each one holds.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+#[cfg(test)]
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -118,6 +121,8 @@ impl Default for ConnControl {
 #[derive(Debug)]
 struct Entry {
     control: Arc<ConnControl>,
+    /// The socket peer: the load balancer's address behind `--proxy-listen`.
+    tcp_peer: IpAddr,
     /// The session and the generation this connection claimed for it.
     session: Option<(SessionId, u64)>,
 }
@@ -146,12 +151,13 @@ struct Tables {
 }
 
 impl Connections {
-    pub fn register(&self, control: Arc<ConnControl>) -> ConnId {
+    pub fn register(&self, control: Arc<ConnControl>, tcp_peer: IpAddr) -> ConnId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         self.inner.lock().expect("connections lock").conns.insert(
             id,
             Entry {
                 control,
+                tcp_peer,
                 session: None,
             },
         );
@@ -234,7 +240,34 @@ impl Connections {
             .map(|e| e.control.clone())
             .collect()
     }
+
+    /// Controls of the open connections whose socket peer is `peer`, not yet asked to close.
+    pub fn open_controls_from(&self, peer: IpAddr) -> Vec<Arc<ConnControl>> {
+        self.inner
+            .lock()
+            .expect("connections lock")
+            .conns
+            .values()
+            .filter(|e| e.tcp_peer == peer && !e.control.is_closing())
+            .map(|e| e.control.clone())
+            .collect()
+    }
+
+    /// Open connections (closing or not) whose socket peer is `peer`.
+    pub fn count_from(&self, peer: IpAddr) -> usize {
+        self.inner
+            .lock()
+            .expect("connections lock")
+            .conns
+            .values()
+            .filter(|e| e.tcp_peer == peer)
+            .count()
+    }
 }
+
+/// The peer of connections that have none (unit tests).
+#[cfg(test)]
+pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 #[cfg(test)]
 mod tests {
@@ -242,7 +275,7 @@ mod tests {
 
     fn conn(table: &Connections) -> (ConnId, Arc<ConnControl>) {
         let control = Arc::new(ConnControl::new());
-        (table.register(control.clone()), control)
+        (table.register(control.clone(), LOOPBACK), control)
     }
 
     #[test]

@@ -10,25 +10,40 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use backplane::Backplane;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
 use protocol::{Payload, Topic};
 use serde::Deserialize;
-use session_store::SessionStore;
 use tokio::net::TcpListener;
 
-use crate::metrics::OutcomeLabel;
 use crate::{PublishError, Shared, connection};
 
-/// Serves the public port: a hyper HTTP/1 server per socket (so the upgrade request has a
-/// header-read deadline against slowloris), after reading a PROXY v2 header from trusted
-/// proxies when `--proxy-protocol` is on.
-pub async fn serve_public(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+/// How clients reach a public listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// `--listen`: probes, direct clients, proxies that only send `X-Forwarded-For`. PROXY
+    /// headers are never read here, whoever the peer is.
+    Direct,
+    /// `--proxy-listen`: only `--trusted-proxies` may connect, and each connection starts with
+    /// a PROXY v2 header.
+    Proxied,
+}
+
+/// The socket peer of a connection (the load balancer's address on `--proxy-listen`), as
+/// opposed to the client address that `ConnectInfo` carries. `drain-peer` selects by it.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpPeer(pub std::net::IpAddr);
+
+/// Serves a public port: a hyper HTTP/1 server per socket (so the upgrade request has a
+/// header-read deadline against slowloris), after the PROXY v2 header on [`Ingress::Proxied`].
+pub async fn serve_public(
+    listener: TcpListener,
+    ingress: Ingress,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
     let mut app = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
@@ -51,38 +66,55 @@ pub async fn serve_public(listener: TcpListener, shared: Arc<Shared>) -> std::io
                 }
             },
         };
-        tokio::spawn(serve_socket(tcp, peer, app.clone(), shared.clone()));
+        if ingress == Ingress::Proxied && !shared.config.security.is_trusted_proxy(peer.ip()) {
+            // Closed before reading: an untrusted peer must not get to claim any address.
+            tracing::debug!(%peer, "not a trusted proxy; closing");
+            shared.metrics.conn.outcome("untrusted_proxy");
+            drop(tcp);
+            continue;
+        }
+        tokio::spawn(serve_socket(
+            tcp,
+            peer,
+            ingress,
+            app.clone(),
+            shared.clone(),
+        ));
     }
 }
 
 async fn serve_socket(
     mut tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
+    tcp_peer: SocketAddr,
+    ingress: Ingress,
     app: Router,
     shared: Arc<Shared>,
 ) {
-    let security = &shared.config.security;
-    let deadline = security.header_read_timeout;
-    let trusted = security
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&crate::abuse::canonical(peer.ip())));
-    let peer = if security.proxy_protocol && trusted {
-        match tokio::time::timeout(deadline, crate::abuse::read_proxy_v2(&mut tcp)).await {
-            Ok(Ok(header)) => header.source.unwrap_or(peer),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "bad PROXY header; closing");
-                return;
+    let deadline = shared.config.security.header_read_timeout;
+    let peer = match ingress {
+        Ingress::Direct => tcp_peer,
+        // A `LOCAL` header (the balancer's own health check) leaves the balancer as the peer.
+        Ingress::Proxied => {
+            match tokio::time::timeout(deadline, crate::abuse::read_proxy_v2(&mut tcp)).await {
+                Ok(Ok(header)) => header.source.unwrap_or(tcp_peer),
+                Ok(Err(e)) => {
+                    tracing::debug!(%tcp_peer, error = %e, "bad PROXY header; closing");
+                    shared.metrics.conn.outcome("proxy_header");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.conn.outcome("proxy_header");
+                    return;
+                }
             }
-            Err(_) => return,
         }
-    } else {
-        peer
     };
+    let tcp_ip = TcpPeer(crate::abuse::canonical(tcp_peer.ip()));
     let _ = tcp.set_nodelay(true);
     let service =
         hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(tcp_ip);
             tower::ServiceExt::oneshot(app.clone(), req)
         });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -94,29 +126,6 @@ async fn serve_socket(
         Ok(()) => tracing::trace!(%peer, "HTTP connection done"),
         Err(e) => tracing::debug!(%peer, error = %e, "HTTP connection ended"),
     }
-}
-
-pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    let stop = shared.shutdown.clone();
-    // The largest `/api/publish` body, instead of axum's 2 MB default: a bigger one is a 413.
-    let body_limit = crate::sizes::max_publish_body(shared.config.max_message_size);
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/api/publish", post(api_publish))
-        .route("/admin/drain", post(admin_drain).get(drain_status))
-        .route("/admin/cluster", get(admin_cluster))
-        .route("/scaler", get(scaler))
-        .route_layer(middleware::from_fn_with_state(
-            shared.clone(),
-            require_token,
-        ))
-        // After the token layer: the page is static; its API calls carry the token.
-        .merge(crate::assets::fleet_routes())
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(shared);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
 }
 
 /// A reserved place among the pod's connections; released on drop (also when an upgrade
@@ -155,12 +164,7 @@ fn refuse(
     outcome: &'static str,
     retry_after: Option<u32>,
 ) -> Response {
-    shared
-        .metrics
-        .conn
-        .total
-        .get_or_create(&OutcomeLabel { outcome })
-        .inc();
+    shared.metrics.conn.outcome(outcome);
     let mut response = (status, outcome).into_response();
     if let Some(secs) = retry_after {
         response
@@ -173,6 +177,7 @@ fn refuse(
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(TcpPeer(tcp_peer)): Extension<TcpPeer>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -181,6 +186,15 @@ async fn upgrade(
             &shared,
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
+            Some(1),
+        );
+    }
+    if shared.drain.peer_draining(tcp_peer) {
+        // Its load balancer pod is stopping: the client retries, through another one.
+        return refuse(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "peer_draining",
             Some(1),
         );
     }
@@ -215,14 +229,7 @@ async fn upgrade(
             Some(5),
         );
     };
-    shared
-        .metrics
-        .conn
-        .total
-        .get_or_create(&OutcomeLabel {
-            outcome: "accepted",
-        })
-        .inc();
+    shared.metrics.conn.outcome("accepted");
     let c = &shared.config;
     let token = shared.tasks.token();
     // Sizes derived from `--max-message-size` (see `sizes`): the write bound holds a batch plus
@@ -238,7 +245,7 @@ async fn upgrade(
         .max_message_size(max_read)
         .max_frame_size(max_read)
         .on_upgrade(move |socket| async move {
-            connection::serve(socket, shared, ip, permit).await;
+            connection::serve(socket, shared, ip, tcp_peer, permit).await;
             drop(ip_guard);
             drop(slot);
             drop(token);
@@ -256,61 +263,26 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether this pod can take a new connection: not draining, below capacity, and no backend
+/// down past `--unready-after-backend-down` (from the cached background checks: never a
+/// blocking call, and no error text on the public port).
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let unready = |why: String| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     if shared.drain.is_draining() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+        return unready("draining".into());
     }
-    if let Err(e) = shared.store.ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response();
+    if shared.slots.load(Ordering::Acquire) >= shared.config.max_connections {
+        return unready("full".into());
     }
-    if !shared.backplane.is_connected() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "backplane disconnected").into_response();
+    let grace = shared.config.unready_after_backend_down;
+    if let Some(crate::health::Unavailable(backend)) = shared.health.unavailable(grace) {
+        return unready(format!("backend unavailable: {}", backend.name()));
     }
     "ready".into_response()
 }
 
-async fn require_token(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(expected) = &shared.config.admin_token {
-        // Through the Kubernetes pod proxy, `Authorization` is dropped: accept our own header too.
-        let headers = request.headers();
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .or_else(|| {
-                headers
-                    .get("x-gateway-admin-token")
-                    .and_then(|v| v.to_str().ok())
-            })
-            .unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-            return (StatusCode::UNAUTHORIZED, "admin token required").into_response();
-        }
-    }
-    next.run(request).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        shared.metrics.encode(),
-    )
-        .into_response()
-}
-
 #[derive(Debug, Deserialize)]
-struct PublishRequest {
+pub(crate) struct PublishRequest {
     topic: String,
     /// `None` when missing or `null`: refused, as a WebSocket `publish` without `data` is.
     data: Option<Box<protocol::RawJson>>,
@@ -324,7 +296,7 @@ fn api_error(status: StatusCode, error: &str, message: impl std::fmt::Display) -
     (status, Json(body)).into_response()
 }
 
-async fn api_publish(
+pub(crate) async fn api_publish(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<PublishRequest>, JsonRejection>,
 ) -> Response {
@@ -378,54 +350,4 @@ async fn api_publish(
         // The append may have run before the failure: retry with the same id.
         Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, e.code().as_str(), e),
     }
-}
-
-fn drain_report(shared: &Shared) -> serde_json::Value {
-    serde_json::json!({
-        "pod": shared.pod,
-        "draining": shared.drain.is_draining(),
-        "connections": shared.connections.len(),
-        "closed": shared.drain.closed(),
-    })
-}
-
-/// Starts a drain (idempotent) and answers at once; progress is on `GET /admin/drain`.
-async fn admin_drain(State(shared): State<Arc<Shared>>) -> Response {
-    if !shared.drain.is_draining() {
-        let s = shared.clone();
-        tokio::spawn(async move { crate::drain::drain(&s).await });
-        // Let the drain flag be set before reporting.
-        tokio::task::yield_now().await;
-    }
-    (StatusCode::ACCEPTED, Json(drain_report(&shared))).into_response()
-}
-
-async fn drain_status(State(shared): State<Arc<Shared>>) -> Response {
-    Json(drain_report(&shared)).into_response()
-}
-
-/// The fleet as this pod sees it: one entry per live pod.
-async fn admin_cluster(State(shared): State<Arc<Shared>>) -> Response {
-    let pods = shared.cluster.pods(crate::cluster::max_age(&shared));
-    Json(serde_json::json!({ "pod": shared.pod, "pods": pods })).into_response()
-}
-
-/// Connection counts for KEDA's metrics-api trigger (`valueLocation: fleet.connections`, or
-/// `pod.connections` for this pod alone).
-async fn scaler(State(shared): State<Arc<Shared>>) -> Response {
-    let pods = shared.cluster.pods(crate::cluster::max_age(&shared));
-    let live: Vec<_> = pods.iter().filter(|p| !p.beat.draining).collect();
-    let connections: u64 = pods.iter().map(|p| p.beat.connections).sum();
-    let capacity: u64 = live.iter().map(|p| p.beat.capacity).sum();
-    let per_pod = if live.is_empty() {
-        0
-    } else {
-        connections / live.len() as u64
-    };
-    let me = crate::cluster::heartbeat(&shared);
-    Json(serde_json::json!({
-        "pod": { "name": me.pod, "connections": me.connections, "capacity": me.capacity, "draining": me.draining },
-        "fleet": { "pods": pods.len(), "connections": connections, "capacity": capacity, "connections_per_pod": per_pod },
-    }))
-    .into_response()
 }

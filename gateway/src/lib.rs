@@ -3,8 +3,10 @@
 //!
 //! Layout, along the data path:
 //! - [`config`]: flags and environment (`GATEWAY_*`), validated before anything binds.
-//! - `http`: the public router (`/ws` upgrade with admission, `/healthz`, `/readyz`) and the
-//!   admin router (`/metrics`, `/api/publish`, `/admin/drain`).
+//! - `http`: the public routers (`/ws` upgrade with admission, `/healthz`, `/readyz`) on
+//!   `--listen` and, behind PROXY v2, `--proxy-listen`.
+//! - [`admin`]: the admin router with its two token scopes (read: `/metrics`, `/scaler`,
+//!   `/admin/cluster`; operator: drain, undrain, drain-peer, `/api/*`).
 //! - `connection`: one task per socket: reads frames, writes replies and batched deliveries.
 //! - `session`: `hello`, resume and per-topic recovery for a connection.
 //! - [`sizes`]: the message size limit, checked at the door, and the buffers derived from it.
@@ -35,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod abuse;
 mod access;
+pub mod admin;
 mod agent;
 pub mod assets;
 pub mod auth;
@@ -45,6 +48,7 @@ mod connection;
 mod control;
 mod drain;
 mod envelope;
+mod health;
 mod http;
 mod hub;
 mod metrics;
@@ -86,6 +90,8 @@ pub enum GatewayError {
 #[derive(Debug)]
 pub struct Listeners {
     pub public: TcpListener,
+    /// `--proxy-listen`: the public routes behind a PROXY-v2-speaking load balancer.
+    pub proxy: Option<TcpListener>,
     pub admin: TcpListener,
     /// HAProxy agent-check port, when configured.
     pub agent: Option<TcpListener>,
@@ -96,6 +102,7 @@ impl Listeners {
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
         Ok(Self {
             public: bind_with_backlog(config.listen)?,
+            proxy: config.proxy_listen.map(bind_with_backlog).transpose()?,
             admin: TcpListener::bind(config.admin_listen).await?,
             agent: match config.agent_listen {
                 Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -129,6 +136,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub connections: Connections,
     pub drain: Drain,
+    /// Cached backend health, for `/readyz`.
+    pub health: health::BackendHealth,
     /// Cancelled last, when every connection is gone: stops topic tasks and servers.
     pub shutdown: CancellationToken,
     /// Holds a token per live connection task.
@@ -192,6 +201,10 @@ impl Shared {
             metrics,
             connections: Connections::default(),
             drain: Drain::new(),
+            health: health::BackendHealth::new(
+                config.redis_url.is_some(),
+                !config.nats_url.is_empty(),
+            ),
             shutdown,
             tasks: TaskTracker::new(),
             slots: AtomicUsize::new(0),
@@ -346,6 +359,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     config.validate()?;
+    let admin_tokens = Arc::new(admin::AdminTokens::load(&config).map_err(ConfigError::from)?);
     let pod = config.pod_name();
     let limits = config.history_limits();
     let authenticator = auth::Authenticator::new(config.security.auth_config())?;
@@ -375,8 +389,20 @@ pub async fn run(
         .await
         .map_err(|e| tracing::warn!(error = %e, "control subject not subscribed yet; retrying"))
         .ok();
-    let public = tokio::spawn(http::serve_public(listeners.public, shared.clone()));
-    let admin = tokio::spawn(http::serve_admin(listeners.admin, shared.clone()));
+    let public = tokio::spawn(http::serve_public(
+        listeners.public,
+        http::Ingress::Direct,
+        shared.clone(),
+    ));
+    let proxied = listeners.proxy.map(|listener| {
+        tracing::info!(addr = ?listener.local_addr(), "PROXY v2 listener for the load balancer");
+        tokio::spawn(http::serve_public(
+            listener,
+            http::Ingress::Proxied,
+            shared.clone(),
+        ))
+    });
+    let admin = tokio::spawn(admin::serve(listeners.admin, shared.clone(), admin_tokens));
     if let Some(agent) = listeners.agent {
         tokio::spawn(agent::serve(agent, shared.clone()));
     }
@@ -388,16 +414,18 @@ pub async fn run(
     tokio::spawn(cluster::run_control(shared.clone(), control));
     tokio::spawn(cluster::run_rebalancer(shared.clone()));
     tokio::spawn(sizes::watch_backplane_limit(shared.clone()));
+    tokio::spawn(health::run_checks(shared.clone()));
 
     // Either a signal (the caller's future) or an operator's drain request starts the drain;
     // only the caller's future ends the process.
     shutdown.await;
     tracing::info!("shutting down: draining connections");
+    shared.drain.terminate();
     drain::drain(&shared).await;
     root.cancel();
     shared.tasks.close();
     let _ = tokio::time::timeout(shared.config.close_grace, shared.tasks.wait()).await;
-    for server in [public, admin] {
+    for server in [public, admin].into_iter().chain(proxied) {
         match server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "server ended with an error"),

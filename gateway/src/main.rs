@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::client::ClientArgs;
-use gateway::ops::{DrainArgs, StatusArgs, Target};
+use gateway::ops::{DrainArgs, DrainPeerArgs, StatusArgs, Target, UndrainArgs};
 use gateway::{Config, Listeners};
 
 #[derive(Debug, Parser)]
@@ -26,6 +26,11 @@ enum Command {
     Client(ClientArgs),
     /// Drain one pod (1001 to every client, paced) and wait until it has no connections.
     Drain(DrainArgs),
+    /// Undo an operator's drain: the pod takes connections again (not after SIGTERM).
+    Undrain(UndrainArgs),
+    /// Close, on every gateway, the connections coming from one load balancer pod (its
+    /// preStop hook), paced, and wait until none is left.
+    DrainPeer(DrainPeerArgs),
     /// Print the fleet: connections, share, capacity and draining per pod.
     Status(StatusArgs),
     /// Mint an HS256 test token with the gateway's secret.
@@ -35,18 +40,21 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.serve.log_format);
     match cli.command {
         Some(Command::Client(args)) => Ok(gateway::client::run(args).await?),
         Some(Command::Drain(args)) => {
             let target = Target::from_args(&args.target).await?;
             gateway::ops::drain(&target, &args, &mut std::io::stdout()).await?;
+            Ok(())
+        }
+        Some(Command::Undrain(args)) => {
+            let target = Target::from_args(&args.target).await?;
+            gateway::ops::undrain(&target, &mut std::io::stdout()).await?;
+            Ok(())
+        }
+        Some(Command::DrainPeer(args)) => {
+            gateway::ops::peer::drain_peer(&args, &mut std::io::stdout()).await?;
             Ok(())
         }
         Some(Command::Token(args)) => {
@@ -71,6 +79,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind {} and {}", config.listen, config.admin_listen))?;
     gateway::run(listeners, config, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Logs to stderr at `RUST_LOG` (default `info`), as text or one JSON object per line.
+fn init_logging(format: gateway::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        gateway::config::LogFormat::Text => logs.init(),
+        gateway::config::LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.

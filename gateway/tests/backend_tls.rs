@@ -136,14 +136,14 @@ async fn without_the_ca_a_pod_stays_unready_and_says_why() {
     // The system roots do not know the test CA.
     let system_roots = pod("no-ca-redis", |c| c.redis_url = Some(redis.url())).await;
     let body = stays_unready(&system_roots).await;
-    assert!(body.starts_with("store:"), "{body}");
+    assert_eq!(body, "backend unavailable: redis");
     // A CA that did not sign the server's certificate.
     let wrong_ca = pod("wrong-ca-nats", |c| {
         c.nats_url = vec![nats.url()];
         c.backends.nats_ca_file = Some(files.other_ca());
     })
     .await;
-    assert_eq!(stays_unready(&wrong_ca).await, "backplane disconnected");
+    assert_eq!(stays_unready(&wrong_ca).await, "backend unavailable: nats");
     let wrong_ca_redis = pod("wrong-ca-redis", |c| {
         c.redis_url = Some(redis.url());
         c.backends.redis_ca_file = Some(files.other_ca());
@@ -202,7 +202,7 @@ async fn required_tls_never_falls_back_to_a_plaintext_nats() {
         c.backends.nats_ca_file = Some(files.ca());
     })
     .await;
-    assert_eq!(stays_unready(&tls).await, "backplane disconnected");
+    assert_eq!(stays_unready(&tls).await, "backend unavailable: nats");
 }
 
 #[tokio::test]
@@ -247,7 +247,10 @@ async fn client_certificates_get_pods_into_servers_that_demand_them() {
     let no_cert_redis = pod("no-cert-redis", |c| tls_redis(c, &redis, &files)).await;
     stays_unready(&no_cert_redis).await;
     let no_cert_nats = pod("no-cert-nats", |c| tls_nats(c, &nats, &files)).await;
-    assert_eq!(stays_unready(&no_cert_nats).await, "backplane disconnected");
+    assert_eq!(
+        stays_unready(&no_cert_nats).await,
+        "backend unavailable: nats"
+    );
 }
 
 #[tokio::test]
@@ -319,7 +322,7 @@ async fn nats_tokens_users_and_nkeys_come_from_files() {
         c.backends.nats_password_file = Some(wrong);
     })
     .await;
-    assert_eq!(stays_unready(&refused).await, "backplane disconnected");
+    assert_eq!(stays_unready(&refused).await, "backend unavailable: nats");
 
     let user = nkeys::KeyPair::new_user();
     let nkey_server = NatsServer::start_with_auth(NatsServerAuth::NKeys(vec![user.public_key()]));
@@ -401,7 +404,7 @@ async fn nats_creds_files_log_in_under_decentralized_auth() {
     wait_ready(&gw).await;
     // Without them: refused.
     let anonymous = pod("nats-no-creds", |c| c.nats_url = vec![nats.url()]).await;
-    assert_eq!(stays_unready(&anonymous).await, "backplane disconnected");
+    assert_eq!(stays_unready(&anonymous).await, "backend unavailable: nats");
 }
 
 /// Runs a gateway expected to fail at start; its error.
@@ -410,6 +413,7 @@ async fn start_error(edit: impl FnOnce(&mut Config)) -> GatewayError {
     edit(&mut c);
     let listeners = Listeners {
         public: TcpListener::bind(c.listen).await.unwrap(),
+        proxy: None,
         admin: TcpListener::bind(c.admin_listen).await.unwrap(),
         agent: None,
     };

@@ -233,12 +233,7 @@ async fn redis_restart_keeps_connections_reports_unavailable_then_recovers() {
         (e["code"].as_str(), e["ref"].as_u64()),
         (Some("unavailable"), Some(5))
     );
-    assert_eq!(
-        support::http(f.pods[0].public, "GET", "/readyz", None, None)
-            .await
-            .0,
-        503
-    );
+    support::wait_readyz(f.pods[0].public, 503).await;
     // A new session cannot be created while the store is down: told to come back later.
     let mut newcomer = f.pods[0].client().await;
     newcomer.send(json!({"type": "hello"})).await;
@@ -271,12 +266,7 @@ async fn redis_restart_keeps_connections_reports_unavailable_then_recovers() {
         m.get("epoch").is_some(),
         "epoch change must be announced: {m}"
     );
-    assert_eq!(
-        support::http(f.pods[0].public, "GET", "/readyz", None, None)
-            .await
-            .0,
-        200
-    );
+    support::wait_readyz(f.pods[0].public, 200).await;
     // Connections survived throughout.
     sub.send(json!({"type": "ping"})).await;
     sub.expect("pong").await;
@@ -296,12 +286,7 @@ async fn nats_restart_loses_nothing_for_connected_clients() {
     for i in 1..=5 {
         assert_eq!(p.publish("n", json!(i)).await, i + 1);
     }
-    assert_eq!(
-        support::http(f.pods[0].public, "GET", "/readyz", None, None)
-            .await
-            .0,
-        503
-    );
+    support::wait_readyz(f.pods[0].public, 503).await;
     let started = std::time::Instant::now();
     f.nats.restart();
     for i in 6..=8 {

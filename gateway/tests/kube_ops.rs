@@ -109,6 +109,7 @@ fn args() -> TargetArgs {
         admin_port: 9090,
         admin_listen: "127.0.0.1:9090".parse().unwrap(),
         admin_token: None,
+        admin_token_file: None,
     }
 }
 

@@ -386,7 +386,10 @@ fn the_admin_port_refuses_to_start_exposed_without_a_token() {
         assert!(!out.status.success(), "{args:?} {env:?} started");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("is not loopback: set --admin-token (or --admin-insecure to allow it)"),
+            stderr.contains(
+                "is not loopback: set --admin-token-file (GATEWAY_ADMIN_TOKEN_FILE), or \
+                 --admin-insecure for development only"
+            ),
             "{stderr}"
         );
     }
@@ -447,48 +450,56 @@ async fn an_exposed_admin_port_starts_when_insecure_or_with_a_token_and_refuses_
     assert!(drain.contains(r#""draining":false"#), "{drain}");
 }
 
-/// A TCP connection from 127.0.0.1 that starts with a PROXY v2 header claiming `client`.
+/// A TCP connection from 127.0.0.1 to `--proxy-listen` that starts with a PROXY v2 header
+/// claiming `client`.
 async fn via_proxy(gw: &TestGateway, client: &str) -> TcpStream {
-    let mut tcp = tcp_from(lo(1), gw.public).await;
-    let header = encode_proxy_v2(Some((client.parse().unwrap(), gw.public)));
+    let proxy = gw.proxy.expect("--proxy-listen");
+    let mut tcp = tcp_from(lo(1), proxy).await;
+    let header = encode_proxy_v2(Some((client.parse().unwrap(), proxy)));
     tcp.write_all(&header).await.unwrap();
     tcp
+}
+
+/// Behind a load balancer: PROXY v2 required on `--proxy-listen` from 127.0.0.1 only.
+fn behind_proxy(c: &mut gateway::Config) {
+    c.proxy_listen = Some("127.0.0.1:0".parse().unwrap());
+    c.security.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    c.security.header_read_timeout = Duration::from_secs(1);
 }
 
 #[tokio::test]
 async fn proxy_v2_client_addresses_are_counted_per_client() {
     let gw = TestGateway::with(|c| {
-        c.security.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
-        c.security.proxy_protocol = true;
+        behind_proxy(c);
         c.security.max_conns_per_ip = 2;
-        c.security.header_read_timeout = Duration::from_secs(1);
     })
     .await;
+    let proxy = gw.proxy.unwrap();
     // The witness comes through the proxy too, as another client.
     let tcp = via_proxy(&gw, "198.51.100.9:40000").await;
-    let mut w = Witness::on(ws_over(tcp, gw.public).await.unwrap(), gw.admin, None).await;
+    let mut w = Witness::on(ws_over(tcp, proxy).await.unwrap(), gw.admin, None).await;
     let mut held = Vec::new();
     for port in [40001, 40002] {
         let tcp = via_proxy(&gw, &format!("203.0.113.7:{port}")).await;
-        held.push(ws_over(tcp, gw.public).await.expect("under the cap"));
+        held.push(ws_over(tcp, proxy).await.expect("under the cap"));
     }
     for port in 40003..40010 {
         let tcp = via_proxy(&gw, &format!("203.0.113.7:{port}")).await;
-        let (status, retry, _) = refusal(ws_over(tcp, gw.public).await);
+        let (status, retry, _) = refusal(ws_over(tcp, proxy).await);
         assert_eq!((status, retry), (429, Some(5)));
     }
     w.check().await;
     // The limit hit that client only: the proxy's own address and other clients still connect.
     for client in ["203.0.113.8:1", "[2001:db8::1]:2"] {
         let tcp = via_proxy(&gw, client).await;
-        held.push(ws_over(tcp, gw.public).await.expect("another client"));
+        held.push(ws_over(tcp, proxy).await.expect("another client"));
     }
-    let mut local = tcp_from(lo(1), gw.public).await;
+    let mut local = tcp_from(lo(1), proxy).await;
     local.write_all(&encode_proxy_v2(None)).await.unwrap();
-    held.push(ws_over(local, gw.public).await.expect("a LOCAL header"));
-    // A peer that is not a trusted proxy is never parsed for a header: its claim is garbage
-    // to the HTTP server, so it cannot borrow another address.
-    let mut spoof = tcp_from(lo(2), gw.public).await;
+    held.push(ws_over(local, proxy).await.expect("a LOCAL header"));
+    // `--listen` never reads PROXY headers, even from the trusted proxy: a header there is
+    // garbage to the HTTP server, so nobody can claim an address on it.
+    let mut spoof = tcp_from(lo(1), gw.public).await;
     spoof
         .write_all(&encode_proxy_v2(Some((
             "198.51.100.77:1".parse().unwrap(),
@@ -500,21 +511,33 @@ async fn proxy_v2_client_addresses_are_counted_per_client() {
     held.push(
         ws_from(lo(2), gw.public)
             .await
-            .expect("untrusted peer, no header"),
+            .expect("a direct client, no header"),
+    );
+    // A peer that is not a trusted proxy is closed on `--proxy-listen` before a byte is read,
+    // with a header or without.
+    for header in [true, false] {
+        let mut tcp = tcp_from(lo(2), proxy).await;
+        if header {
+            let claim = encode_proxy_v2(Some(("198.51.100.77:1".parse().unwrap(), proxy)));
+            let _ = tcp.write_all(&claim).await;
+        }
+        let answer = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"gateway_connections_total{outcome="untrusted_proxy"} 2"#),
+        "{metrics}"
     );
     w.check().await;
 }
 
 #[tokio::test]
 async fn malformed_proxy_headers_close_the_socket() {
-    let gw = TestGateway::with(|c| {
-        c.security.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
-        c.security.proxy_protocol = true;
-        c.security.header_read_timeout = Duration::from_secs(1);
-    })
-    .await;
+    let gw = TestGateway::with(behind_proxy).await;
+    let proxy = gw.proxy.unwrap();
     let tcp = via_proxy(&gw, "198.51.100.9:40000").await;
-    let mut w = Witness::on(ws_over(tcp, gw.public).await.unwrap(), gw.admin, None).await;
+    let mut w = Witness::on(ws_over(tcp, proxy).await.unwrap(), gw.admin, None).await;
     let good = encode_proxy_v2(Some(("203.0.113.7:1".parse().unwrap(), gw.public)));
     let with = |i: usize, b: u8| {
         let mut h = good.clone();
@@ -547,7 +570,7 @@ async fn malformed_proxy_headers_close_the_socket() {
         ("32 random bytes", (0..32).map(|_| rand::random()).collect()),
     ];
     for (what, bytes) in cases {
-        let mut tcp = tcp_from(lo(1), gw.public).await;
+        let mut tcp = tcp_from(lo(1), proxy).await;
         tcp.write_all(&bytes).await.unwrap();
         let answer = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
         assert!(
@@ -559,7 +582,7 @@ async fn malformed_proxy_headers_close_the_socket() {
     }
     // Half a header, then silence: dropped at the header timeout.
     let stalls = [&good[..6], &good[..20], &good[..0]].map(|prefix| async move {
-        let mut tcp = tcp_from(lo(1), gw.public).await;
+        let mut tcp = tcp_from(lo(1), proxy).await;
         tcp.write_all(prefix).await.unwrap();
         read_until_closed(&mut tcp, Duration::from_secs(5)).await
     });

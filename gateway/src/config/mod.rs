@@ -5,6 +5,7 @@
 //! so a bad deployment fails at once with a message instead of misbehaving later.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -14,7 +15,7 @@ mod security;
 mod tls;
 
 pub use backends::{BackendConfig, BackendConfigError};
-pub use security::SecurityConfig;
+pub use security::{ProxyConfigError, SecurityConfig};
 
 /// Flags of `gateway serve` (the default command).
 #[derive(Debug, Clone, Args)]
@@ -22,6 +23,13 @@ pub struct Config {
     /// Public address: `/ws`, `/healthz`, `/readyz`.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Public address for the load balancer: the same routes as `--listen`, but every
+    /// connection must come from `--trusted-proxies` (others are closed before a byte is read)
+    /// and start with a PROXY protocol v2 header, whose client address then counts. `--listen`
+    /// never reads PROXY headers, so probes and direct clients keep using it. Unset = none.
+    #[arg(long, env = "GATEWAY_PROXY_LISTEN")]
+    pub proxy_listen: Option<SocketAddr>,
 
     /// Admin address: `/metrics`, `/scaler`, `/admin/*`, `/api/publish`. Keep it private.
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
@@ -32,9 +40,31 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_AGENT_LISTEN")]
     pub agent_listen: Option<SocketAddr>,
 
-    /// Bearer token required by every admin endpoint (`Authorization: Bearer …`); unset = none.
-    #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+    /// File holding the operator token (trailing newline stripped): required by every admin
+    /// endpoint as `Authorization: Bearer …` (drain, undrain, publish, the server API) and
+    /// accepted by the read-only ones too. Required when `--admin-listen` is not loopback.
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// File holding the read-only token: `GET /metrics`, `GET /scaler` and `GET /admin/cluster`
+    /// only (403 elsewhere), for Prometheus and KEDA. Needs an operator token.
+    #[arg(long, env = "GATEWAY_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+
+    /// The operator token itself, for local runs and tests; prefer `--admin-token-file` (a
+    /// value in the environment is visible to anything that can read the process's env).
+    #[arg(
+        long,
+        env = "GATEWAY_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
     pub admin_token: Option<String>,
+
+    /// Log lines on stderr: `text` for people, `json` (one object per line) for log pipelines.
+    /// The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Serve the demo page (built on the JS SDK) at `/` on the public port.
     #[arg(long, env = "GATEWAY_DEMO")]
@@ -57,6 +87,16 @@ pub struct Config {
     /// Upper bound of every session store call; a slower store counts as unavailable.
     #[arg(long, env = "GATEWAY_STORE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,
+
+    /// How often Redis and NATS are checked in the background (`gateway_backend_up`, `/readyz`).
+    #[arg(long, env = "GATEWAY_BACKEND_CHECK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub backend_check_interval: Duration,
+
+    /// `/readyz` fails once a backend that answered before has been down this long (one that
+    /// never answered keeps the pod unready from the start). Long enough to ride out a Redis
+    /// failover or a NATS reconnect, which hit every pod at once.
+    #[arg(long, env = "GATEWAY_UNREADY_AFTER_BACKEND_DOWN", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub unready_after_backend_down: Duration,
 
     /// The public address other pods and the fleet page show for this pod (e.g.
     /// `$(POD_IP):8080` in Kubernetes). Default: the bound `--listen` address.
@@ -201,6 +241,13 @@ pub struct Config {
     pub backends: BackendConfig,
 }
 
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -212,14 +259,22 @@ pub enum ConfigError {
     MessageSize(usize),
     #[error("--rebalance-tolerance ({0}) must be between 0 and 10")]
     Tolerance(f64),
-    #[error("--listen and --admin-listen are both {0}")]
-    SameAddress(SocketAddr),
+    #[error("--{0} and --{1} are both {2}")]
+    SameAddress(&'static str, &'static str, SocketAddr),
     #[error("--allowed-origins entry {0:?} must look like scheme://host[:port]")]
     Origin(String),
     #[error(
-        "--admin-listen {0} is not loopback: set --admin-token (or --admin-insecure to allow it)"
+        "--admin-listen {0} is not loopback: set --admin-token-file (GATEWAY_ADMIN_TOKEN_FILE), \
+         or --admin-insecure for development only"
     )]
     AdminExposed(SocketAddr),
+    #[error(
+        "--metrics-token-file needs --admin-token-file: without an operator token, drain and \
+         publish would be open to anyone who reaches the admin port"
+    )]
+    MetricsTokenAlone,
+    #[error(transparent)]
+    AdminToken(#[from] crate::admin::TokenError),
     #[error("--max-handshakes must be greater than zero")]
     Handshakes,
     #[error("--key-prefix {0:?} may only contain A-Z a-z 0-9 _ -")]
@@ -231,6 +286,8 @@ pub enum ConfigError {
     MinReplicasOnCluster,
     #[error(transparent)]
     Backend(#[from] BackendConfigError),
+    #[error(transparent)]
+    Proxies(#[from] ProxyConfigError),
 }
 
 impl Config {
@@ -261,6 +318,7 @@ impl Config {
             ("write-timeout", self.write_timeout),
             ("topic-resync-interval", self.topic_resync_interval),
             ("store-timeout", self.store_timeout),
+            ("backend-check-interval", self.backend_check_interval),
             ("dedup-window", self.dedup_window),
             ("heartbeat-interval", self.heartbeat_interval),
             ("rebalance-interval", self.rebalance_interval),
@@ -282,19 +340,36 @@ impl Config {
         if !(128..=16 << 20).contains(&self.max_message_size) {
             return Err(ConfigError::MessageSize(self.max_message_size));
         }
-        if self.listen == self.admin_listen && self.listen.port() != 0 {
-            return Err(ConfigError::SameAddress(self.listen));
+        let addresses = [
+            ("listen", Some(self.listen)),
+            ("proxy-listen", self.proxy_listen),
+            ("admin-listen", Some(self.admin_listen)),
+            ("agent-listen", self.agent_listen),
+        ];
+        for (i, (a, x)) in addresses.iter().enumerate() {
+            for (b, y) in &addresses[i + 1..] {
+                if let (Some(x), Some(y)) = (x, y)
+                    && x == y
+                    && x.port() != 0
+                {
+                    return Err(ConfigError::SameAddress(a, b, *x));
+                }
+            }
         }
+        self.security
+            .validate_proxies(self.proxy_listen.is_some())?;
         for origin in &self.allowed_origins {
             if !origin.contains("://") || origin.ends_with('/') {
                 return Err(ConfigError::Origin(origin.clone()));
             }
         }
-        if !self.admin_listen.ip().is_loopback()
-            && self.admin_token.is_none()
-            && !self.security.admin_insecure
+        let operator_token = self.admin_token.is_some() || self.admin_token_file.is_some();
+        if !self.admin_listen.ip().is_loopback() && !operator_token && !self.security.admin_insecure
         {
             return Err(ConfigError::AdminExposed(self.admin_listen));
+        }
+        if self.metrics_token_file.is_some() && !operator_token {
+            return Err(ConfigError::MetricsTokenAlone);
         }
         if self.redis_min_replicas > 0
             && self
@@ -356,40 +431,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid() {
-        let c = Config::embedded_default();
-        c.validate().unwrap();
-        assert_eq!(c.max_message_size, 65_536);
-        assert_eq!(c.resume_window, Duration::from_secs(120));
-        assert_eq!(c.rebalance_stable_beats, 3);
-    }
-
-    #[test]
-    fn contradictions_are_refused() {
-        let mut c = Config::embedded_default();
-        c.idle_timeout = Duration::from_secs(1);
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::IdleNotAbovePing { .. })
-        ));
-        let mut c = Config::embedded_default();
-        c.outbound_queue = 0;
-        assert_eq!(
-            c.validate().unwrap_err().to_string(),
-            "--outbound-queue must be greater than zero"
-        );
-        let mut c = Config::embedded_default();
-        c.rebalance_stable_beats = 0;
-        assert_eq!(
-            c.validate().unwrap_err().to_string(),
-            "--rebalance-stable-beats must be greater than zero"
-        );
-        let mut c = Config::embedded_default();
-        c.allowed_origins = vec!["example.com".into()];
-        assert!(c.validate().is_err());
-    }
-}
+mod tests;

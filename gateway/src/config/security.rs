@@ -83,13 +83,16 @@ pub struct SecurityConfig {
     #[arg(long, env = "GATEWAY_MAX_NEW_CONNS_PER_IP", default_value_t = 100)]
     pub max_new_conns_per_ip: u32,
 
-    /// Proxies whose client-address information is believed (CIDRs or addresses, comma-separated).
+    /// The load balancer's addresses (CIDRs or addresses, comma-separated; no default): the only
+    /// peers `--proxy-listen` accepts, and the peers whose `X-Forwarded-For` is believed.
+    /// `0.0.0.0/0` and `::/0` are refused.
     #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_trusted_proxy)]
     pub trusted_proxies: Vec<IpNet>,
 
-    /// Expect a PROXY protocol v2 header on connections from trusted proxies.
-    #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
-    pub proxy_protocol: bool,
+    /// Removed: PROXY headers are read only on `--proxy-listen`. Still parsed so that a
+    /// deployment that sets it fails at start with a message instead of misreading traffic.
+    #[arg(long = "proxy-protocol", env = "GATEWAY_PROXY_PROTOCOL", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub removed_proxy_protocol: Option<String>,
 
     /// Time to send the HTTP upgrade request (and PROXY header) before the socket is closed.
     #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -99,12 +102,51 @@ pub struct SecurityConfig {
     #[arg(long, env = "GATEWAY_MAX_HANDSHAKES", default_value_t = 1_024)]
     pub max_handshakes: usize,
 
-    /// Allow the admin port on a non-loopback address without --admin-token.
+    /// Development only: allow the admin port on a non-loopback address without an operator
+    /// token (anyone who reaches it may drain pods and publish).
     #[arg(long, env = "GATEWAY_ADMIN_INSECURE")]
     pub admin_insecure: bool,
 }
 
+/// A PROXY-protocol or trusted-proxy setting that cannot be safe.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyConfigError {
+    #[error(
+        "--proxy-protocol (GATEWAY_PROXY_PROTOCOL) was removed: PROXY v2 headers are read only on \
+         --proxy-listen (GATEWAY_PROXY_LISTEN), from --trusted-proxies; --listen serves probes \
+         and direct clients without them. Unset GATEWAY_PROXY_PROTOCOL and set --proxy-listen"
+    )]
+    Removed,
+    #[error(
+        "--proxy-listen needs --trusted-proxies (GATEWAY_TRUSTED_PROXIES): the load balancer's \
+         CIDRs; there is no default"
+    )]
+    NoTrustedProxies,
+    #[error("--trusted-proxies {0} would trust every address: list the load balancer's CIDRs")]
+    TrustsEveryone(IpNet),
+}
+
 impl SecurityConfig {
+    /// Refuses PROXY-protocol settings that would let any peer claim any client address.
+    pub fn validate_proxies(&self, proxy_listener: bool) -> Result<(), ProxyConfigError> {
+        if self.removed_proxy_protocol.is_some() {
+            return Err(ProxyConfigError::Removed);
+        }
+        if let Some(net) = self.trusted_proxies.iter().find(|n| n.prefix_len() == 0) {
+            return Err(ProxyConfigError::TrustsEveryone(*net));
+        }
+        if proxy_listener && self.trusted_proxies.is_empty() {
+            return Err(ProxyConfigError::NoTrustedProxies);
+        }
+        Ok(())
+    }
+
+    /// Whether `peer` is one of `--trusted-proxies`.
+    pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        let peer = crate::abuse::canonical(peer);
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+
     pub fn auth_config(&self) -> AuthConfig {
         AuthConfig {
             mode: self.auth_mode,

@@ -26,6 +26,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A gateway running in this process on loopback ports.
 pub struct TestGateway {
     pub public: SocketAddr,
+    /// `--proxy-listen`, when the config sets it.
+    pub proxy: Option<SocketAddr>,
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<Result<(), gateway::GatewayError>>>,
@@ -37,6 +39,9 @@ pub fn config() -> Config {
     c.admin_listen = "127.0.0.1:0".parse().unwrap();
     c.pod_name = Some("test-pod".into());
     c.close_grace = Duration::from_secs(2);
+    // Backend outages in tests are seconds long: readiness follows them within a fraction.
+    c.backend_check_interval = Duration::from_millis(100);
+    c.unready_after_backend_down = Duration::from_millis(300);
     // Tests connect many clients from one address and publish fast; the abuse limits have
     // tests of their own.
     c.security.unlimited();
@@ -53,6 +58,10 @@ impl TestGateway {
         edit(&mut c);
         let listeners = Listeners {
             public: TcpListener::bind(c.listen).await.unwrap(),
+            proxy: match c.proxy_listen {
+                Some(a) => Some(TcpListener::bind(a).await.unwrap()),
+                None => None,
+            },
             admin: TcpListener::bind(c.admin_listen).await.unwrap(),
             agent: match c.agent_listen {
                 Some(a) => Some(TcpListener::bind(a).await.unwrap()),
@@ -60,6 +69,7 @@ impl TestGateway {
             },
         };
         let public = listeners.public.local_addr().unwrap();
+        let proxy = listeners.proxy.as_ref().map(|l| l.local_addr().unwrap());
         let admin = listeners.admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway::run(listeners, c, async move {
@@ -67,6 +77,7 @@ impl TestGateway {
         }));
         Self {
             public,
+            proxy,
             admin,
             stop: Some(tx),
             task: Some(task),
@@ -87,6 +98,13 @@ impl TestGateway {
         c.send(json!({"type": "hello"})).await;
         let welcome = c.expect("welcome").await;
         (c, welcome)
+    }
+
+    /// Starts the shutdown (SIGTERM) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 
     /// Starts the shutdown (SIGTERM) and waits for `run` to return.
@@ -128,6 +146,22 @@ impl Drop for TestGateway {
         if let Some(task) = &self.task {
             task.abort();
         }
+    }
+}
+
+/// Polls `GET /readyz` on `public` until it answers `status`; panics after [`WAIT`].
+pub async fn wait_readyz(public: SocketAddr, status: u16) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (got, body) = http(public, "GET", "/readyz", None, None).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz still {got} {body}, expected {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -6,10 +6,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use std::net::{IpAddr, SocketAddr};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::connect_async;
-use tokio_tungstenite::tungstenite::Message;
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, client_async, connect_async};
 
 #[derive(Debug, Default, Clone)]
 pub struct ClientState {
@@ -34,9 +38,16 @@ pub struct ResumingClient {
 
 impl ResumingClient {
     pub fn spawn(url: String, topic: &'static str) -> Self {
+        Self::spawn_from(url, topic, Vec::new())
+    }
+
+    /// As [`spawn`](Self::spawn), with connection attempt `n` made from `sources[n]` (the last
+    /// one for every later attempt): a client that first came through one load balancer pod
+    /// and reconnects through another.
+    pub fn spawn_from(url: String, topic: &'static str, sources: Vec<IpAddr>) -> Self {
         let state = Arc::new(Mutex::new(ClientState::default()));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(url, topic, state.clone(), stop_rx));
+        let task = tokio::spawn(run(url, topic, sources, state.clone(), stop_rx));
         Self { state, stop, task }
     }
 
@@ -51,9 +62,34 @@ impl ResumingClient {
     }
 }
 
+/// Connects to `url` from `source` (any local address when `None`).
+async fn connect(
+    url: &str,
+    source: Option<IpAddr>,
+) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, tungstenite::Error> {
+    let Some(source) = source else {
+        return Ok(connect_async(url).await?.0);
+    };
+    let request = url.into_client_request()?;
+    let host = request
+        .uri()
+        .authority()
+        .expect("host:port")
+        .as_str()
+        .to_owned();
+    let to: SocketAddr = host.parse().expect("a loopback address");
+    let socket = TcpSocket::new_v4().map_err(tungstenite::Error::Io)?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(tungstenite::Error::Io)?;
+    let tcp = socket.connect(to).await.map_err(tungstenite::Error::Io)?;
+    Ok(client_async(request, MaybeTlsStream::Plain(tcp)).await?.0)
+}
+
 async fn run(
     url: String,
     topic: &'static str,
+    sources: Vec<IpAddr>,
     state: Arc<Mutex<ClientState>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -61,14 +97,17 @@ async fn run(
     let mut epoch = Value::Null;
     let mut closed_at: Option<Instant> = None;
     let mut wait = Duration::ZERO;
+    let mut attempt = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
         wait = Duration::from_millis(100);
-        let Ok(Ok((mut ws, _))) =
-            tokio::time::timeout(Duration::from_secs(5), connect_async(url.as_str())).await
+        let source = sources.get(attempt.min(sources.len().max(1) - 1)).copied();
+        attempt += 1;
+        let Ok(Ok(mut ws)) =
+            tokio::time::timeout(Duration::from_secs(5), connect(&url, source)).await
         else {
             continue;
         };

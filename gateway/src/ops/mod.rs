@@ -1,6 +1,7 @@
-//! The operator's commands: `gateway drain` and `gateway status`.
+//! The operator's commands: `gateway drain`, `gateway undrain`, `gateway status` and (in
+//! [`peer`]) `gateway drain-peer`.
 //!
-//! Both talk to one pod's admin port, reached three ways: `--local` (the preStop hook, inside the
+//! The first three talk to one pod's admin port, reached three ways: `--local` (the preStop hook, inside the
 //! pod), `--url` (outside Kubernetes), or `--pod NAME` through the Kubernetes API's pod proxy
 //! (`kube`), which needs RBAC `pods get` and `pods/proxy create`. The API server drops the
 //! `Authorization` header on proxied requests, so the admin token also travels as
@@ -14,6 +15,10 @@ use clap::Args;
 use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
+
+pub mod peer;
+
+pub use peer::DrainPeerArgs;
 
 /// Where the pod's admin port is.
 #[derive(Debug, Clone, Args)]
@@ -41,9 +46,25 @@ pub struct TargetArgs {
         hide = true
     )]
     pub admin_listen: std::net::SocketAddr,
-    /// Admin bearer token, if the pod requires one.
+    /// File holding the pod's operator token (the pod's own GATEWAY_ADMIN_TOKEN_FILE, so the
+    /// preStop hook finds it).
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+    /// The operator token itself (prefer `--admin-token-file`).
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+}
+
+impl TargetArgs {
+    /// The operator token: the file's content less trailing line breaks, else `--admin-token`.
+    pub fn token(&self) -> Result<Option<String>, OpsError> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(self.admin_token.clone());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| OpsError::TokenFile(format!("{}: {e}", path.display())))?;
+        Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -57,6 +78,12 @@ pub struct DrainArgs {
     /// How often progress is polled and printed.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub poll: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UndrainArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -90,6 +117,8 @@ pub enum OpsError {
     Timeout { left: u64, waited: Duration },
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
+    #[error("--admin-token-file {0}")]
+    TokenFile(String),
 }
 
 /// A pod's admin port, however it is reached.
@@ -119,7 +148,7 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     pub async fn from_args(args: &TargetArgs) -> Result<Self, OpsError> {
-        let token = args.admin_token.clone();
+        let token = args.token()?;
         if args.local {
             let mut addr = args.admin_listen;
             if addr.ip().is_unspecified() {
@@ -173,7 +202,7 @@ impl Target {
     async fn call(&self, method: &str, path: &str) -> Result<String, OpsError> {
         match self {
             Target::Http { base, token } => {
-                http_call(method, &format!("{base}{path}"), token.as_deref()).await
+                http_call(method, &format!("{base}{path}"), token.as_deref(), None).await
             }
             Target::Pod {
                 client,
@@ -212,15 +241,24 @@ fn kube_error(e: kube::Error, namespace: &str, pod: &str) -> OpsError {
     }
 }
 
-async fn http_call(method: &str, url: &str, token: Option<&str>) -> Result<String, OpsError> {
+/// One admin call; `json` is sent as the body with its content type.
+async fn http_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    json: Option<String>,
+) -> Result<String, OpsError> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let mut req = axum::http::Request::builder().method(method).uri(url);
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
     }
+    if json.is_some() {
+        req = req.header("Content-Type", "application/json");
+    }
     let req = req
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(Bytes::from(json.unwrap_or_default())))
         .map_err(|e| OpsError::Http(e.to_string()))?;
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
@@ -299,6 +337,18 @@ pub async fn drain(
         }
         tokio::time::sleep(args.poll).await;
     }
+}
+
+/// Undoes an operator's drain; prints the pod's state. Fails (409) on a pod drained by SIGTERM.
+pub async fn undrain(target: &Target, out: &mut impl Write) -> Result<(), OpsError> {
+    target.check().await?;
+    let report: DrainReport = serde_json::from_str(&target.call("POST", "/admin/undrain").await?)?;
+    writeln!(
+        out,
+        "undrained {}: taking connections again ({} connections, {} closed by the drain)",
+        report.pod, report.connections, report.closed
+    )?;
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,14 +1,19 @@
-//! Prometheus metrics (OpenMetrics text on the admin port's `/metrics`).
+//! Prometheus metrics (OpenMetrics text on the admin port's `/metrics`, or the Prometheus text
+//! format for scrapers that do not ask for OpenMetrics).
 //!
 //! Each component owns a struct of its metrics with a `register` method; [`Metrics`] gathers
-//! them into one registry under the `gateway_` prefix. Names follow design §6; counters get the
-//! `_total` suffix from the encoder.
+//! them into one registry under the `gateway_` prefix, next to `gateway_build_info` and the
+//! unprefixed `process_*` metrics. Names follow design §6; counters get the `_total` suffix
+//! from the encoder.
+
+mod process;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 /// Latency buckets from 100 µs to ~6.5 s.
@@ -41,7 +46,9 @@ pub struct OpLabel {
 pub struct ConnectionMetrics {
     pub active: Gauge,
     pub capacity: Gauge,
-    /// Upgrade attempts by outcome: `accepted`, `capacity`, `draining`, `origin`.
+    /// Connections by outcome: `accepted` (upgraded) and each refusal under its own label
+    /// (`draining`, `capacity`, `handshakes`, `origin`, `ip_connections`, `ip_rate`,
+    /// `untrusted_proxy`, `proxy_header`, `peer_draining`), so a rate of accepted connections never counts refusals.
     pub total: Family<OutcomeLabel, Counter>,
     pub closes: Family<CodeLabel, Counter>,
     pub subscriptions: Gauge,
@@ -51,6 +58,11 @@ pub struct ConnectionMetrics {
 }
 
 impl ConnectionMetrics {
+    /// Counts one connection under `outcome`.
+    pub fn outcome(&self, outcome: &'static str) {
+        self.total.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
     pub fn new() -> Self {
         Self {
             active: Gauge::default(),
@@ -77,7 +89,7 @@ impl ConnectionMetrics {
         );
         r.register(
             "connections",
-            "WebSocket upgrade attempts by outcome",
+            "Connections by outcome: accepted, or the refusal's reason",
             self.total.clone(),
         );
         r.register(
@@ -242,6 +254,10 @@ impl StoreMetrics {
 pub struct DrainMetrics {
     pub draining: Gauge,
     pub rebalance_closes: Counter,
+    /// `drain-peer` runs in progress (a load balancer pod stopping).
+    pub peer_drains: Gauge,
+    /// Connections closed with 1001 because their load balancer pod was stopping.
+    pub peer_drain_closes: Counter,
 }
 
 impl DrainMetrics {
@@ -251,6 +267,16 @@ impl DrainMetrics {
             "rebalance_closes",
             "Connections closed with 1012 to even out the fleet",
             self.rebalance_closes.clone(),
+        );
+        r.register(
+            "peer_drains_active",
+            "drain-peer runs in progress (a load balancer pod stopping)",
+            self.peer_drains.clone(),
+        );
+        r.register(
+            "peer_drain_closes",
+            "Connections closed with 1001 because their load balancer pod was stopping",
+            self.peer_drain_closes.clone(),
         );
     }
 }
@@ -263,6 +289,7 @@ pub struct Metrics {
     pub publish: PublishMetrics,
     pub store: StoreMetrics,
     pub drain: DrainMetrics,
+    pub health: crate::health::HealthMetrics,
     registry: Registry,
 }
 
@@ -273,18 +300,28 @@ impl Metrics {
         let publish = PublishMetrics::default();
         let store = StoreMetrics::default();
         let drain = DrainMetrics::default();
-        let mut registry = Registry::with_prefix("gateway");
-        conn.register(&mut registry);
-        hub.register(&mut registry);
-        publish.register(&mut registry);
-        store.register(&mut registry);
-        drain.register(&mut registry);
+        let health = crate::health::HealthMetrics::default();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(process::ProcessCollector));
+        let gateway = registry.sub_registry_with_prefix("gateway");
+        gateway.register(
+            "build",
+            "The running build: crate version and source commit (`unknown` when not known)",
+            Info::new(vec![("version", VERSION), ("commit", COMMIT)]),
+        );
+        conn.register(gateway);
+        hub.register(gateway);
+        publish.register(gateway);
+        store.register(gateway);
+        drain.register(gateway);
+        health.register(gateway);
         Self {
             conn,
             hub,
             publish,
             store,
             drain,
+            health,
             registry,
         }
     }
@@ -296,10 +333,95 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+
+    /// The same in the Prometheus text format 0.0.4 (see [`to_prometheus_text`]).
+    pub fn encode_prometheus_text(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+}
+
+/// The crate version, `gateway_build_info{version}`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The source commit the build script found (`GATEWAY_BUILD_COMMIT` or `git`), else `unknown`.
+pub const COMMIT: &str = env!("GATEWAY_COMMIT");
+
+/// The Prometheus text format (0.0.4) of prometheus-client's OpenMetrics output, for scrapers
+/// and linters that do not speak OpenMetrics (`promtool check metrics`, older agents):
+/// OpenMetrics names a counter family without its `_total` and an info family without its
+/// `_info`, where the older format names families after their samples and has no info type
+/// (a gauge of 1 instead); `# UNIT` and `# EOF` are left out. Prometheus itself asks for
+/// OpenMetrics and gets it unchanged. (prometheus-client has no such encoder yet.)
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut suffixes = std::collections::HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some((name, kind)) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|r| r.rsplit_once(' '))
+        {
+            match kind {
+                "counter" => suffixes.insert(name, "_total"),
+                "info" => suffixes.insert(name, "_info"),
+                _ => None,
+            };
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            let suffix = suffixes.get(name)?;
+            let rest = if prefix == "# TYPE " && rest == "info" {
+                "gauge"
+            } else {
+                rest
+            };
+            Some(format!("{prefix}{name}{suffix} {rest}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prometheus_text_names_families_after_their_samples() {
+        let m = Metrics::new();
+        m.conn.outcome("accepted");
+        let open = m.encode();
+        assert!(
+            open.contains("# TYPE gateway_connections counter\n"),
+            "{open}"
+        );
+        assert!(open.contains("# TYPE gateway_build info\n"), "{open}");
+        assert!(open.contains("# TYPE process_open_fds gauge\n"), "{open}");
+        let text = m.encode_prometheus_text();
+        for line in [
+            "# HELP gateway_connections_total Connections by outcome",
+            "# TYPE gateway_connections_total counter",
+            "gateway_connections_total{outcome=\"accepted\"} 1",
+            "# TYPE gateway_build_info gauge",
+            "# TYPE process_cpu_seconds_total counter",
+            "# TYPE gateway_delivery_latency_seconds histogram",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(text.contains(&format!("commit=\"{COMMIT}\"")), "{text}");
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
     }
 }
