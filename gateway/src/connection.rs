@@ -293,8 +293,12 @@ impl Conn {
             F::Subscribe {
                 topic,
                 since,
+                last,
                 reference,
-            } => self.subscribe(socket, topic, since, reference).await,
+            } => {
+                self.subscribe_from(socket, topic, since, last, reference)
+                    .await
+            }
             F::Unsubscribe { topic, reference } => self.unsubscribe(socket, topic, reference).await,
             F::Publish {
                 topic,
@@ -304,6 +308,11 @@ impl Conn {
             } => self.publish(socket, topic, data, id, reference).await,
             F::Ping { reference } => self.reply(socket, &ServerFrame::Pong { reference }).await,
             F::Refresh { token, reference } => self.refresh(socket, token, reference).await,
+            F::History {
+                topic,
+                query,
+                reference,
+            } => self.history(socket, topic, query, reference).await,
         }
     }
 
@@ -441,7 +450,8 @@ fn reference_of(frame: &client::ClientFrame) -> Option<client::Ref> {
         | F::Unsubscribe { reference, .. }
         | F::Publish { reference, .. }
         | F::Ping { reference }
-        | F::Refresh { reference, .. } => *reference,
+        | F::Refresh { reference, .. }
+        | F::History { reference, .. } => *reference,
     }
 }
 

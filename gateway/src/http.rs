@@ -106,6 +106,7 @@ pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) -> std::io:
         .route("/admin/drain", post(admin_drain).get(drain_status))
         .route("/admin/cluster", get(admin_cluster))
         .route("/scaler", get(scaler))
+        .merge(crate::topics_api::routes())
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,

@@ -7,6 +7,9 @@
 //!   admin router (`/metrics`, `/api/publish`, `/admin/drain`).
 //! - `connection`: one task per socket: reads frames, writes replies and batched deliveries.
 //! - `session`: `hello`, resume and per-topic recovery for a connection.
+//! - `history`: the `history` frame and `subscribe {last}`: reading a topic's history.
+//! - `topics_api`: the admin port's `GET /api/topics/{topic}` and `.../history`.
+//! - `census`: connected subscribers per topic, fleet-wide, reported once per heartbeat.
 //! - [`sizes`]: the message size limit, checked at the door, and the buffers derived from it.
 //! - `hub`: topic → local subscribers, restoring `seq` order with `sequencer`.
 //! - `envelope`: the payload of topic messages on the backplane.
@@ -38,6 +41,7 @@ mod access;
 mod agent;
 pub mod assets;
 pub mod auth;
+mod census;
 pub mod client;
 mod cluster;
 pub mod config;
@@ -45,6 +49,7 @@ mod connection;
 mod control;
 mod drain;
 mod envelope;
+mod history;
 mod http;
 mod hub;
 mod metrics;
@@ -53,6 +58,7 @@ mod replay;
 mod sequencer;
 mod session;
 pub mod sizes;
+mod topics_api;
 
 pub use config::{Config, ConfigError};
 
@@ -136,6 +142,8 @@ pub(crate) struct Shared {
     /// The public address, reported in heartbeats.
     pub public_addr: SocketAddr,
     pub cluster: cluster::ClusterView,
+    /// Subscribers per topic on every pod.
+    pub census: census::AnyCensus,
     pub auth: auth::Authenticator,
     pub ip_limiter: abuse::IpLimiter,
     pub handshakes: abuse::HandshakeLimiter,
@@ -186,6 +194,7 @@ impl Shared {
         );
         Arc::new(Self {
             pod,
+            census: census::AnyCensus::for_store(&store),
             store,
             backplane,
             hub,
@@ -385,6 +394,7 @@ pub async fn run(
     }
     authenticator.spawn_jwks_refresh(root.clone());
     tokio::spawn(cluster::run_heartbeats(shared.clone()));
+    tokio::spawn(census::run(shared.clone()));
     tokio::spawn(cluster::run_control(shared.clone(), control));
     tokio::spawn(cluster::run_rebalancer(shared.clone()));
     tokio::spawn(sizes::watch_backplane_limit(shared.clone()));

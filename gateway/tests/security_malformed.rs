@@ -70,6 +70,7 @@ fn answer_to_text(text: &str) -> Expect {
             Expect::Error("too_large")
         }
         Ok(ClientFrame::Publish { .. }) => Expect::Reply("published"),
+        Ok(ClientFrame::History { .. }) => Expect::Reply("history"),
     }
 }
 
@@ -1102,6 +1103,9 @@ fn decode_agrees(v: &Value) -> Result<(), TestCaseError> {
             prop_assert_eq!(field("type", 0), json!(frame.kind()));
             match &frame {
                 ClientFrame::Subscribe {
+                    topic, reference, ..
+                }
+                | ClientFrame::History {
                     topic, reference, ..
                 }
                 | ClientFrame::Unsubscribe { topic, reference } => {

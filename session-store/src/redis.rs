@@ -303,6 +303,23 @@ impl RedisStore {
         })
     }
 
+    /// The connection pool, for the gateway's other Redis state (fleet-wide counters, presence):
+    /// one set of connections per pod, with this store's TLS, credentials and reconnects. Valid
+    /// while this store (or a clone) lives.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The key prefix every key of this store starts with.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The timeout of one call.
+    pub fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
+    }
+
     /// The history limits this store applies.
     pub fn limits(&self) -> HistoryLimits {
         self.inner.limits
