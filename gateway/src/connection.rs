@@ -313,6 +313,10 @@ impl Conn {
                 query,
                 reference,
             } => self.history(socket, topic, query, reference).await,
+            F::Presence { topic, reference } => self.presence(socket, topic, reference).await,
+            F::PresenceStats { topic, reference } => {
+                self.presence_stats(socket, topic, reference).await
+            }
         }
     }
 
@@ -424,6 +428,7 @@ impl Conn {
                 self.save_session_as(true).await;
             }
         }
+        self.presence_detach();
         for topic in self.subs.keys() {
             self.shared.hub.unsubscribe(topic, self.id);
         }
@@ -451,7 +456,9 @@ fn reference_of(frame: &client::ClientFrame) -> Option<client::Ref> {
         | F::Publish { reference, .. }
         | F::Ping { reference }
         | F::Refresh { reference, .. }
-        | F::History { reference, .. } => *reference,
+        | F::History { reference, .. }
+        | F::Presence { reference, .. }
+        | F::PresenceStats { reference, .. } => *reference,
     }
 }
 

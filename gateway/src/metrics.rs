@@ -263,6 +263,7 @@ pub struct Metrics {
     pub publish: PublishMetrics,
     pub store: StoreMetrics,
     pub drain: DrainMetrics,
+    pub presence: crate::presence::metrics::PresenceMetrics,
     registry: Registry,
 }
 
@@ -273,18 +274,21 @@ impl Metrics {
         let publish = PublishMetrics::default();
         let store = StoreMetrics::default();
         let drain = DrainMetrics::default();
+        let presence = crate::presence::metrics::PresenceMetrics::default();
         let mut registry = Registry::with_prefix("gateway");
         conn.register(&mut registry);
         hub.register(&mut registry);
         publish.register(&mut registry);
         store.register(&mut registry);
         drain.register(&mut registry);
+        presence.register(&mut registry);
         Self {
             conn,
             hub,
             publish,
             store,
             drain,
+            presence,
             registry,
         }
     }

@@ -367,6 +367,7 @@ impl Conn {
         }
         self.shared.hub.unsubscribe(&topic, self.id);
         self.shared.metrics.conn.subscriptions.dec();
+        self.presence_leave(&topic).await;
         self.save_session().await;
         let reply = ServerFrame::Unsubscribed {
             topic,
@@ -440,6 +441,7 @@ impl Conn {
         };
         self.subs.insert(topic.clone(), SubState::at(at));
         self.shared.metrics.conn.subscriptions.inc();
+        self.presence_attach(topic).await;
         Ok(Joined {
             top,
             recovered: since.map(|_| recovered),

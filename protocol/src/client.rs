@@ -48,6 +48,16 @@ pub enum ClientFrame {
         token: String,
         reference: Option<Ref>,
     },
+    /// The members present in a topic (refused above the configured list size).
+    Presence {
+        topic: Topic,
+        reference: Option<Ref>,
+    },
+    /// The counts of a topic's members and distinct users: cheap at any size.
+    PresenceStats {
+        topic: Topic,
+        reference: Option<Ref>,
+    },
     /// A page of a topic's history, without subscribing (see [`HistoryQuery`]).
     History {
         topic: Topic,
@@ -80,6 +90,8 @@ impl ClientFrame {
             Self::Ping { .. } => "ping",
             Self::Refresh { .. } => "refresh",
             Self::History { .. } => "history",
+            Self::Presence { .. } => "presence",
+            Self::PresenceStats { .. } => "presence_stats",
         }
     }
 }
@@ -188,6 +200,14 @@ pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
             topic: topic()?,
             since: env.since,
             last: env.last,
+            reference,
+        },
+        "presence" => ClientFrame::Presence {
+            topic: topic()?,
+            reference,
+        },
+        "presence_stats" => ClientFrame::PresenceStats {
+            topic: topic()?,
             reference,
         },
         "history" => ClientFrame::History {
@@ -349,7 +369,7 @@ mod tests {
         /// Frames built from the JSON grammar's pieces never panic either, and a frame that
         /// decodes as a publish keeps its payload byte for byte.
         #[test]
-        fn structured_frames(kind in prop::sample::select(vec!["hello","subscribe","unsubscribe","publish","ping","refresh","history","x"]),
+        fn structured_frames(kind in prop::sample::select(vec!["hello","subscribe","unsubscribe","publish","ping","refresh","history","presence","presence_stats","x"]),
                              topic in "[A-Za-z0-9_.:> *-]{0,12}", r in any::<u64>(), n in any::<i64>()) {
             let text = format!(r#"{{"type":"{kind}","topic":"{topic}","ref":{r},"data":[{n}],"token":"t"}}"#);
             if let Ok(ClientFrame::Publish { data, reference, .. }) = decode(&text) {

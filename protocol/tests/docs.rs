@@ -16,7 +16,7 @@ fn section<'a>(doc: &'a str, heading: &str) -> &'a str {
     &rest[..rest.find("\n## ").unwrap_or(rest.len())]
 }
 
-const CLIENT: [&str; 7] = [
+const CLIENT: [&str; 9] = [
     "hello",
     "subscribe",
     "unsubscribe",
@@ -24,9 +24,11 @@ const CLIENT: [&str; 7] = [
     "ping",
     "refresh",
     "history",
+    "presence",
+    "presence_stats",
 ];
 
-const SERVER: [&str; 9] = [
+const SERVER: [&str; 11] = [
     "welcome",
     "subscribed",
     "message",
@@ -35,6 +37,8 @@ const SERVER: [&str; 9] = [
     "pong",
     "refreshed",
     "history",
+    "presence",
+    "presence_stats",
     "error",
 ];
 
@@ -48,7 +52,9 @@ fn client_kind(frame: &ClientFrame) -> &'static str {
         | ClientFrame::Publish { .. }
         | ClientFrame::Ping { .. }
         | ClientFrame::Refresh { .. }
-        | ClientFrame::History { .. } => frame.kind(),
+        | ClientFrame::History { .. }
+        | ClientFrame::Presence { .. }
+        | ClientFrame::PresenceStats { .. } => frame.kind(),
     }
 }
 
@@ -64,6 +70,8 @@ fn server_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::Pong { .. } => "pong",
         ServerFrame::Refreshed { .. } => "refreshed",
         ServerFrame::History { .. } => "history",
+        ServerFrame::Presence { .. } => "presence",
+        ServerFrame::PresenceStats { .. } => "presence_stats",
         ServerFrame::Error { .. } => "error",
     }
 }
