@@ -303,3 +303,63 @@ async fn stats_stay_cheap_at_ten_thousand_members() {
     let e: Value = c.expect("error").await;
     assert_eq!(e["code"], "limit_reached");
 }
+
+/// A pod killed with SIGKILL writes nothing more: its members stay present while their sessions
+/// could resume, then the sweeper (another pod) removes them with one leave each.
+#[tokio::test]
+async fn a_dead_pods_members_age_out_once() {
+    let redis = RedisServer::start();
+    let nats = NatsServer::start();
+    let sweeper = TestGateway::with({
+        let (r, n) = (redis.url(), nats.url());
+        move |c| {
+            presence_on(c);
+            c.redis_url = Some(r);
+            c.nats_url = vec![n];
+            c.pod_name = Some("pod-0".into());
+            c.resume_window = Duration::from_secs(3);
+        }
+    })
+    .await;
+    let (redis_url, nats_url) = (redis.url(), nats.url());
+    let mut doomed = support::process::Pod::start(&[
+        "--redis-url",
+        &redis_url,
+        "--nats-url",
+        &nats_url,
+        "--pod-name",
+        "pod-9",
+        "--presence",
+        "--heartbeat-interval",
+        "200ms",
+        "--resume-window",
+        "3s",
+    ]);
+    let (mut witness, _) = sweeper.hello().await;
+    witness.subscribe("room").await;
+    let mut victims = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(&doomed.url()).await;
+        c.send(json!({"type": "hello"})).await;
+        c.expect("welcome").await;
+        c.subscribe("room").await;
+        victims.push(c);
+    }
+    assert_eq!(members(&mut witness, "room").await.len(), 4);
+    doomed.process.kill();
+    drop(victims);
+    // Resumable for a while yet: still listed.
+    assert_eq!(members(&mut witness, "room").await.len(), 4);
+    eventually("the dead pod's members are swept", async || {
+        members(&mut witness, "room").await.len() == 1
+    })
+    .await;
+    // Counts include members not swept yet: within a sweep interval they drop too.
+    eventually("the counts drop", async || {
+        stats(&mut witness, "room").await == (1, 1)
+    })
+    .await;
+    // The leaves were counted by the sweeper, once each.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(events(&[&sweeper]).await.1, 3);
+}
