@@ -61,7 +61,10 @@ async fn events(pods: &[&TestGateway]) -> (u64, u64) {
     let (mut joins, mut leaves) = (0, 0);
     for gw in pods {
         let (_, text) = gw.admin_get("/metrics").await;
-        for line in text.lines().filter(|l| l.starts_with("gateway_presence_events_total")) {
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("gateway_presence_events_total"))
+        {
             let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
             if line.contains("kind=\"join\"") {
                 joins += n;
@@ -110,11 +113,15 @@ async fn members_and_stats_on_one_node() {
     c.send(json!({"type": "presence", "topic": "room", "ref": 9}))
         .await;
     let e = c.expect("error").await;
-    assert_eq!((e["code"].as_str(), e["ref"].as_u64()), (Some("limit_reached"), Some(9)));
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_u64()),
+        (Some("limit_reached"), Some(9))
+    );
     assert_eq!(stats(&mut c, "room").await, (3, 3));
 
     // Unsubscribe: exactly one leave, at once.
-    c.send(json!({"type": "unsubscribe", "topic": "room"})).await;
+    c.send(json!({"type": "unsubscribe", "topic": "room"}))
+        .await;
     c.expect("unsubscribed").await;
     assert_eq!(stats(&mut a, "room").await, (2, 2));
     assert_eq!(events(&[&gw]).await, (3, 1));
@@ -151,9 +158,16 @@ async fn a_disconnected_member_stays_while_resumable_then_leaves_once() {
         !members(&mut witness, "room").await.contains(&session)
     })
     .await;
-    eventually("its leave is counted", async || events(&[&gw]).await == (2, 1)).await;
+    eventually("its leave is counted", async || {
+        events(&[&gw]).await == (2, 1)
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(events(&[&gw]).await, (2, 1), "one leave, however many sweeps");
+    assert_eq!(
+        events(&[&gw]).await,
+        (2, 1),
+        "one leave, however many sweeps"
+    );
     assert_eq!(stats(&mut witness, "room").await, (1, 1));
 }
 
@@ -171,7 +185,10 @@ async fn presence_needs_subscribe_permission() {
         anon.send(json!({"type": kind, "topic": "private.x", "ref": 4}))
             .await;
         let e = anon.expect("error").await;
-        assert_eq!((e["code"].as_str(), e["ref"].as_u64()), (Some("forbidden"), Some(4)));
+        assert_eq!(
+            (e["code"].as_str(), e["ref"].as_u64()),
+            (Some("forbidden"), Some(4))
+        );
     }
     assert_eq!(stats(&mut anon, "public.y").await, (0, 0));
 }
@@ -232,7 +249,8 @@ async fn a_drain_moves_members_without_join_or_leave() {
 
     // An unsubscribe on another pod: exactly one leave, fleet-wide.
     let c = &mut moving[0].0;
-    c.send(json!({"type": "unsubscribe", "topic": "room"})).await;
+    c.send(json!({"type": "unsubscribe", "topic": "room"}))
+        .await;
     c.expect("unsubscribed").await;
     assert_eq!(members(&mut witness, "room").await.len(), 8);
     assert_eq!(events(&all).await, (9, 1));

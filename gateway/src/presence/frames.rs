@@ -17,7 +17,10 @@ impl Conn {
         reference: Option<Ref>,
     ) -> Result<bool, Close> {
         let refusal = if !self.grants.can_subscribe(topic) {
-            Some((ErrorCode::Forbidden, format!("may not see the presence of {topic}")))
+            Some((
+                ErrorCode::Forbidden,
+                format!("may not see the presence of {topic}"),
+            ))
         } else if !enabled(&self.shared.config, topic) {
             Some((ErrorCode::BadRequest, format!("{topic} has no presence")))
         } else {
@@ -94,7 +97,11 @@ impl Conn {
             .attach(topic, self.id, &session.id, session.user.clone());
         let change = change(Op::Attach, &session.id, session.user.clone());
         let ttl = shared.config.resume_window;
-        match shared.presence.apply(topic, &shared.pod, ttl, &[change]).await {
+        match shared
+            .presence
+            .apply(topic, &shared.pod, ttl, &[change])
+            .await
+        {
             Ok(events) => record(shared, topic, &events),
             // Written at the next refresh instead.
             Err(e) => tracing::debug!(%topic, error = %e, "presence attach not written"),
@@ -111,9 +118,15 @@ impl Conn {
         shared.presence_registry.forget(topic, self.id, &session.id);
         let change = change(Op::Leave, &session.id, session.user.clone());
         let ttl = shared.config.resume_window;
-        match shared.presence.apply(topic, &shared.pod, ttl, &[change]).await {
+        match shared
+            .presence
+            .apply(topic, &shared.pod, ttl, &[change])
+            .await
+        {
             Ok(events) => record(shared, topic, &events),
-            Err(e) => tracing::warn!(%topic, error = %e, "presence leave not written; the member expires"),
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "presence leave not written; the member expires")
+            }
         }
     }
 

@@ -326,7 +326,11 @@ async fn flush(shared: &Shared, refresh: bool) {
         registry.new_topics.lock().expect("lock").extend(topics);
     }
     for (topic, changes) in batch {
-        match shared.presence.apply(&topic, &shared.pod, ttl, &changes).await {
+        match shared
+            .presence
+            .apply(&topic, &shared.pod, ttl, &changes)
+            .await
+        {
             Ok(events) => record(shared, &topic, &events),
             Err(e) => {
                 // Detaches are retried at the next beat; attaches are refreshed again anyway.
@@ -369,9 +373,8 @@ async fn sweep(shared: &Shared) {
 /// resume window, sweeps every [`SWEEP_BEATS`] beats; a last batch at shutdown.
 pub async fn run(shared: Arc<Shared>) {
     let interval = shared.config.heartbeat_interval;
-    let refresh_beats = ((shared.config.resume_window / 3).as_millis()
-        / interval.as_millis().max(1))
-    .max(1) as u64;
+    let refresh_beats =
+        ((shared.config.resume_window / 3).as_millis() / interval.as_millis().max(1)).max(1) as u64;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut beat = 0u64;

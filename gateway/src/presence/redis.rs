@@ -8,15 +8,18 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use fred::interfaces::ClientLike;
 use fred::prelude::{HashesInterface, LuaInterface, SetsInterface};
-use fred::types::Value;
+use fred::types::{ClusterHash, CustomCommand, Value};
 use protocol::{Member, Topic};
 use session_store::RedisStore;
 
 use super::{Change, Event, Op, PresenceError, PresenceStore, Stats, member_of, user_key};
 
-/// Members per `apply` call: bounds one script's run time.
+/// Members per `apply` (or sweep) call: bounds one script's run time.
 const APPLY_BATCH: usize = 500;
+/// Members read per HSCAN page of a sweep.
+const SCAN_COUNT: usize = 1_000;
 
 /// A Lua script run with EVALSHA, loaded on first use and sent again on `NOSCRIPT` (a restarted
 /// or failed-over server has an empty script cache).
@@ -162,10 +165,49 @@ impl PresenceStore for RedisPresence {
         Ok(out)
     }
 
+    /// Scans the members in pages (each a short call, so a big topic never blocks Redis for
+    /// long), then removes the expired ones with a script that checks each again.
     async fn sweep(&self, topic: &Topic, live: &[String]) -> Result<Vec<Event>, PresenceError> {
-        let mut args = vec![String::new()];
-        args.extend(live.iter().cloned());
-        events(self.run(&self.sweep, topic, args).await?)
+        let key = self.keys(topic).swap_remove(0);
+        let now = session_store::now_ms();
+        let mut cursor = "0".to_owned();
+        let mut gone = Vec::new();
+        loop {
+            let hscan = CustomCommand::new("HSCAN", ClusterHash::FirstKey, false);
+            let args = vec![key.clone(), cursor, "COUNT".into(), SCAN_COUNT.to_string()];
+            let reply: Value = self
+                .bounded(self.store.pool().next().custom(hscan, args))
+                .await?;
+            let Value::Array(mut parts) = reply else {
+                return Err(corrupt("HSCAN reply"));
+            };
+            let (Some(Value::Array(page)), Some(next)) = (parts.pop(), parts.pop()) else {
+                return Err(corrupt("HSCAN reply"));
+            };
+            let mut items = page.into_iter();
+            while let (Some(session), Some(value)) = (items.next(), items.next()) {
+                let (session, value) = (text(session)?, text(value)?);
+                let mut fields = value.splitn(3, '|');
+                let (Some(owner), Some(expiry)) = (fields.next(), fields.next()) else {
+                    continue;
+                };
+                let expiry: u64 = expiry.parse().unwrap_or(u64::MAX);
+                if !live.iter().any(|p| p == owner) && expiry < now {
+                    gone.push(session);
+                }
+            }
+            cursor = text(next)?;
+            if cursor == "0" {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        for batch in gone.chunks(APPLY_BATCH) {
+            let mut args = vec![live.join("\n")];
+            args.extend(batch.iter().cloned());
+            out.extend(events(self.run(&self.sweep, topic, args).await?)?);
+        }
+        Ok(out)
     }
 
     async fn members(
@@ -174,7 +216,9 @@ impl PresenceStore for RedisPresence {
         live: &HashSet<String>,
         max: usize,
     ) -> Result<Option<Vec<Member>>, PresenceError> {
-        let reply = self.run(&self.members, topic, vec![max.to_string()]).await?;
+        let reply = self
+            .run(&self.members, topic, vec![max.to_string()])
+            .await?;
         let mut items = reply.into_iter();
         let now = items
             .next()
@@ -188,7 +232,8 @@ impl PresenceStore for RedisPresence {
             let session = text(session)?;
             let value = text(items.next().ok_or_else(|| corrupt("no member value"))?)?;
             let mut parts = value.splitn(3, '|');
-            let (Some(owner), Some(expiry), Some(user)) = (parts.next(), parts.next(), parts.next())
+            let (Some(owner), Some(expiry), Some(user)) =
+                (parts.next(), parts.next(), parts.next())
             else {
                 return Err(corrupt("member value"));
             };
@@ -224,9 +269,15 @@ impl PresenceStore for RedisPresence {
         let mut out = Vec::with_capacity(names.len());
         let mut empty = Vec::new();
         for name in names {
-            let Ok(topic) = Topic::new(&name) else { continue };
+            let Ok(topic) = Topic::new(&name) else {
+                continue;
+            };
             let [members, _]: [String; 2] = self.keys(&topic).try_into().expect("two keys");
-            if self.bounded(self.store.pool().hlen::<u64, _>(members)).await? == 0 {
+            if self
+                .bounded(self.store.pool().hlen::<u64, _>(members))
+                .await?
+                == 0
+            {
                 empty.push(name);
             } else {
                 out.push(topic);
