@@ -1,7 +1,7 @@
 //! The admin port's topic reads (operator scope, behind the admin token like every `/api`
-//! route): `GET /api/topics/{topic}` (the top and the fleet's subscribers) and
+//! route): `GET /api/topics/{topic}` (the top, the fleet's subscribers and presence counts),
 //! `GET /api/topics/{topic}/history?since=&epoch=&limit=&reverse=` (a page, as the `history`
-//! frame answers it).
+//! frame answers it) and `GET /api/topics/{topic}/presence` (the members).
 
 use std::sync::Arc;
 
@@ -15,6 +15,8 @@ use protocol::{Epoch, HistoryMessage, HistoryQuery, Position, Topic};
 use serde::{Deserialize, Serialize};
 use session_store::SessionStore;
 
+use crate::presence::PresenceStore;
+
 use crate::Shared;
 
 /// The routes, to be merged before the admin token layer.
@@ -22,6 +24,7 @@ pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/topics/{topic}", get(topic_state))
         .route("/api/topics/{topic}/history", get(topic_history))
+        .route("/api/topics/{topic}/presence", get(topic_presence))
 }
 
 fn api_error(status: StatusCode, error: &str, message: impl std::fmt::Display) -> Response {
@@ -50,13 +53,51 @@ async fn topic_state(State(shared): State<Arc<Shared>>, Path(topic): Path<String
         Ok(n) => n,
         Err(e) => return unavailable(e),
     };
-    Json(serde_json::json!({
+    let mut body = serde_json::json!({
         "topic": topic,
         "seq": top.seq,
         "epoch": top.epoch,
         "subscribers": subscribers,
-    }))
-    .into_response()
+    });
+    if crate::presence::enabled(&shared.config, &topic) {
+        match shared.presence.stats(&topic).await {
+            Ok(stats) => {
+                body["presence"] =
+                    serde_json::json!({"members": stats.members, "users": stats.users});
+            }
+            Err(e) => return unavailable(e),
+        }
+    }
+    Json(body).into_response()
+}
+
+/// `GET /api/topics/{topic}/presence`: the members, as the `presence` frame lists them (404 for
+/// a topic without presence; 409 `limit_reached` above `--presence-max-list`).
+async fn topic_presence(State(shared): State<Arc<Shared>>, Path(topic): Path<String>) -> Response {
+    let topic = match Topic::new(&topic) {
+        Ok(t) => t,
+        Err(e) => return bad_topic(e),
+    };
+    if !crate::presence::enabled(&shared.config, &topic) {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{topic} has no presence"),
+        );
+    }
+    let max = shared.config.presence.presence_max_list;
+    let live = crate::presence::live_pods(&shared);
+    match shared.presence.members(&topic, &live, max).await {
+        Ok(Some(members)) => {
+            Json(serde_json::json!({"topic": topic, "members": members})).into_response()
+        }
+        Ok(None) => api_error(
+            StatusCode::CONFLICT,
+            "limit_reached",
+            format!("more than {max} members: use GET /api/topics/{topic}"),
+        ),
+        Err(e) => unavailable(e),
+    }
 }
 
 /// A page: the `history` frame's fields (payloads byte for byte as published).

@@ -125,6 +125,25 @@ async fn members_and_stats_on_one_node() {
     c.expect("unsubscribed").await;
     assert_eq!(stats(&mut a, "room").await, (2, 2));
     assert_eq!(events(&[&gw]).await, (3, 1));
+    // The admin API: counts with the topic's state, and the list.
+    let (_, body) = gw.admin_get("/api/topics/room").await;
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        state["presence"],
+        json!({"members": 2, "users": 2}),
+        "{state}"
+    );
+    assert_eq!(state["subscribers"], 2);
+    let (status, body) = gw.admin_get("/api/topics/room/presence").await;
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    let sessions: BTreeSet<String> = listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["session"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sessions, want);
     // Subscribing again twice over is one join.
     c.subscribe("room").await;
     c.subscribe("room").await;
@@ -380,4 +399,51 @@ async fn a_dead_pods_members_age_out_once() {
     // The leaves were counted by the sweeper, once each.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(events(&[&sweeper]).await.1, 3);
+}
+
+/// Members carry their user; a user's tabs are one user; a refreshed token that no longer grants
+/// the topic is a leave.
+#[tokio::test]
+async fn users_are_counted_once_and_revoked_grants_leave() {
+    use support::hostile::{granting, hs256};
+    let gw = TestGateway::with(|c| {
+        presence_on(c);
+        c.security.auth_mode = gateway::auth::AuthMode::Required;
+        c.security.jwt_secret_file = Some(support::hostile::secret_file());
+    })
+    .await;
+    let token = hs256(&granting("ann", &["room.*"], &[]));
+    let mut tabs = Vec::new();
+    for _ in 0..2 {
+        let mut c = gw.client().await;
+        c.send(json!({"type": "hello", "token": token})).await;
+        c.expect("welcome").await;
+        c.subscribe("room.1").await;
+        tabs.push(c);
+    }
+    let mut bob = gw.client().await;
+    bob.send(json!({"type": "hello", "token": hs256(&granting("bob", &["room.*"], &[]))}))
+        .await;
+    bob.expect("welcome").await;
+    bob.subscribe("room.1").await;
+    assert_eq!(stats(&mut bob, "room.1").await, (3, 2));
+    bob.send(json!({"type": "presence", "topic": "room.1"}))
+        .await;
+    let listed = bob.expect("presence").await;
+    let users: BTreeSet<&str> = listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, BTreeSet::from(["ann", "bob"]));
+
+    let narrower = hs256(&granting("ann", &["other.*"], &[]));
+    tabs[0]
+        .send(json!({"type": "refresh", "token": narrower}))
+        .await;
+    assert_eq!(tabs[0].expect("unsubscribed").await["reason"], "forbidden");
+    tabs[0].expect("refreshed").await;
+    assert_eq!(stats(&mut bob, "room.1").await, (2, 2));
+    assert_eq!(events(&[&gw]).await, (3, 1));
 }

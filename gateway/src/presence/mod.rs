@@ -289,7 +289,7 @@ impl Registry {
 }
 
 /// The live pods of the fleet view, this one included.
-fn live_pods(shared: &Shared) -> HashSet<String> {
+pub fn live_pods(shared: &Shared) -> HashSet<String> {
     let mut live: HashSet<String> = shared
         .cluster
         .pods(crate::cluster::max_age(shared))
