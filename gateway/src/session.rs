@@ -151,6 +151,7 @@ impl Conn {
                 .await
             {
                 Ok(joined) => {
+                    self.presence_resume(&topic);
                     let recovered = joined.recovered.unwrap_or(false);
                     topics.insert(
                         topic.clone(),
@@ -336,6 +337,7 @@ impl Conn {
                 return self.reply(socket, &reply).await;
             }
         };
+        self.presence_attach(&topic).await;
         let reply = ServerFrame::Subscribed {
             topic: topic.clone(),
             seq: joined.top.seq,
@@ -441,7 +443,6 @@ impl Conn {
         };
         self.subs.insert(topic.clone(), SubState::at(at));
         self.shared.metrics.conn.subscriptions.inc();
-        self.presence_attach(topic).await;
         Ok(Joined {
             top,
             recovered: since.map(|_| recovered),

@@ -84,8 +84,22 @@ impl Conn {
         self.reply(socket, &reply).await
     }
 
-    /// After subscribing (or restoring a subscription on resume): present, at once. A session
-    /// already present (resumed here or on another pod) is not joined again.
+    /// After restoring a subscription on resume: the member is still present (detached, or
+    /// owned by the pod the session left); this pod takes it over with its next batch.
+    pub(crate) fn presence_resume(&self, topic: &Topic) {
+        let Some(session) = &self.session else { return };
+        if enabled(&self.shared.config, topic) {
+            self.shared.presence_registry.attach_later(
+                topic,
+                self.id,
+                &session.id,
+                session.user.clone(),
+            );
+        }
+    }
+
+    /// After `subscribe`: present, at once. A session already present (subscribed before it
+    /// resumed) is not joined again.
     pub(crate) async fn presence_attach(&self, topic: &Topic) {
         let Some(session) = &self.session else { return };
         if !enabled(&self.shared.config, topic) {

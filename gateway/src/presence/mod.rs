@@ -8,9 +8,10 @@
 //! when it is detached (or its pod is gone from the fleet view) and its expiry passed: the
 //! session can no longer resume.
 //!
-//! Writes are batched per pod: a subscribe attaches at once (so the member is listed when its
-//! `subscribed` arrives), everything else (detaches, expiry refreshes of attached members every
-//! third of the resume window) goes out once per heartbeat interval in one call per topic. The
+//! Writes are batched per pod: a `subscribe` attaches at once (so the member is listed when its
+//! `subscribed` arrives), everything else (the attaches of resumed sessions, detaches, expiry
+//! refreshes of attached members every third of the resume window) goes out once per heartbeat
+//! interval in one call per topic. The
 //! first live pod by name sweeps expired members of every presence topic every [`SWEEP_BEATS`]
 //! beats; the store removes each member once, so each leave is counted once whichever pod
 //! sweeps.
@@ -208,11 +209,12 @@ struct Local {
     user: Option<String>,
 }
 
-/// This pod's members: the attached ones (refreshed) and the detaches not written yet.
+/// This pod's members: the attached ones (refreshed), and the changes not written yet (the
+/// attaches of resumed sessions and the detaches of ended connections, in order).
 #[derive(Debug, Default)]
 pub struct Registry {
     attached: Mutex<HashMap<Topic, HashMap<SessionId, Local>>>,
-    detached: Mutex<Vec<(Topic, Change)>>,
+    pending: Mutex<Vec<(Topic, Change)>>,
     /// Topics that got their first member here since the last beat: registered for sweeps
     /// at once, so a pod that dies right after still has its members swept.
     new_topics: Mutex<HashSet<Topic>>,
@@ -252,25 +254,48 @@ impl Registry {
                 session: session.to_string(),
                 user: local.user,
             };
-            self.detached
+            self.pending
                 .lock()
                 .expect("presence lock")
                 .push((topic.clone(), change));
         }
     }
 
-    /// The changes of one beat, per topic: pending detaches, and with `refresh` every attached
+    /// Attaches here now and writes it with the next batch: for resumed sessions, whose member
+    /// is still present (detached, or owned by the pod they left), so nothing is lost meanwhile
+    /// and a drain's thousands of resumes cost one call per topic and beat.
+    fn attach_later(&self, topic: &Topic, conn: ConnId, session: &SessionId, user: Option<String>) {
+        self.attach(topic, conn, session, user.clone());
+        let change = Change {
+            op: Op::Attach,
+            session: session.to_string(),
+            user,
+        };
+        self.pending
+            .lock()
+            .expect("presence lock")
+            .push((topic.clone(), change));
+    }
+
+    /// The changes of one beat, per topic: the pending ones, and with `refresh` every attached
     /// member again.
     fn batch(&self, refresh: bool) -> HashMap<Topic, Vec<Change>> {
         let mut out: HashMap<Topic, Vec<Change>> = HashMap::new();
-        let detached = std::mem::take(&mut *self.detached.lock().expect("presence lock"));
+        let pending = std::mem::take(&mut *self.pending.lock().expect("presence lock"));
         let attached = self.attached.lock().expect("presence lock");
-        for (topic, change) in detached {
-            // Resumed here since (a new connection attached it again): still connected.
-            let again = attached
+        for (topic, change) in pending {
+            let here = attached
                 .get(&topic)
                 .is_some_and(|m| m.keys().any(|s| s.as_str() == change.session));
-            if !again {
+            // A detach of a session attached here again (resumed on this pod) is dropped, and so
+            // is an attach whose connection is gone already (unsubscribed, or ended: its detach
+            // follows).
+            let keep = match change.op {
+                Op::Detach => !here,
+                Op::Attach => here,
+                Op::Leave => true,
+            };
+            if keep {
                 out.entry(topic).or_default().push(change);
             }
         }
@@ -333,15 +358,12 @@ async fn flush(shared: &Shared, refresh: bool) {
         {
             Ok(events) => record(shared, &topic, &events),
             Err(e) => {
-                // Detaches are retried at the next beat; attaches are refreshed again anyway.
+                // Retried at the next beat (attaches and detaches alike, in order).
                 tracing::debug!(%topic, error = %e, "presence batch not written");
-                let mut detached = shared.presence_registry.detached.lock().expect("lock");
-                detached.extend(
-                    changes
-                        .into_iter()
-                        .filter(|c| c.op == Op::Detach)
-                        .map(|c| (topic.clone(), c)),
-                );
+                let mut pending = shared.presence_registry.pending.lock().expect("lock");
+                let retry: Vec<(Topic, Change)> =
+                    changes.into_iter().map(|c| (topic.clone(), c)).collect();
+                pending.splice(0..0, retry);
             }
         }
     }
