@@ -415,3 +415,51 @@ pub async fn run(shared: Arc<Shared>) {
     // the members expire with their sessions' resume windows rather than linger as this pod's.
     let _ = tokio::time::timeout(Duration::from_secs(2), flush(&shared, false)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Topic {
+        Topic::new("room").unwrap()
+    }
+
+    fn ops(batch: &HashMap<Topic, Vec<Change>>) -> Vec<(Op, String)> {
+        batch
+            .get(&t())
+            .map(|c| c.iter().map(|c| (c.op, c.session.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_batch_keeps_only_changes_that_still_hold() {
+        let r = Registry::default();
+        let (s1, s2) = (SessionId::generate(), SessionId::generate());
+        // Resumed here (attach later), then its connection ended: only the detach goes out.
+        r.attach_later(&t(), 1, &s1, None);
+        r.detach(&t(), 1, &s1);
+        // Ended, then resumed on this pod by a new connection: the detach is dropped, the
+        // attach goes out.
+        r.attach(&t(), 2, &s2, None);
+        r.detach(&t(), 2, &s2);
+        r.attach_later(&t(), 3, &s2, Some("ann".into()));
+        assert_eq!(
+            ops(&r.batch(false)),
+            vec![(Op::Detach, s1.to_string()), (Op::Attach, s2.to_string())]
+        );
+        assert!(r.batch(false).is_empty(), "a batch is written once");
+        // A refresh rewrites every member attached here.
+        assert_eq!(ops(&r.batch(true)), vec![(Op::Attach, s2.to_string())]);
+        // An old connection's detach never touches the new one's member.
+        r.detach(&t(), 2, &s2);
+        assert!(r.batch(false).is_empty());
+    }
+
+    #[test]
+    fn user_keys_tell_anonymous_sessions_apart() {
+        assert_eq!(user_key(Some("ann"), "s1"), "u:ann");
+        assert_eq!(user_key(None, "s1"), "s:s1");
+        assert_eq!(member_of("s1", "u:ann").user.as_deref(), Some("ann"));
+        assert_eq!(member_of("s1", "s:s1").user, None);
+    }
+}
