@@ -144,6 +144,7 @@ impl Conn {
             self.subs.remove(&topic);
             self.shared.hub.unsubscribe(&topic, self.id);
             self.shared.metrics.conn.subscriptions.dec();
+            self.presence_leave(&topic).await;
             let reply = ServerFrame::Unsubscribed {
                 topic,
                 reason: Some("forbidden"),

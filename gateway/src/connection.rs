@@ -294,8 +294,12 @@ impl Conn {
             F::Subscribe {
                 topic,
                 since,
+                last,
                 reference,
-            } => self.subscribe(socket, topic, since, reference).await,
+            } => {
+                self.subscribe_from(socket, topic, since, last, reference)
+                    .await
+            }
             F::Unsubscribe { topic, reference } => self.unsubscribe(socket, topic, reference).await,
             F::Publish {
                 topic,
@@ -305,6 +309,15 @@ impl Conn {
             } => self.publish(socket, topic, data, id, reference).await,
             F::Ping { reference } => self.reply(socket, &ServerFrame::Pong { reference }).await,
             F::Refresh { token, reference } => self.refresh(socket, token, reference).await,
+            F::History {
+                topic,
+                query,
+                reference,
+            } => self.history(socket, topic, query, reference).await,
+            F::Presence { topic, reference } => self.presence(socket, topic, reference).await,
+            F::PresenceStats { topic, reference } => {
+                self.presence_stats(socket, topic, reference).await
+            }
         }
     }
 
@@ -416,6 +429,7 @@ impl Conn {
                 self.save_session_as(true).await;
             }
         }
+        self.presence_detach();
         for topic in self.subs.keys() {
             self.shared.hub.unsubscribe(topic, self.id);
         }
@@ -442,7 +456,10 @@ fn reference_of(frame: &client::ClientFrame) -> Option<client::Ref> {
         | F::Unsubscribe { reference, .. }
         | F::Publish { reference, .. }
         | F::Ping { reference }
-        | F::Refresh { reference, .. } => *reference,
+        | F::Refresh { reference, .. }
+        | F::History { reference, .. }
+        | F::Presence { reference, .. }
+        | F::PresenceStats { reference, .. } => *reference,
     }
 }
 

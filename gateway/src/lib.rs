@@ -9,6 +9,10 @@
 //!   `/admin/cluster`; operator: drain, undrain, drain-peer, `/api/*`).
 //! - `connection`: one task per socket: reads frames, writes replies and batched deliveries.
 //! - `session`: `hello`, resume and per-topic recovery for a connection.
+//! - `history`: the `history` frame and `subscribe {last}`: reading a topic's history.
+//! - `topics_api`: the admin port's `GET /api/topics/{topic}` and `.../history`.
+//! - `census`: connected subscribers per topic, fleet-wide, reported once per heartbeat.
+//! - `presence`: members of topics keyed on the session, surviving drains; `presence` frames.
 //! - [`sizes`]: the message size limit, checked at the door, and the buffers derived from it.
 //! - `hub`: topic → local subscribers, restoring `seq` order with `sequencer`.
 //! - `envelope`: the payload of topic messages on the backplane.
@@ -41,6 +45,7 @@ pub mod admin;
 mod agent;
 pub mod assets;
 pub mod auth;
+mod census;
 pub mod client;
 mod cluster;
 pub mod config;
@@ -49,14 +54,17 @@ mod control;
 mod drain;
 mod envelope;
 mod health;
+mod history;
 mod http;
 mod hub;
 mod metrics;
 pub mod ops;
+mod presence;
 mod replay;
 mod sequencer;
 mod session;
 pub mod sizes;
+mod topics_api;
 
 pub use config::{Config, ConfigError};
 
@@ -145,6 +153,11 @@ pub(crate) struct Shared {
     /// The public address, reported in heartbeats.
     pub public_addr: SocketAddr,
     pub cluster: cluster::ClusterView,
+    /// Subscribers per topic on every pod.
+    pub census: census::AnyCensus,
+    /// Members of topics with presence, fleet-wide, and this pod's share of them.
+    pub presence: presence::AnyPresence,
+    pub presence_registry: presence::Registry,
     pub auth: auth::Authenticator,
     pub ip_limiter: abuse::IpLimiter,
     pub handshakes: abuse::HandshakeLimiter,
@@ -195,6 +208,9 @@ impl Shared {
         );
         Arc::new(Self {
             pod,
+            census: census::AnyCensus::for_store(&store),
+            presence: presence::AnyPresence::for_store(&store),
+            presence_registry: presence::Registry::default(),
             store,
             backplane,
             hub,
@@ -411,6 +427,8 @@ pub async fn run(
     }
     authenticator.spawn_jwks_refresh(root.clone());
     tokio::spawn(cluster::run_heartbeats(shared.clone()));
+    tokio::spawn(census::run(shared.clone()));
+    tokio::spawn(presence::run(shared.clone()));
     tokio::spawn(cluster::run_control(shared.clone(), control));
     tokio::spawn(cluster::run_rebalancer(shared.clone()));
     tokio::spawn(sizes::watch_backplane_limit(shared.clone()));

@@ -151,6 +151,7 @@ impl Conn {
                 .await
             {
                 Ok(joined) => {
+                    self.presence_resume(&topic);
                     let recovered = joined.recovered.unwrap_or(false);
                     topics.insert(
                         topic.clone(),
@@ -336,6 +337,7 @@ impl Conn {
                 return self.reply(socket, &reply).await;
             }
         };
+        self.presence_attach(&topic).await;
         let reply = ServerFrame::Subscribed {
             topic: topic.clone(),
             seq: joined.top.seq,
@@ -367,6 +369,7 @@ impl Conn {
         }
         self.shared.hub.unsubscribe(&topic, self.id);
         self.shared.metrics.conn.subscriptions.dec();
+        self.presence_leave(&topic).await;
         self.save_session().await;
         let reply = ServerFrame::Unsubscribed {
             topic,

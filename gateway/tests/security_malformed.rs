@@ -70,6 +70,11 @@ fn answer_to_text(text: &str) -> Expect {
             Expect::Error("too_large")
         }
         Ok(ClientFrame::Publish { .. }) => Expect::Reply("published"),
+        Ok(ClientFrame::History { .. }) => Expect::Reply("history"),
+        // Presence is off in these gateways.
+        Ok(ClientFrame::Presence { .. } | ClientFrame::PresenceStats { .. }) => {
+            Expect::Error("bad_request")
+        }
     }
 }
 
@@ -1104,6 +1109,11 @@ fn decode_agrees(v: &Value) -> Result<(), TestCaseError> {
                 ClientFrame::Subscribe {
                     topic, reference, ..
                 }
+                | ClientFrame::History {
+                    topic, reference, ..
+                }
+                | ClientFrame::Presence { topic, reference }
+                | ClientFrame::PresenceStats { topic, reference }
                 | ClientFrame::Unsubscribe { topic, reference } => {
                     prop_assert_eq!(field("topic", 2), json!(topic.as_str()));
                     prop_assert_eq!(field("ref", 1), json!(reference));

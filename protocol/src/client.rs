@@ -26,6 +26,8 @@ pub enum ClientFrame {
     Subscribe {
         topic: Topic,
         since: Option<Position>,
+        /// Rewind by count: start `last` messages before the top (ignored with `since`).
+        last: Option<u64>,
         reference: Option<Ref>,
     },
     Unsubscribe {
@@ -46,6 +48,35 @@ pub enum ClientFrame {
         token: String,
         reference: Option<Ref>,
     },
+    /// The members present in a topic (refused above the configured list size).
+    Presence {
+        topic: Topic,
+        reference: Option<Ref>,
+    },
+    /// The counts of a topic's members and distinct users: cheap at any size.
+    PresenceStats {
+        topic: Topic,
+        reference: Option<Ref>,
+    },
+    /// A page of a topic's history, without subscribing (see [`HistoryQuery`]).
+    History {
+        topic: Topic,
+        query: HistoryQuery,
+        reference: Option<Ref>,
+    },
+}
+
+/// What a `history` request asks for.
+///
+/// Without `since`: the latest `limit` messages (oldest first, or newest first with
+/// `reverse`). With `since`: the `limit` messages after it (or, with `reverse`, before it,
+/// newest first: scrolling back from the oldest message a client holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub since: Option<Position>,
+    /// Requested page size; the server caps it (see `docs/protocol.md`).
+    pub limit: Option<u64>,
+    pub reverse: bool,
 }
 
 impl ClientFrame {
@@ -58,6 +89,9 @@ impl ClientFrame {
             Self::Publish { .. } => "publish",
             Self::Ping { .. } => "ping",
             Self::Refresh { .. } => "refresh",
+            Self::History { .. } => "history",
+            Self::Presence { .. } => "presence",
+            Self::PresenceStats { .. } => "presence_stats",
         }
     }
 }
@@ -133,6 +167,9 @@ struct Envelope<'a> {
     positions: Option<HashMap<Topic, Position>>,
     #[serde(borrow)]
     id: Option<std::borrow::Cow<'a, str>>,
+    limit: Option<u64>,
+    reverse: Option<bool>,
+    last: Option<u64>,
 }
 
 /// Decodes one text frame.
@@ -162,6 +199,24 @@ pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
         "subscribe" => ClientFrame::Subscribe {
             topic: topic()?,
             since: env.since,
+            last: env.last,
+            reference,
+        },
+        "presence" => ClientFrame::Presence {
+            topic: topic()?,
+            reference,
+        },
+        "presence_stats" => ClientFrame::PresenceStats {
+            topic: topic()?,
+            reference,
+        },
+        "history" => ClientFrame::History {
+            topic: topic()?,
+            query: HistoryQuery {
+                since: env.since,
+                limit: env.limit,
+                reverse: env.reverse.unwrap_or(false),
+            },
             reference,
         },
         "unsubscribe" => ClientFrame::Unsubscribe {
@@ -254,6 +309,33 @@ mod tests {
             })
         ));
         assert!(matches!(
+            decode(r#"{"type":"subscribe","topic":"a","last":50}"#),
+            Ok(ClientFrame::Subscribe {
+                last: Some(50),
+                since: None,
+                ..
+            })
+        ));
+        assert_eq!(
+            decode(
+                r#"{"type":"history","topic":"a","since":{"seq":3,"epoch":"e"},"limit":20,"reverse":true,"ref":9}"#
+            ),
+            Ok(ClientFrame::History {
+                topic: Topic::new("a").unwrap(),
+                query: HistoryQuery {
+                    since: Some(Position {
+                        seq: 3,
+                        epoch: crate::Epoch::new("e")
+                    }),
+                    limit: Some(20),
+                    reverse: true,
+                },
+                reference: Some(9),
+            })
+        );
+        let e = decode(r#"{"type":"history","topic":"a","limit":-1,"ref":2}"#).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+        assert!(matches!(
             decode(r#"{"type":"ping"}"#),
             Ok(ClientFrame::Ping { reference: None })
         ));
@@ -287,7 +369,7 @@ mod tests {
         /// Frames built from the JSON grammar's pieces never panic either, and a frame that
         /// decodes as a publish keeps its payload byte for byte.
         #[test]
-        fn structured_frames(kind in prop::sample::select(vec!["hello","subscribe","unsubscribe","publish","ping","refresh","x"]),
+        fn structured_frames(kind in prop::sample::select(vec!["hello","subscribe","unsubscribe","publish","ping","refresh","history","presence","presence_stats","x"]),
                              topic in "[A-Za-z0-9_.:> *-]{0,12}", r in any::<u64>(), n in any::<i64>()) {
             let text = format!(r#"{{"type":"{kind}","topic":"{topic}","ref":{r},"data":[{n}],"token":"t"}}"#);
             if let Ok(ClientFrame::Publish { data, reference, .. }) = decode(&text) {

@@ -237,6 +237,17 @@ impl Payload {
     }
 }
 
+/// Writes the payload as the JSON it is, byte for byte. For the cold paths (history pages, API
+/// answers): serde has no way to take already-validated raw JSON without scanning it again, so
+/// the hot path writes `message` frames by hand instead ([`crate::encode_message`]).
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw: &crate::RawJson =
+            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Payload({} bytes)", self.0.len())

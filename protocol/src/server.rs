@@ -96,12 +96,60 @@ pub enum ServerFrame {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Ref>,
     },
+    /// A page of history: `messages` in the order asked for, `seq`/`epoch` the topic's top read
+    /// with them.
+    History {
+        topic: Topic,
+        seq: u64,
+        epoch: Epoch,
+        /// Set when a `since` was given: `false` when it is from another epoch or its messages
+        /// are gone (the page is then the latest one).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        messages: Vec<HistoryMessage>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+    },
+    /// The members present in a topic.
+    Presence {
+        topic: Topic,
+        members: Vec<Member>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+    },
+    /// A topic's presence counts.
+    PresenceStats {
+        topic: Topic,
+        /// Sessions present.
+        members: u64,
+        /// Distinct users among them (anonymous sessions count as one user each).
+        users: u64,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+    },
     Error {
         code: ErrorCode,
         message: String,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Ref>,
     },
+}
+
+/// A member of a topic's presence: one session (a user with several tabs or devices is several
+/// members).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub session: String,
+}
+
+/// One message of a `history` page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryMessage {
+    pub seq: u64,
+    /// Raw JSON, written as it was published.
+    pub data: Payload,
 }
 
 impl ServerFrame {
@@ -173,6 +221,43 @@ mod tests {
         assert_eq!(
             f.to_json(),
             r#"{"type":"published","topic":"a","seq":3,"ref":1}"#
+        );
+        let page = ServerFrame::History {
+            topic: t.clone(),
+            seq: 9,
+            epoch: Epoch::new("e1"),
+            recovered: None,
+            messages: vec![HistoryMessage {
+                seq: 9,
+                data: Payload::parse(r#"{"b": 1}"#).unwrap(),
+            }],
+            reference: Some(4),
+        };
+        assert_eq!(
+            page.to_json(),
+            r#"{"type":"history","topic":"a","seq":9,"epoch":"e1","messages":[{"seq":9,"data":{"b": 1}}],"ref":4}"#
+        );
+        let members = ServerFrame::Presence {
+            topic: t.clone(),
+            members: vec![Member {
+                user: Some("ann".into()),
+                session: "s1".into(),
+            }],
+            reference: None,
+        };
+        assert_eq!(
+            members.to_json(),
+            r#"{"type":"presence","topic":"a","members":[{"user":"ann","session":"s1"}]}"#
+        );
+        let stats = ServerFrame::PresenceStats {
+            topic: t.clone(),
+            members: 3,
+            users: 2,
+            reference: Some(1),
+        };
+        assert_eq!(
+            stats.to_json(),
+            r#"{"type":"presence_stats","topic":"a","members":3,"users":2,"ref":1}"#
         );
         let e = ServerFrame::error(ErrorCode::NotSubscribed, "x", None).to_json();
         assert_eq!(

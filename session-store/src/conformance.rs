@@ -17,11 +17,14 @@ use std::time::Duration;
 
 use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic};
 
-use crate::{HistoryLimits, HistoryPage, Owner, PAGE_BYTES, SessionRecord, SessionStore, recover};
+use crate::{
+    HistoryLimits, HistoryPage, Owner, PAGE_BYTES, ReverseHistory, SessionRecord, SessionStore,
+    recover,
+};
 
 /// Makes stores for the suite.
 pub trait Harness: Send + Sync + 'static {
-    type Store: SessionStore + Clone;
+    type Store: SessionStore + ReverseHistory + Clone;
 
     /// A store applying `limits`. Each test gets its own harness, so the backend starts empty.
     fn store(&self, limits: HistoryLimits) -> impl Future<Output = Self::Store> + Send;
@@ -56,6 +59,8 @@ macro_rules! conformance_tests {
             ping_succeeds,
             epochs_only_move_forward,
             history_is_read_in_bounded_pages,
+            history_reads_backwards_in_bounded_pages,
+            backward_reads_stop_at_trimmed_and_aged_messages,
             publish_ids_deduplicate,
             new_epoch_replaces_only_the_stale_epoch,
             tops_are_read_in_one_batch,
@@ -512,6 +517,103 @@ pub async fn history_is_read_in_bounded_pages<H: Harness>(h: &H) {
         seqs(&store.history(&big, 1, 100).await.expect("history")),
         vec![2]
     );
+}
+
+pub async fn history_reads_backwards_in_bounded_pages<H: Harness>(h: &H) {
+    let store = h.store(limits(1_000, LONG)).await;
+    let t = topic("conf.back");
+    let unknown = store.history_before(&t, None, 10).await.expect("history");
+    assert_eq!((unknown.top.seq, seqs(&unknown)), (0, vec![]));
+    let epoch = append_n(&store, &t, 25).await;
+    // Newest first from the top, then page by page before the oldest one read.
+    let mut before = None;
+    let mut pages = Vec::new();
+    loop {
+        let page = store.history_before(&t, before, 10).await.expect("history");
+        assert_eq!(page.top, pos(25, &epoch));
+        let Some(oldest) = page.messages.last() else {
+            break;
+        };
+        before = Some(oldest.seq);
+        pages.push(seqs(&page));
+    }
+    let expected: Vec<Vec<u64>> = vec![
+        (16..=25).rev().collect(),
+        (6..=15).rev().collect(),
+        (1..=5).rev().collect(),
+    ];
+    assert_eq!(pages, expected);
+    // The same payloads as the forward read.
+    let forward = store.history(&t, 0, 100).await.expect("history");
+    let mut backward = store.history_before(&t, None, 100).await.expect("history");
+    backward.messages.reverse();
+    assert_eq!(forward, backward);
+    // Bounds above the top, and at the bottom.
+    assert_eq!(
+        seqs(
+            &store
+                .history_before(&t, Some(1_000), 2)
+                .await
+                .expect("history")
+        ),
+        vec![25, 24]
+    );
+    assert_eq!(
+        seqs(&store.history_before(&t, Some(1), 2).await.expect("history")),
+        Vec::<u64>::new()
+    );
+
+    // Bytes bound a page, which always carries at least one message.
+    let big = topic("conf.back-big");
+    let blob = json(&format!("\"{}\"", "x".repeat(PAGE_BYTES * 2 / 3)));
+    for _ in 0..3 {
+        store.append(&big, &blob, None).await.expect("append");
+    }
+    assert_eq!(
+        seqs(
+            &store
+                .history_before(&big, None, 100)
+                .await
+                .expect("history")
+        ),
+        vec![3]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .history_before(&big, Some(3), 100)
+                .await
+                .expect("history")
+        ),
+        vec![2]
+    );
+}
+
+pub async fn backward_reads_stop_at_trimmed_and_aged_messages<H: Harness>(h: &H) {
+    let store = h.store(limits(5, LONG)).await;
+    let t = topic("conf.back-capped");
+    append_n(&store, &t, 12).await;
+    let page = store.history_before(&t, None, 100).await.expect("history");
+    assert_eq!((page.top.seq, seqs(&page)), (12, vec![12, 11, 10, 9, 8]));
+    assert!(
+        seqs(
+            &store
+                .history_before(&t, Some(8), 100)
+                .await
+                .expect("history")
+        )
+        .is_empty()
+    );
+
+    let ttl = Duration::from_secs(3);
+    let store = h.store(limits(100, ttl)).await;
+    let t = topic("conf.back-aged");
+    append_n(&store, &t, 1).await;
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    store.append(&t, &json("2"), None).await.expect("append");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let page = store.history_before(&t, None, 100).await.expect("history");
+    assert_eq!((page.top.seq, seqs(&page)), (2, vec![2]));
 }
 
 pub async fn publish_ids_deduplicate<H: Harness>(h: &H) {

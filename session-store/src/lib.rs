@@ -6,6 +6,8 @@
 //! - [`memory`]: the in-process implementation (embedded default, single node).
 //! - [`redis`]: the Redis implementation shared by a fleet of pods (keys and scripts documented
 //!   there).
+//! - [`reverse`]: [`ReverseHistory`], reading a topic's history newest first (the `history`
+//!   API's backward pages), for both stores.
 //! - [`AnyStore`]: either of the two, chosen at runtime by the gateway's configuration.
 //! - `conformance` (feature `conformance`): the behavioural suite both implementations pass.
 //!
@@ -34,9 +36,11 @@ use serde::{Deserialize, Serialize};
 pub mod conformance;
 pub mod memory;
 pub mod redis;
+pub mod reverse;
 
 pub use memory::MemoryStore;
 pub use redis::{RedisConfig, RedisStore, RedisTls};
+pub use reverse::ReverseHistory;
 
 /// Failures of a store call. The gateway answers `unavailable` to the client for any of them.
 #[derive(Debug, thiserror::Error)]

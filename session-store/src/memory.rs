@@ -104,6 +104,31 @@ impl MemoryStore {
         }
     }
 
+    /// One newest-first page of messages with `seq` below `before`: see
+    /// [`crate::ReverseHistory`].
+    pub(crate) fn page_before(&self, topic: &Topic, before: u64, limit: usize) -> HistoryPage {
+        self.with_topic(topic, |state, _| {
+            let mut bytes = 0;
+            let messages = state
+                .history
+                .iter()
+                .rev()
+                .filter(|(m, _)| m.seq < before)
+                .take(limit)
+                .take_while(|(m, _)| {
+                    let first = bytes == 0;
+                    bytes += m.data.len().max(1);
+                    first || bytes <= PAGE_BYTES
+                })
+                .map(|(m, _)| m.clone())
+                .collect();
+            HistoryPage {
+                top: state.top(),
+                messages,
+            }
+        })
+    }
+
     /// Runs `f` on the topic's live state, replacing a topic that expired while idle.
     fn with_topic<R>(&self, topic: &Topic, f: impl FnOnce(&mut TopicState, Instant) -> R) -> R {
         let now = Instant::now();

@@ -102,6 +102,7 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 const APPEND_LUA: &str = include_str!("lua/append.lua");
 const TOP_LUA: &str = include_str!("lua/top.lua");
 const HISTORY_LUA: &str = include_str!("lua/history.lua");
+const HISTORY_BEFORE_LUA: &str = include_str!("lua/history_before.lua");
 const NEW_EPOCH_LUA: &str = include_str!("lua/new_epoch.lua");
 const CLAIM_SESSION_LUA: &str = include_str!("lua/claim_session.lua");
 const SAVE_SESSION_LUA: &str = include_str!("lua/save_session.lua");
@@ -210,6 +211,7 @@ struct Inner {
     append: Script,
     top: Script,
     history: Script,
+    history_before: Script,
     new_epoch: Script,
     ack: Script,
     claim_session: Script,
@@ -291,6 +293,7 @@ impl RedisStore {
                 append: Script::new(APPEND_LUA),
                 top: Script::new(TOP_LUA),
                 history: Script::new(HISTORY_LUA),
+                history_before: Script::new(HISTORY_BEFORE_LUA),
                 new_epoch: Script::new(NEW_EPOCH_LUA),
                 ack: Script::new(ACK_LUA),
                 claim_session: Script::standalone(CLAIM_SESSION_LUA),
@@ -298,6 +301,23 @@ impl RedisStore {
                 tasks,
             }),
         })
+    }
+
+    /// The connection pool, for the gateway's other Redis state (fleet-wide counters, presence):
+    /// one set of connections per pod, with this store's TLS, credentials and reconnects. Valid
+    /// while this store (or a clone) lives.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The key prefix every key of this store starts with.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The timeout of one call.
+    pub fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
     }
 
     /// The history limits this store applies.
@@ -391,6 +411,28 @@ impl RedisStore {
             }
         })
         .await
+    }
+
+    /// One newest-first page of messages with ids up to `end` (an XREVRANGE end): see
+    /// [`crate::ReverseHistory`].
+    pub(crate) async fn page_before(
+        &self,
+        topic: &Topic,
+        end: String,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let mut args = self.base_args();
+        args.push(end);
+        args.push(limit.to_string());
+        args.push(PAGE_BYTES.to_string());
+        let items = self.eval(&self.inner.history_before, topic, args).await?;
+        let mut items = items.into_iter();
+        let top = parse_top(&mut items)?;
+        let mut messages = Vec::with_capacity(items.len() / 2);
+        while let Some(id) = items.next() {
+            messages.push(parse_message(id, items.next())?);
+        }
+        Ok(HistoryPage { top, messages })
     }
 
     /// The common args of every topic script: a fresh epoch (used only for a new history), the

@@ -183,11 +183,46 @@ export declare class GatewayClient {
   publish(topic: string, data: Json, options?: { id?: string }): Promise<number>;
   /** App-level round trip, in milliseconds. */
   ping(): Promise<number>;
+  /** A page of the topic's history, without subscribing (see docs/protocol.md, `history`). */
+  history<T = Json>(topic: string, options?: HistoryOptions): Promise<HistoryPage<T>>;
+  /** The members present in the topic; rejects with `limit_reached` above the server's list size. */
+  presence(topic: string): Promise<PresenceMember[]>;
+  /** Member and distinct-user counts of the topic's presence. */
+  presenceStats(topic: string): Promise<PresenceStats>;
   /** Sends `refresh` with `token`, or with a token from `getToken`; resolves with the new `exp`. */
   refresh(token?: string): Promise<number | null>;
   positions(): Record<string, Position>;
   on<E extends keyof ClientEvents>(event: E, listener: ClientEvents[E]): () => void;
   off<E extends keyof ClientEvents>(event: E, listener: ClientEvents[E]): void;
+}
+
+export interface HistoryOptions {
+  /** Read after this position (before it with `reverse`); another epoch gives `recovered: false` and the latest page. */
+  since?: Position;
+  /** Messages wanted (server default 100, at most 1000). */
+  limit?: number;
+  /** Newest first. */
+  reverse?: boolean;
+}
+
+export interface HistoryPage<T = Json> {
+  /** The topic's latest `seq` and epoch, read with the page. */
+  seq: number;
+  epoch: string;
+  /** Set when `since` was given. */
+  recovered?: boolean;
+  messages: { seq: number; data: T }[];
+}
+
+export interface PresenceMember {
+  /** The token's `sub`, for an authenticated session. */
+  user?: string;
+  session: string;
+}
+
+export interface PresenceStats {
+  members: number;
+  users: number;
 }
 
 /** Full-jitter backoff: uniform in `[0, min(maxMs, initialMs * 2^attempt)]`. */

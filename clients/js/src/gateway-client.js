@@ -550,6 +550,43 @@ export class GatewayClient {
     return reply.seq;
   }
 
+  /**
+   * Reads a page of `topic`'s history without subscribing; resolves with
+   * `{seq, epoch, recovered?, messages: [{seq, data}]}` (`seq`/`epoch`: the topic's latest).
+   * Without `since`: the latest `limit` messages, oldest first (newest first with `reverse`).
+   * With `since` (`{seq, epoch}`): the messages after it, or before it with `reverse`. To render
+   * the last messages and then go live without a gap, subscribe with `since` set to the last
+   * message of the page.
+   */
+  async history(topic, { since, limit, reverse } = {}) {
+    checkTopic(topic);
+    if (!this._wantOpen && this.state !== 'connected') throw new GatewayError('closed', 'connect() first');
+    const frame = { type: 'history', topic };
+    if (since) frame.since = { seq: since.seq, epoch: since.epoch };
+    if (limit != null) frame.limit = limit;
+    if (reverse) frame.reverse = true;
+    const reply = await this._request(frame);
+    const page = { seq: reply.seq, epoch: reply.epoch, messages: reply.messages };
+    if (reply.recovered != null) page.recovered = reply.recovered;
+    return page;
+  }
+
+  /** The members present in `topic` (`[{user?, session}]`); rejects `limit_reached` on big topics. */
+  async presence(topic) {
+    checkTopic(topic);
+    if (!this._wantOpen && this.state !== 'connected') throw new GatewayError('closed', 'connect() first');
+    const reply = await this._request({ type: 'presence', topic });
+    return reply.members;
+  }
+
+  /** `{members, users}` of `topic`'s presence: cheap at any size. */
+  async presenceStats(topic) {
+    checkTopic(topic);
+    if (!this._wantOpen && this.state !== 'connected') throw new GatewayError('closed', 'connect() first');
+    const reply = await this._request({ type: 'presence_stats', topic });
+    return { members: reply.members, users: reply.users };
+  }
+
   // ---- subscriptions --------------------------------------------------------------------
 
   /**
@@ -659,6 +696,9 @@ export class GatewayClient {
       case 'published':
       case 'pong':
       case 'refreshed':
+      case 'history':
+      case 'presence':
+      case 'presence_stats':
         return this._resolve(frame);
       default:
         return undefined;

@@ -52,6 +52,59 @@ after(() => {
   writeFileSync(path.join(outputDir, 'resume-times.json'), `${JSON.stringify(timings, null, 2)}\n`);
 });
 
+describe('history and presence', () => {
+  let gw;
+  before(async () => {
+    gw = await startGateway({ pod: 'presence', args: ['--presence', '--presence-max-list', '2'] });
+  });
+  after(() => gw?.stop());
+
+  test('history pages, then a subscription from the last one continues without a gap', async () => {
+    const a = client(gw.url);
+    await a.connect();
+    for (let i = 1; i <= 10; i++) await a.publish('log', { i });
+    const latest = await a.history('log', { limit: 3 });
+    assert.equal(latest.seq, 10);
+    assert.deepEqual(latest.messages.map((m) => m.seq), [8, 9, 10]);
+    assert.equal(latest.recovered, undefined);
+    const back = await a.history('log', { since: { seq: 8, epoch: latest.epoch }, limit: 2, reverse: true });
+    assert.deepEqual(back.messages.map((m) => [m.seq, m.data.i]), [[7, 7], [6, 6]]);
+    assert.equal(back.recovered, true);
+    const stale = await a.history('log', { since: { seq: 2, epoch: '0000000000000000' }, limit: 2 });
+    assert.equal(stale.recovered, false);
+    assert.deepEqual(stale.messages.map((m) => m.seq), [9, 10]);
+
+    // Render the page, then go live from its last message.
+    const b = client(gw.url);
+    await b.connect();
+    const page = await b.history('log', { limit: 5 });
+    const got = page.messages.map((m) => m.seq);
+    const last = page.messages.at(-1);
+    const sub = b.subscribe('log', (m) => got.push(m.seq), { since: { seq: last.seq, epoch: page.epoch } });
+    await sub.ready;
+    for (let i = 11; i <= 15; i++) await a.publish('log', { i });
+    await until(() => got.length === 10, 5000, 'ten messages');
+    assertOnceInOrder(got, 6, 15);
+    a.close();
+    b.close();
+  });
+
+  test('presence lists members by session, stats count them, big lists are refused', async () => {
+    const a = client(gw.url);
+    const b = client(gw.url);
+    await subscribed(a, 'room');
+    await subscribed(b, 'room');
+    const members = await a.presence('room');
+    assert.deepEqual(members.map((m) => m.session).sort(), [a.session, b.session].sort());
+    assert.deepEqual(await b.presenceStats('room'), { members: 2, users: 2 });
+    const c = client(gw.url);
+    await subscribed(c, 'room');
+    await assert.rejects(c.presence('room'), (e) => e.code === 'limit_reached');
+    assert.deepEqual(await c.presenceStats('room'), { members: 3, users: 3 });
+    for (const x of [a, b, c]) x.close();
+  });
+});
+
 describe('embedded gateway', () => {
   let gw;
   before(async () => {

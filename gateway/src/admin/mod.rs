@@ -41,6 +41,7 @@ pub(crate) async fn serve(
         .route("/admin/drain", post(admin_drain).get(drain_status))
         .route("/admin/undrain", post(admin_undrain))
         .route("/admin/drain-peer", post(drain_peer).get(drain_peer_status))
+        .merge(crate::topics_api::routes())
         .route_layer(middleware::from_fn_with_state(
             (tokens, Scope::Operator),
             scope::require,

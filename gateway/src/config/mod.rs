@@ -11,10 +11,12 @@ use std::time::Duration;
 use clap::Args;
 
 mod backends;
+mod presence;
 mod security;
 mod tls;
 
 pub use backends::{BackendConfig, BackendConfigError};
+pub use presence::PresenceConfig;
 pub use security::{ProxyConfigError, SecurityConfig};
 
 /// Flags of `gateway serve` (the default command).
@@ -235,6 +237,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub security: SecurityConfig,
+
+    /// Presence of the default namespace.
+    #[command(flatten)]
+    pub presence: PresenceConfig,
 
     /// TLS and credentials of the Redis and NATS connections.
     #[command(flatten)]

@@ -220,6 +220,28 @@ impl Hub {
         }
     }
 
+    /// This pod's connections subscribed to `topic`.
+    pub fn local_count(&self, topic: &Topic) -> usize {
+        let topics = self.inner.topics.lock().expect("hub lock");
+        topics
+            .get(topic)
+            .map_or(0, |e| e.subscribers.read().expect("subscribers lock").len())
+    }
+
+    /// This pod's subscriber count of every topic it has subscribers for.
+    pub fn local_counts(&self) -> HashMap<Topic, usize> {
+        let topics = self.inner.topics.lock().expect("hub lock");
+        topics
+            .iter()
+            .map(|(t, e)| {
+                (
+                    t.clone(),
+                    e.subscribers.read().expect("subscribers lock").len(),
+                )
+            })
+            .collect()
+    }
+
     fn start_topic(&self, topic: &Topic) -> Arc<TopicEntry> {
         let (ready_tx, ready_rx) = watch::channel(Readiness::Pending);
         let entry = Arc::new(TopicEntry {

@@ -290,6 +290,7 @@ pub struct Metrics {
     pub store: StoreMetrics,
     pub drain: DrainMetrics,
     pub health: crate::health::HealthMetrics,
+    pub presence: crate::presence::metrics::PresenceMetrics,
     registry: Registry,
 }
 
@@ -301,6 +302,7 @@ impl Metrics {
         let store = StoreMetrics::default();
         let drain = DrainMetrics::default();
         let health = crate::health::HealthMetrics::default();
+        let presence = crate::presence::metrics::PresenceMetrics::default();
         let mut registry = Registry::default();
         registry.register_collector(Box::new(process::ProcessCollector));
         let gateway = registry.sub_registry_with_prefix("gateway");
@@ -315,6 +317,7 @@ impl Metrics {
         store.register(gateway);
         drain.register(gateway);
         health.register(gateway);
+        presence.register(gateway);
         Self {
             conn,
             hub,
@@ -322,6 +325,7 @@ impl Metrics {
             store,
             drain,
             health,
+            presence,
             registry,
         }
     }

@@ -1,0 +1,167 @@
+//! The `presence` and `presence_stats` frames, and the connection's presence hooks: attach on
+//! subscribe (and on resume), leave on `unsubscribe`, detach when the connection ends.
+
+use axum::extract::ws::WebSocket;
+use protocol::client::Ref;
+use protocol::{ErrorCode, ServerFrame, SessionId, Topic};
+
+use super::{Change, Op, PresenceStore, enabled, live_pods, record};
+use crate::connection::{Close, Conn};
+
+impl Conn {
+    /// Whether `topic` has presence here, answering the frame's error when not (or forbidden).
+    async fn presence_allowed(
+        &mut self,
+        socket: &mut WebSocket,
+        topic: &Topic,
+        reference: Option<Ref>,
+    ) -> Result<bool, Close> {
+        let refusal = if !self.grants.can_subscribe(topic) {
+            Some((
+                ErrorCode::Forbidden,
+                format!("may not see the presence of {topic}"),
+            ))
+        } else if !enabled(&self.shared.config, topic) {
+            Some((ErrorCode::BadRequest, format!("{topic} has no presence")))
+        } else {
+            None
+        };
+        match refusal {
+            Some((code, message)) => {
+                self.reply(socket, &ServerFrame::error(code, message, reference))
+                    .await?;
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
+    pub(crate) async fn presence(
+        &mut self,
+        socket: &mut WebSocket,
+        topic: Topic,
+        reference: Option<Ref>,
+    ) -> Result<(), Close> {
+        if !self.presence_allowed(socket, &topic, reference).await? {
+            return Ok(());
+        }
+        let max = self.shared.config.presence.presence_max_list;
+        let live = live_pods(&self.shared);
+        let reply = match self.shared.presence.members(&topic, &live, max).await {
+            Ok(Some(members)) => ServerFrame::Presence {
+                topic,
+                members,
+                reference,
+            },
+            Ok(None) => ServerFrame::error(
+                ErrorCode::LimitReached,
+                format!("more than {max} members: use presence_stats"),
+                reference,
+            ),
+            Err(e) => ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference),
+        };
+        self.reply(socket, &reply).await
+    }
+
+    pub(crate) async fn presence_stats(
+        &mut self,
+        socket: &mut WebSocket,
+        topic: Topic,
+        reference: Option<Ref>,
+    ) -> Result<(), Close> {
+        if !self.presence_allowed(socket, &topic, reference).await? {
+            return Ok(());
+        }
+        let reply = match self.shared.presence.stats(&topic).await {
+            Ok(stats) => ServerFrame::PresenceStats {
+                topic,
+                members: stats.members,
+                users: stats.users,
+                reference,
+            },
+            Err(e) => ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference),
+        };
+        self.reply(socket, &reply).await
+    }
+
+    /// After restoring a subscription on resume: the member is still present (detached, or
+    /// owned by the pod the session left); this pod takes it over with its next batch.
+    pub(crate) fn presence_resume(&self, topic: &Topic) {
+        let Some(session) = &self.session else { return };
+        if enabled(&self.shared.config, topic) {
+            self.shared.presence_registry.attach_later(
+                topic,
+                self.id,
+                &session.id,
+                session.user.clone(),
+            );
+        }
+    }
+
+    /// After `subscribe`: present, at once. A session already present (subscribed before it
+    /// resumed) is not joined again.
+    pub(crate) async fn presence_attach(&self, topic: &Topic) {
+        let Some(session) = &self.session else { return };
+        if !enabled(&self.shared.config, topic) {
+            return;
+        }
+        let shared = &self.shared;
+        shared
+            .presence_registry
+            .attach(topic, self.id, &session.id, session.user.clone());
+        let change = change(Op::Attach, &session.id, session.user.clone());
+        let ttl = shared.config.resume_window;
+        match shared
+            .presence
+            .apply(topic, &shared.pod, ttl, &[change])
+            .await
+        {
+            Ok(events) => record(shared, topic, &events),
+            // Written at the next refresh instead.
+            Err(e) => tracing::debug!(%topic, error = %e, "presence attach not written"),
+        }
+    }
+
+    /// After `unsubscribe`: gone, at once.
+    pub(crate) async fn presence_leave(&self, topic: &Topic) {
+        let Some(session) = &self.session else { return };
+        if !enabled(&self.shared.config, topic) {
+            return;
+        }
+        let shared = &self.shared;
+        shared.presence_registry.forget(topic, self.id, &session.id);
+        let change = change(Op::Leave, &session.id, session.user.clone());
+        let ttl = shared.config.resume_window;
+        match shared
+            .presence
+            .apply(topic, &shared.pod, ttl, &[change])
+            .await
+        {
+            Ok(events) => record(shared, topic, &events),
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "presence leave not written; the member expires")
+            }
+        }
+    }
+
+    /// When the connection ends: its members stay present, detached, until the resume window
+    /// passes (written with the pod's next batch).
+    pub(crate) fn presence_detach(&self) {
+        let Some(session) = &self.session else { return };
+        for topic in self.subs.keys() {
+            if enabled(&self.shared.config, topic) {
+                self.shared
+                    .presence_registry
+                    .detach(topic, self.id, &session.id);
+            }
+        }
+    }
+}
+
+fn change(op: Op, session: &SessionId, user: Option<String>) -> Change {
+    Change {
+        op,
+        session: session.to_string(),
+        user,
+    }
+}

@@ -1,0 +1,31 @@
+-- Removes the given members of one topic if they are still gone: owned by no live pod (a
+-- detached member has no owner) and past their expiry. KEYS as in apply.lua. ARGV[1] = the live
+-- pods, newline-separated; ARGV[2..] = candidate sessions (found by an HSCAN, which is not
+-- atomic: each is checked again here). Returns the leave events as apply.lua does.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = {}
+for pod in string.gmatch(ARGV[1], '[^\n]+') do
+  live[pod] = true
+end
+local events = {}
+for i = 2, #ARGV do
+  local session = ARGV[i]
+  local value = redis.call('HGET', KEYS[1], session)
+  local owner, expires, user
+  if value then
+    owner, expires, user = string.match(value, '^([^|]*)|(%d+)|(.*)$')
+  end
+  if owner and not live[owner] and tonumber(expires) < now then
+    redis.call('HDEL', KEYS[1], session)
+    local n = redis.call('HINCRBY', KEYS[2], user, -1)
+    if n <= 0 then
+      redis.call('HDEL', KEYS[2], user)
+    end
+    events[#events + 1] = 'l'
+    events[#events + 1] = session
+    events[#events + 1] = user
+    events[#events + 1] = (n <= 0) and 1 or 0
+  end
+end
+return events

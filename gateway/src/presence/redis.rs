@@ -1,0 +1,293 @@
+//! Presence in Redis, per topic under its hash tag: `<prefix>:presence:{<topic>}` (field: the
+//! session; value: `<owner pod>|<expiry ms>|<user key>`, the owner empty once detached) and
+//! `<prefix>:presence-users:{<topic>}` (field: the user key; value: its sessions present), both
+//! changed only by the scripts in `lua/` so the counts and the join/leave decisions stay exact.
+//! `<prefix>:presence-topics` (a set) lists the topics to sweep.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use fred::interfaces::ClientLike;
+use fred::prelude::{HashesInterface, LuaInterface, SetsInterface};
+use fred::types::{ClusterHash, CustomCommand, Value};
+use protocol::{Member, Topic};
+use session_store::RedisStore;
+
+use super::{Change, Event, Op, PresenceError, PresenceStore, Stats, member_of, user_key};
+
+/// Members per `apply` (or sweep) call: bounds one script's run time.
+const APPLY_BATCH: usize = 500;
+/// Members read per HSCAN page of a sweep.
+const SCAN_COUNT: usize = 1_000;
+
+/// A Lua script run with EVALSHA, loaded on first use and sent again on `NOSCRIPT` (a restarted
+/// or failed-over server has an empty script cache).
+#[derive(Debug, Clone)]
+struct Script {
+    source: &'static str,
+    sha: Arc<OnceLock<String>>,
+}
+
+impl Script {
+    fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            sha: Arc::default(),
+        }
+    }
+
+    async fn run(
+        &self,
+        client: &fred::prelude::Client,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<Value>, fred::error::Error> {
+        let sha = match self.sha.get() {
+            Some(sha) => sha.clone(),
+            None => {
+                let sha: String = client.script_load(self.source).await?;
+                self.sha.get_or_init(|| sha).clone()
+            }
+        };
+        match client.evalsha(sha, keys.clone(), args.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                client.eval(self.source, keys, args).await
+            }
+            other => other,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisPresence {
+    store: RedisStore,
+    apply: Script,
+    sweep: Script,
+    members: Script,
+}
+
+impl RedisPresence {
+    pub fn new(store: RedisStore) -> Self {
+        Self {
+            store,
+            apply: Script::new(include_str!("lua/apply.lua")),
+            sweep: Script::new(include_str!("lua/sweep.lua")),
+            members: Script::new(include_str!("lua/members.lua")),
+        }
+    }
+
+    fn keys(&self, topic: &Topic) -> Vec<String> {
+        let (p, t) = (self.store.key_prefix(), topic.as_str());
+        vec![
+            format!("{p}:presence:{{{t}}}"),
+            format!("{p}:presence-users:{{{t}}}"),
+        ]
+    }
+
+    fn topics_key(&self) -> String {
+        format!("{}:presence-topics", self.store.key_prefix())
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, PresenceError> {
+        let timeout = self.store.call_timeout();
+        tokio::time::timeout(timeout, op)
+            .await
+            .map_err(|_| PresenceError::Unavailable(format!("timed out after {timeout:?}")))?
+            .map_err(|e| PresenceError::Unavailable(e.to_string()))
+    }
+
+    async fn run(
+        &self,
+        script: &Script,
+        topic: &Topic,
+        args: Vec<String>,
+    ) -> Result<Vec<Value>, PresenceError> {
+        let client = self.store.pool().next();
+        self.bounded(script.run(client, self.keys(topic), args))
+            .await
+    }
+}
+
+fn corrupt(what: &str) -> PresenceError {
+    PresenceError::Corrupt(what.to_owned())
+}
+
+fn text(v: Value) -> Result<String, PresenceError> {
+    v.into_string().ok_or_else(|| corrupt("not text"))
+}
+
+/// Reads `{kind, session, user key, edge}` quadruples.
+fn events(reply: Vec<Value>) -> Result<Vec<Event>, PresenceError> {
+    let mut out = Vec::with_capacity(reply.len() / 4);
+    let mut items = reply.into_iter();
+    while let Some(kind) = items.next() {
+        let join = text(kind)? == "j";
+        let session = text(items.next().ok_or_else(|| corrupt("no session"))?)?;
+        let user = text(items.next().ok_or_else(|| corrupt("no user"))?)?;
+        let edge = items.next().and_then(|v| v.as_i64()) == Some(1);
+        out.push(Event {
+            join,
+            member: member_of(&session, &user),
+            user_edge: edge,
+        });
+    }
+    Ok(out)
+}
+
+impl PresenceStore for RedisPresence {
+    async fn apply(
+        &self,
+        topic: &Topic,
+        pod: &str,
+        ttl: Duration,
+        changes: &[Change],
+    ) -> Result<Vec<Event>, PresenceError> {
+        let ttl_ms = ttl.as_millis().max(1);
+        let mut out = Vec::new();
+        for batch in changes.chunks(APPLY_BATCH) {
+            let mut args = vec![pod.to_owned(), ttl_ms.to_string(), (ttl_ms * 2).to_string()];
+            for change in batch {
+                let op = match change.op {
+                    Op::Attach => "a",
+                    Op::Detach => "d",
+                    Op::Leave => "l",
+                };
+                args.push(op.to_owned());
+                args.push(change.session.clone());
+                args.push(user_key(change.user.as_deref(), &change.session));
+            }
+            out.extend(events(self.run(&self.apply, topic, args).await?)?);
+        }
+        Ok(out)
+    }
+
+    /// Scans the members in pages (each a short call, so a big topic never blocks Redis for
+    /// long), then removes the expired ones with a script that checks each again.
+    async fn sweep(&self, topic: &Topic, live: &[String]) -> Result<Vec<Event>, PresenceError> {
+        let key = self.keys(topic).swap_remove(0);
+        let now = session_store::now_ms();
+        let mut cursor = "0".to_owned();
+        let mut gone = Vec::new();
+        loop {
+            let hscan = CustomCommand::new("HSCAN", ClusterHash::FirstKey, false);
+            let args = vec![key.clone(), cursor, "COUNT".into(), SCAN_COUNT.to_string()];
+            let reply: Value = self
+                .bounded(self.store.pool().next().custom(hscan, args))
+                .await?;
+            let Value::Array(mut parts) = reply else {
+                return Err(corrupt("HSCAN reply"));
+            };
+            let (Some(Value::Array(page)), Some(next)) = (parts.pop(), parts.pop()) else {
+                return Err(corrupt("HSCAN reply"));
+            };
+            let mut items = page.into_iter();
+            while let (Some(session), Some(value)) = (items.next(), items.next()) {
+                let (session, value) = (text(session)?, text(value)?);
+                let mut fields = value.splitn(3, '|');
+                let (Some(owner), Some(expiry)) = (fields.next(), fields.next()) else {
+                    continue;
+                };
+                let expiry: u64 = expiry.parse().unwrap_or(u64::MAX);
+                if !live.iter().any(|p| p == owner) && expiry < now {
+                    gone.push(session);
+                }
+            }
+            cursor = text(next)?;
+            if cursor == "0" {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        for batch in gone.chunks(APPLY_BATCH) {
+            let mut args = vec![live.join("\n")];
+            args.extend(batch.iter().cloned());
+            out.extend(events(self.run(&self.sweep, topic, args).await?)?);
+        }
+        Ok(out)
+    }
+
+    async fn members(
+        &self,
+        topic: &Topic,
+        live: &HashSet<String>,
+        max: usize,
+    ) -> Result<Option<Vec<Member>>, PresenceError> {
+        let reply = self
+            .run(&self.members, topic, vec![max.to_string()])
+            .await?;
+        let mut items = reply.into_iter();
+        let now = items
+            .next()
+            .and_then(|v| v.as_i64())
+            .ok_or_else(|| corrupt("no time"))?;
+        if now < 0 {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        while let Some(session) = items.next() {
+            let session = text(session)?;
+            let value = text(items.next().ok_or_else(|| corrupt("no member value"))?)?;
+            let mut parts = value.splitn(3, '|');
+            let (Some(owner), Some(expiry), Some(user)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(corrupt("member value"));
+            };
+            let expiry: i64 = expiry.parse().map_err(|_| corrupt("member expiry"))?;
+            if live.contains(owner) || expiry >= now {
+                out.push(member_of(&session, user));
+            }
+        }
+        Ok(Some(out))
+    }
+
+    async fn stats(&self, topic: &Topic) -> Result<Stats, PresenceError> {
+        let [members, users]: [String; 2] = self.keys(topic).try_into().expect("two keys");
+        let pool = self.store.pool();
+        let (members, users) = self
+            .bounded(async {
+                futures_util::try_join!(pool.hlen::<u64, _>(members), pool.hlen::<u64, _>(users))
+            })
+            .await?;
+        Ok(Stats { members, users })
+    }
+
+    async fn register(&self, topics: &[Topic]) -> Result<(), PresenceError> {
+        let names: Vec<String> = topics.iter().map(|t| t.as_str().to_owned()).collect();
+        self.bounded(self.store.pool().sadd::<(), _, _>(self.topics_key(), names))
+            .await
+    }
+
+    async fn topics(&self) -> Result<Vec<Topic>, PresenceError> {
+        let names: Vec<String> = self
+            .bounded(self.store.pool().smembers(self.topics_key()))
+            .await?;
+        let mut out = Vec::with_capacity(names.len());
+        let mut empty = Vec::new();
+        for name in names {
+            let Ok(topic) = Topic::new(&name) else {
+                continue;
+            };
+            let [members, _]: [String; 2] = self.keys(&topic).try_into().expect("two keys");
+            if self
+                .bounded(self.store.pool().hlen::<u64, _>(members))
+                .await?
+                == 0
+            {
+                empty.push(name);
+            } else {
+                out.push(topic);
+            }
+        }
+        if !empty.is_empty() {
+            // A topic that gets a member again is registered again at its pod's next refresh.
+            self.bounded(self.store.pool().srem::<(), _, _>(self.topics_key(), empty))
+                .await?;
+        }
+        Ok(out)
+    }
+}
