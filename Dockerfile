@@ -24,6 +24,10 @@ WORKDIR /src
 COPY . .
 # Symbols stripped: the image carries no debug info (panics still name the location).
 ENV CARGO_PROFILE_RELEASE_STRIP=symbols
+# .git is not in the build context: pass the commit for gateway_build_info, e.g.
+# `docker build --build-arg GATEWAY_BUILD_COMMIT=$(git rev-parse --short HEAD) .`
+ARG GATEWAY_BUILD_COMMIT=unknown
+ENV GATEWAY_BUILD_COMMIT=${GATEWAY_BUILD_COMMIT}
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
