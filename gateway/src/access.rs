@@ -12,6 +12,7 @@ use protocol::{ErrorCode, Payload, PublishId, ServerFrame, Topic};
 
 use crate::abuse::Verdict;
 use crate::auth::AuthMode;
+use crate::config::PublishPolicy;
 use crate::connection::{Close, Conn};
 
 impl Conn {
@@ -54,10 +55,20 @@ impl Conn {
         id: Option<PublishId>,
         reference: Option<Ref>,
     ) -> Result<(), Close> {
-        if !self.grants.can_publish(&topic) {
+        let namespace = self.shared.namespaces.of(&topic);
+        let (ephemeral, server_only) = (
+            namespace.is_ephemeral(),
+            namespace.publish == PublishPolicy::Server,
+        );
+        if !self.grants.can_publish(&topic) || server_only {
+            let why = if server_only {
+                " (only the server publishes there)"
+            } else {
+                ""
+            };
             let reply = ServerFrame::error(
                 ErrorCode::Forbidden,
-                format!("may not publish to {topic}"),
+                format!("may not publish to {topic}{why}"),
                 reference,
             );
             return self.reply(socket, &reply).await;
@@ -76,10 +87,25 @@ impl Conn {
         if !self.rate_verdict(socket, verdict, reference).await? {
             return Ok(());
         }
+        // The application approves (or rewrites) the message before anything is stored.
+        let Some(data) = self.publish_hook(socket, &topic, data, reference).await? else {
+            return Ok(());
+        };
+        if ephemeral {
+            let reply = match self.shared.publish_ephemeral(&topic, data).await {
+                Ok(()) => ServerFrame::Published {
+                    topic,
+                    seq: None,
+                    reference,
+                },
+                Err(e) => ServerFrame::error(e.code(), e.to_string(), reference),
+            };
+            return self.reply(socket, &reply).await;
+        }
         let reply = match self.shared.publish(&topic, data, id.as_ref()).await {
             Ok(appended) => ServerFrame::Published {
                 topic,
-                seq: appended.seq,
+                seq: Some(appended.seq),
                 reference,
             },
             // The append may have run before an `unavailable` (e.g. a replica acknowledgement

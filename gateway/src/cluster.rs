@@ -339,8 +339,13 @@ mod tests {
         config.heartbeat_interval = Duration::from_millis(20);
         let store = Store::Memory(session_store::MemoryStore::new(config.history_limits()));
         let auth = auth::Authenticator::new(config.security.auth_config()).unwrap();
+        let app = crate::AppSetup {
+            namespaces: config.namespaces().unwrap(),
+            hooks: None,
+        };
         Shared::new(
             config,
+            app,
             pod.to_owned(),
             store,
             Bus::Memory(bus.clone()),

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite;
 
 use crate::Shared;
 use crate::abuse::{FrameLimiter, HandshakePermit};
+use crate::application::UpgradeInfo;
 use crate::auth::Grants;
 use crate::control::ConnControl;
 use crate::hub::{ConnId, Delivery, Subscriber};
@@ -56,6 +57,8 @@ pub enum Close {
     Lagged,
     /// A newer connection of the same session holds it (this pod or another).
     TakenOver,
+    /// The application's connect hook refused the client, with its code and advice.
+    Refused { error: String, reconnect: bool },
 }
 
 impl Close {
@@ -90,6 +93,14 @@ impl Close {
                 CloseAdvice::reconnect(Some(500)).with_error("lagged"),
             )),
             Close::TakenOver => Some((CloseCode::Normal, CloseAdvice::stop("session_taken_over"))),
+            Close::Refused { error, reconnect } => Some((
+                CloseCode::Policy,
+                if *reconnect {
+                    CloseAdvice::reconnect(Some(5_000)).with_error(error)
+                } else {
+                    CloseAdvice::stop(error)
+                },
+            )),
         }
     }
 }
@@ -121,6 +132,13 @@ pub struct Conn {
     pub limiter: FrameLimiter,
     /// Held from the upgrade until `welcome`: bounds handshakes in flight.
     pub handshake: Option<HandshakePermit>,
+    /// The client's address (after trusted proxies), for the connect hook.
+    pub peer: IpAddr,
+    /// The upgrade's headers and query, until the connect hook has seen them (only kept when
+    /// the hook is configured).
+    pub upgrade: Option<Box<UpgradeInfo>>,
+    /// What the connect hook granted: saved with the session so a resume restores it.
+    pub granted: Option<session_store::HookGrant>,
 }
 
 /// Serves one upgraded socket until it closes.
@@ -129,6 +147,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     peer: IpAddr,
     handshake: HandshakePermit,
+    upgrade: Option<Box<UpgradeInfo>>,
 ) {
     let control = Arc::new(ConnControl::new());
     let id = shared.connections.register(control.clone());
@@ -149,6 +168,9 @@ pub async fn serve(
                 .frame_limits(shared.config.max_message_size),
         ),
         handshake: Some(handshake),
+        peer,
+        upgrade,
+        granted: None,
     };
     let close = conn.run(&mut socket, &mut rx).await;
     tracing::debug!(conn = id, %peer, ?close, "connection ending");
@@ -304,6 +326,11 @@ impl Conn {
             } => self.publish(socket, topic, data, id, reference).await,
             F::Ping { reference } => self.reply(socket, &ServerFrame::Pong { reference }).await,
             F::Refresh { token, reference } => self.refresh(socket, token, reference).await,
+            F::Rpc {
+                method,
+                data,
+                reference,
+            } => self.rpc(socket, method, data, reference).await,
         }
     }
 
@@ -441,7 +468,8 @@ fn reference_of(frame: &client::ClientFrame) -> Option<client::Ref> {
         | F::Unsubscribe { reference, .. }
         | F::Publish { reference, .. }
         | F::Ping { reference }
-        | F::Refresh { reference, .. } => *reference,
+        | F::Refresh { reference, .. }
+        | F::Rpc { reference, .. } => *reference,
     }
 }
 

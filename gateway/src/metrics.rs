@@ -123,6 +123,8 @@ pub struct HubMetrics {
     pub epoch_changes: Family<ReasonLabel, Counter>,
     /// Messages a subscriber's full queue had no room for: it reads them from history.
     pub lagged: Counter,
+    /// Messages published on ephemeral topics (straight to the backplane).
+    pub ephemeral_published: Counter,
 }
 
 impl Default for HubMetrics {
@@ -134,6 +136,7 @@ impl Default for HubMetrics {
             gap_fills: Counter::default(),
             epoch_changes: Family::default(),
             lagged: Counter::default(),
+            ephemeral_published: Counter::default(),
         }
     }
 }
@@ -170,6 +173,11 @@ impl HubMetrics {
             "subscriber_lagged",
             "Messages a full subscriber queue had no room for, read from history instead",
             self.lagged.clone(),
+        );
+        r.register(
+            "ephemeral_published",
+            "Messages published on ephemeral topics (no history, at-most-once)",
+            self.ephemeral_published.clone(),
         );
     }
 
@@ -263,6 +271,7 @@ pub struct Metrics {
     pub publish: PublishMetrics,
     pub store: StoreMetrics,
     pub drain: DrainMetrics,
+    pub hooks: crate::hooks::HookMetrics,
     registry: Registry,
 }
 
@@ -273,18 +282,21 @@ impl Metrics {
         let publish = PublishMetrics::default();
         let store = StoreMetrics::default();
         let drain = DrainMetrics::default();
+        let hooks = crate::hooks::HookMetrics::default();
         let mut registry = Registry::with_prefix("gateway");
         conn.register(&mut registry);
         hub.register(&mut registry);
         publish.register(&mut registry);
         store.register(&mut registry);
         drain.register(&mut registry);
+        hooks.register(&mut registry);
         Self {
             conn,
             hub,
             publish,
             store,
             drain,
+            hooks,
             registry,
         }
     }

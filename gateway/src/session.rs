@@ -32,7 +32,8 @@ const SAMPLE: usize = 16;
 
 /// What subscribing a topic gave.
 struct Joined {
-    top: Position,
+    /// `None` on an ephemeral topic.
+    top: Option<Position>,
     /// `Some` when a position was given: whether everything after it could be recovered.
     recovered: Option<bool>,
 }
@@ -53,11 +54,17 @@ impl Conn {
         resume: Option<String>,
         positions: HashMap<Topic, Position>,
     ) -> Result<(), Close> {
-        let user = self.authenticate(token)?;
+        let (mut user, token_exp) = self.authenticate(token)?;
         let previous = match resume.as_deref().map(ResumeToken::parse) {
             Some(Ok(token)) => match self.shared.store.load_session(&token.session).await {
-                // A session resumes only with its secret and only for the same user.
-                Ok(Some(record)) if token.secret_matches(&record.secret) && record.user == user => {
+                // A session resumes only with its secret and only for the same user; one whose
+                // user came from the connect hook resumes with its secret alone (the hook is not
+                // called again: a drain must not become a storm of auth calls).
+                Ok(Some(record))
+                    if token.secret_matches(&record.secret)
+                        && (record.user == user
+                            || (user.is_none() && record.granted.is_some())) =>
+                {
                     Some(record)
                 }
                 Ok(_) => None,
@@ -76,12 +83,30 @@ impl Conn {
             Some(Err(_)) | None => None,
         };
         let resumed = previous.is_some();
+        let mut server_subs = Vec::new();
+        if !resumed {
+            if let Some(admitted) = self
+                .connect_hook(socket, user.as_deref(), token_exp)
+                .await?
+            {
+                user = admitted.user;
+                self.granted = admitted.granted;
+                server_subs = admitted.subscribe;
+            }
+            if user.is_none() && self.shared.auth.mode() == crate::auth::AuthMode::Required {
+                return Err(Close::Auth("unauthorized"));
+            }
+        }
         // Positions the server saved are trusted only when the client is known to have read up
         // to them (see `SessionRecord::confirmed`); the client's own are always trusted.
         let mut saved_confirmed = true;
         let (mut state, mut restore) = match previous {
             Some(record) => {
                 saved_confirmed = record.confirmed;
+                if let Some(granted) = &record.granted {
+                    self.apply_grant(granted, record.user.as_deref());
+                }
+                self.granted = record.granted;
                 (
                     SessionState {
                         id: record.id,
@@ -155,8 +180,8 @@ impl Conn {
                     topics.insert(
                         topic.clone(),
                         ResumedTopic {
-                            seq: joined.top.seq,
-                            epoch: joined.top.epoch.clone(),
+                            seq: joined.top.as_ref().map(|t| t.seq),
+                            epoch: joined.top.map(|t| t.epoch),
                             recovered,
                         },
                     );
@@ -210,6 +235,9 @@ impl Conn {
         for topic in replay {
             self.fill(socket, &topic).await?;
         }
+        for topic in server_subs {
+            self.server_subscribe(socket, topic).await?;
+        }
         if resumed {
             // Save what the replay sent, so a client resuming without positions after this
             // connection dies starts where the replay stopped.
@@ -260,13 +288,19 @@ impl Conn {
         Ok(())
     }
 
-    /// Checks `hello.token` and sets the connection's grants and expiry; returns the user.
-    fn authenticate(&mut self, token: Option<String>) -> Result<Option<String>, Close> {
+    /// Checks `hello.token` and sets the connection's grants and expiry; returns the user and
+    /// the token's `exp`. Without a token, when the connect hook is configured, the hook decides
+    /// (it may identify the user from a cookie or the query).
+    fn authenticate(
+        &mut self,
+        token: Option<String>,
+    ) -> Result<(Option<String>, Option<u64>), Close> {
         let auth = &self.shared.auth;
         if auth.mode() == crate::auth::AuthMode::Off {
             self.grants = crate::auth::Grants::all();
-            return Ok(None);
+            return Ok((None, None));
         }
+        let connect_hook = self.shared.hooks.as_ref().is_some_and(|h| h.has_base());
         match token {
             Some(token) => match auth.verify(&token) {
                 Ok(identity) => {
@@ -274,7 +308,7 @@ impl Conn {
                         .expires_in()
                         .map(|d| tokio::time::Instant::now() + d);
                     self.grants = identity.grants;
-                    Ok(Some(identity.user))
+                    Ok((Some(identity.user), identity.exp))
                 }
                 Err(e) => {
                     tracing::debug!(reason = %e, "token refused");
@@ -284,7 +318,12 @@ impl Conn {
             None => match auth.anonymous() {
                 Some(grants) => {
                     self.grants = grants;
-                    Ok(None)
+                    Ok((None, None))
+                }
+                None if connect_hook => {
+                    // Nothing until the hook grants it.
+                    self.grants = crate::auth::Grants::none();
+                    Ok((None, None))
                 }
                 None => Err(Close::Auth("unauthorized")),
             },
@@ -302,9 +341,10 @@ impl Conn {
             // Already subscribed: confirm where the client is; nothing is sent twice.
             let reply = ServerFrame::Subscribed {
                 topic,
-                seq: sub.fed,
-                epoch: sub.epoch.clone(),
+                seq: (!sub.ephemeral).then_some(sub.fed),
+                epoch: (!sub.ephemeral).then(|| sub.epoch.clone()),
                 recovered: None,
+                reason: None,
                 reference,
             };
             return self.reply(socket, &reply).await;
@@ -328,6 +368,9 @@ impl Conn {
             );
             return self.reply(socket, &reply).await;
         }
+        if !self.subscribe_hook(socket, &topic, reference).await? {
+            return Ok(());
+        }
         let mut budget = self.shared.config.replay_budget;
         let joined = match self.join(&topic, since, true, &mut budget).await {
             Ok(joined) => joined,
@@ -338,15 +381,52 @@ impl Conn {
         };
         let reply = ServerFrame::Subscribed {
             topic: topic.clone(),
-            seq: joined.top.seq,
-            epoch: joined.top.epoch.clone(),
+            seq: joined.top.as_ref().map(|t| t.seq),
+            epoch: joined.top.map(|t| t.epoch),
             recovered: joined.recovered,
+            reason: None,
             reference,
         };
         self.reply(socket, &reply).await?;
         if joined.recovered == Some(true) {
             self.fill(socket, &topic).await?;
         }
+        self.save_session().await;
+        Ok(())
+    }
+
+    /// Subscribes the client to `topic` on the server's behalf (the connect hook's `subscribe`
+    /// list): no grants or subscribe hook are checked, the application chose it. The client
+    /// gets `subscribed` with `reason: "server"`.
+    pub(crate) async fn server_subscribe(
+        &mut self,
+        socket: &mut WebSocket,
+        topic: Topic,
+    ) -> Result<(), Close> {
+        if self.subs.contains_key(&topic) {
+            return Ok(());
+        }
+        if self.subs.len() >= self.shared.config.max_subscriptions {
+            tracing::info!(%topic, "server-side subscription over --max-subscriptions: skipped");
+            return Ok(());
+        }
+        let mut budget = self.shared.config.replay_budget;
+        let joined = match self.join(&topic, None, true, &mut budget).await {
+            Ok(joined) => joined,
+            Err(e) => {
+                let reply = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), None);
+                return self.reply(socket, &reply).await;
+            }
+        };
+        let reply = ServerFrame::Subscribed {
+            topic,
+            seq: joined.top.as_ref().map(|t| t.seq),
+            epoch: joined.top.map(|t| t.epoch),
+            recovered: None,
+            reason: Some("server"),
+            reference: None,
+        };
+        self.reply(socket, &reply).await?;
         self.save_session().await;
         Ok(())
     }
@@ -391,6 +471,15 @@ impl Conn {
             .hub
             .subscribe(topic, self.id, self.subscriber())
             .await?;
+        if self.shared.namespaces.of(topic).is_ephemeral() {
+            // Nothing to read: no history, no position. Never claimed recovered.
+            self.subs.insert(topic.clone(), SubState::ephemeral());
+            self.shared.metrics.conn.subscriptions.inc();
+            return Ok(Joined {
+                top: None,
+                recovered: Some(false),
+            });
+        }
         let started = std::time::Instant::now();
         let read = match &since {
             Some(since) => self
@@ -441,7 +530,7 @@ impl Conn {
         self.subs.insert(topic.clone(), SubState::at(at));
         self.shared.metrics.conn.subscriptions.inc();
         Ok(Joined {
-            top,
+            top: Some(top),
             recovered: since.map(|_| recovered),
         })
     }
@@ -460,6 +549,7 @@ impl Conn {
             confirmed,
             created_ms: s.created_ms,
             last_pod: self.shared.pod.clone(),
+            granted: self.granted.clone(),
         })
     }
 

@@ -26,7 +26,10 @@ pub use client::{ClientFrame, DecodeError};
 pub use close::{CloseAdvice, CloseCode};
 pub use names::{Epoch, InvalidName, Payload, Position, PublishId, ResumeToken, SessionId, Topic};
 pub use redact::redact_url;
-pub use server::{ErrorCode, MAX_EPOCH_LEN, ServerFrame, encode_message, max_message_frame_len};
+pub use server::{
+    ErrorCode, MAX_EPOCH_LEN, ServerFrame, encode_ephemeral_message, encode_message,
+    max_message_frame_len,
+};
 
 /// Raw JSON payload of a message, validated once when it enters the gateway.
 pub type RawJson = serde_json::value::RawValue;

@@ -22,6 +22,8 @@ pub enum InvalidName {
     SessionId,
     #[error("publish id must be 1-64 characters of A-Z a-z 0-9 _ . : -")]
     PublishId,
+    #[error("rpc method must be 1-100 characters of A-Z a-z 0-9 _ . : / -")]
+    RpcMethod,
 }
 
 /// A publisher's idempotency key (`publish.id`): 1–64 characters of `[A-Za-z0-9_.:-]`.
@@ -234,6 +236,16 @@ impl Payload {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// Written as the JSON value it holds (not as a string).
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Validated JSON when it was made, so this parse cannot fail.
+        let raw: &crate::RawJson =
+            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
     }
 }
 

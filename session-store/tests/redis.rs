@@ -84,6 +84,7 @@ fn record() -> SessionRecord {
         confirmed: false,
         created_ms: 1,
         last_pod: "gateway-1".into(),
+        granted: None,
     }
 }
 

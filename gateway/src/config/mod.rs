@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use clap::Args;
 
+mod app;
 mod backends;
+pub mod namespaces;
 mod security;
 mod tls;
 
+pub use app::{AppConfig, AppConfigError};
 pub use backends::{BackendConfig, BackendConfigError};
+pub use namespaces::{Namespace, Namespaces, PublishPolicy, TopicHook};
 pub use security::SecurityConfig;
 
 /// Flags of `gateway serve` (the default command).
@@ -123,11 +127,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_RESUME_WINDOW", default_value = "120s", value_parser = humantime::parse_duration)]
     pub resume_window: Duration,
 
-    /// Messages kept per topic for recovery.
+    /// Messages kept per topic for recovery (the default namespace's `history_size`).
     #[arg(long, env = "GATEWAY_HISTORY_SIZE", default_value_t = 1_000)]
     pub history_size: usize,
 
-    /// How long messages stay in a topic's history.
+    /// How long messages stay in a topic's history (the default namespace's `history_ttl`).
     #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub history_ttl: Duration,
 
@@ -199,6 +203,10 @@ pub struct Config {
     /// TLS and credentials of the Redis and NATS connections.
     #[command(flatten)]
     pub backends: BackendConfig,
+
+    /// Namespaces and the application's hooks.
+    #[command(flatten)]
+    pub app: AppConfig,
 }
 
 /// A configuration that cannot work.
@@ -231,6 +239,8 @@ pub enum ConfigError {
     MinReplicasOnCluster,
     #[error(transparent)]
     Backend(#[from] BackendConfigError),
+    #[error(transparent)]
+    App(#[from] AppConfigError),
 }
 
 impl Config {
@@ -317,7 +327,14 @@ impl Config {
         {
             return Err(ConfigError::KeyPrefix(self.key_prefix.clone()));
         }
+        self.app.validate()?;
         Ok(())
+    }
+
+    /// Every namespace (the default one from the flags, the others from `--config`), read and
+    /// checked: a bad file fails the start naming the key.
+    pub fn namespaces(&self) -> Result<Namespaces, ConfigError> {
+        Ok(self.app.namespaces(self.history_limits())?)
     }
 
     /// The pod name: the flag, else `POD_NAME`, else the hostname, else `gateway`.
