@@ -296,3 +296,6 @@ impl Table {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,7 @@
 //! Test harness: real gateways on port 0 and tokio-tungstenite clients.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod faults;
 pub mod faults_data;
 pub mod hostile;
