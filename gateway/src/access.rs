@@ -147,6 +147,13 @@ impl Conn {
                 return self.reply(socket, &reply).await;
             }
         };
+        if self
+            .revoked(Some(&identity.user), identity.jti.as_deref())
+            .await?
+        {
+            let reply = ServerFrame::error(ErrorCode::Unauthorized, "revoked", reference);
+            return self.reply(socket, &reply).await;
+        }
         let user = self.session.as_ref().and_then(|s| s.user.clone());
         if user.as_deref() != Some(identity.user.as_str()) {
             let reply = ServerFrame::error(

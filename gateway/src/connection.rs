@@ -200,6 +200,12 @@ impl Conn {
             tokio::select! {
                 biased;
                 (code, advice) = control.requested() => return Close::Requested(code, advice),
+                commands = control.commands(), if self.session.is_some() => {
+                    // Boxed like the handlers (see below).
+                    if let Err(close) = Box::pin(self.server_commands(socket, commands)).await {
+                        return close;
+                    }
+                }
                 Some(first) = rx.recv(), if self.session.is_some() => {
                     // Boxed: the handlers' state machines are large, and inlined they would be
                     // reserved in every idle connection's task (about 12 KiB each).
@@ -233,6 +239,7 @@ impl Conn {
                         last_saved = Instant::now();
                         // Boxed like the handlers: a store call's future is large.
                         Box::pin(self.save_session()).await;
+                        Box::pin(self.index_session()).await;
                     }
                     if self.write(socket, Message::Ping(Default::default())).await.is_err() {
                         return Close::Gone;
@@ -403,6 +410,8 @@ impl Conn {
             let _ = timeout(self.shared.config.close_grace, self.flush(socket)).await;
         }
         self.save_session().await;
+        // Resumable for the window from now: the per-user index must say so (for disconnect).
+        self.index_session().await;
         if let Close::ByClient = close {
             // tungstenite queued the reply to the client's close frame: send it. A client that
             // closes cleanly reads until that reply (the closing handshake), so it has every
@@ -441,6 +450,10 @@ impl Conn {
                 // positions are now known to be what it has.
                 self.save_session_as(true).await;
             }
+        }
+        if self.control.is_disconnected() {
+            // The server API deleted the session; a save that raced it must not bring it back.
+            self.forget_session().await;
         }
         for topic in self.subs.keys() {
             self.shared.hub.unsubscribe(topic, self.id);

@@ -46,6 +46,7 @@ mod connection;
 mod control;
 mod drain;
 mod envelope;
+mod fleet;
 pub mod hooks;
 mod http;
 mod hub;
@@ -53,6 +54,8 @@ mod metrics;
 pub mod ops;
 mod replay;
 mod sequencer;
+mod server_api;
+mod server_side;
 mod session;
 pub mod sizes;
 
@@ -132,6 +135,8 @@ pub(crate) struct Shared {
     pub hooks: Option<hooks::Hooks>,
     pub pod: String,
     pub store: Store,
+    /// Who each user's sessions are, and revocations (the server API's disconnect and revoke).
+    pub users: session_store::AnyUsers,
     pub backplane: Bus,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
@@ -239,8 +244,13 @@ impl Shared {
             HubConfig::from_config(&config, &namespaces),
             shutdown.clone(),
         );
+        let users = match &store {
+            Store::Memory(_) => session_store::AnyUsers::Memory(Default::default()),
+            Store::Redis(redis) => session_store::AnyUsers::Redis(redis.users()),
+        };
         Arc::new(Self {
             pod,
+            users,
             store,
             backplane,
             hub,
@@ -469,6 +479,12 @@ pub async fn run(
         .await
         .map_err(|e| tracing::warn!(error = %e, "control subject not subscribed yet; retrying"))
         .ok();
+    let fleet = shared
+        .backplane
+        .subscribe(&Subject::Fleet)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "fleet subject not subscribed yet; retrying"))
+        .ok();
     let public = tokio::spawn(http::serve_public(listeners.public, shared.clone()));
     let admin = tokio::spawn(http::serve_admin(listeners.admin, shared.clone()));
     if let Some(agent) = listeners.agent {
@@ -480,6 +496,7 @@ pub async fn run(
     authenticator.spawn_jwks_refresh(root.clone());
     tokio::spawn(cluster::run_heartbeats(shared.clone()));
     tokio::spawn(cluster::run_control(shared.clone(), control));
+    tokio::spawn(fleet::run(shared.clone(), fleet));
     tokio::spawn(cluster::run_rebalancer(shared.clone()));
     tokio::spawn(sizes::watch_backplane_limit(shared.clone()));
 

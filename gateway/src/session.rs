@@ -54,7 +54,7 @@ impl Conn {
         resume: Option<String>,
         positions: HashMap<Topic, Position>,
     ) -> Result<(), Close> {
-        let (mut user, token_exp) = self.authenticate(token)?;
+        let (mut user, token_exp, jti) = self.authenticate(token)?;
         let previous = match resume.as_deref().map(ResumeToken::parse) {
             Some(Ok(token)) => match self.shared.store.load_session(&token.session).await {
                 // A session resumes only with its secret and only for the same user; one whose
@@ -132,6 +132,10 @@ impl Conn {
                 )
             }
         };
+        // Revoked users and tokens (`/api/revoke`) get nothing, fresh or resumed.
+        if self.revoked(state.user.as_deref(), jti.as_deref()).await? {
+            return Err(Close::Auth("revoked"));
+        }
         let from_client: HashSet<Topic> = positions.keys().cloned().collect();
         if resumed {
             // The client's own positions are what it really received: they win over ours.
@@ -159,6 +163,9 @@ impl Conn {
             session: state.id.clone(),
             secret: state.secret.clone(),
         };
+        self.shared
+            .connections
+            .set_user(self.id, state.user.clone());
         self.session = Some(state);
 
         let mut topics = HashMap::new();
@@ -200,7 +207,7 @@ impl Conn {
         // The positions saved here are the client's own (nothing is replayed yet): a hello
         // that fails from now on leaves a record the client can resume from.
         match self.store_session(false).await {
-            Ok(true) => {}
+            Ok(true) => self.index_session().await,
             Ok(false) => return Err(Close::TakenOver),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot save session");
@@ -294,11 +301,11 @@ impl Conn {
     fn authenticate(
         &mut self,
         token: Option<String>,
-    ) -> Result<(Option<String>, Option<u64>), Close> {
+    ) -> Result<(Option<String>, Option<u64>, Option<String>), Close> {
         let auth = &self.shared.auth;
         if auth.mode() == crate::auth::AuthMode::Off {
             self.grants = crate::auth::Grants::all();
-            return Ok((None, None));
+            return Ok((None, None, None));
         }
         let connect_hook = self.shared.hooks.as_ref().is_some_and(|h| h.has_base());
         match token {
@@ -308,7 +315,7 @@ impl Conn {
                         .expires_in()
                         .map(|d| tokio::time::Instant::now() + d);
                     self.grants = identity.grants;
-                    Ok((Some(identity.user), identity.exp))
+                    Ok((Some(identity.user), identity.exp, identity.jti))
                 }
                 Err(e) => {
                     tracing::debug!(reason = %e, "token refused");
@@ -318,12 +325,12 @@ impl Conn {
             None => match auth.anonymous() {
                 Some(grants) => {
                     self.grants = grants;
-                    Ok((None, None))
+                    Ok((None, None, None))
                 }
                 None if connect_hook => {
                     // Nothing until the hook grants it.
                     self.grants = crate::auth::Grants::none();
-                    Ok((None, None))
+                    Ok((None, None, None))
                 }
                 None => Err(Close::Auth("unauthorized")),
             },
@@ -583,6 +590,10 @@ impl Conn {
     /// [`Conn::save_session`], saying whether the client is known to have read everything sent.
     pub(crate) async fn save_session_as(&self, confirmed: bool) {
         let Some(session) = &self.session else { return };
+        if self.control.is_disconnected() {
+            // Disconnected by the server API: the session must not be resumable.
+            return;
+        }
         if self.control.is_taken_over()
             || !self.shared.connections.holds_session(self.id, &session.id)
         {

@@ -34,9 +34,11 @@ use serde::{Deserialize, Serialize};
 pub mod conformance;
 pub mod memory;
 pub mod redis;
+pub mod users;
 
 pub use memory::MemoryStore;
-pub use redis::{RedisConfig, RedisStore, RedisTls};
+pub use redis::{RedisConfig, RedisStore, RedisTls, RedisUsers};
+pub use users::{AnyUsers, MemoryUsers, Revocations, Revoked, UserSessions};
 
 /// Failures of a store call. The gateway answers `unavailable` to the client for any of them.
 #[derive(Debug, thiserror::Error)]

@@ -86,6 +86,9 @@ use fred::types::config::UnresponsiveConfig;
 use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic, redact_url};
 
 mod tls;
+mod users;
+
+pub use users::RedisUsers;
 
 pub use tls::RedisTls;
 

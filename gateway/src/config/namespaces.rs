@@ -124,8 +124,13 @@ impl Namespaces {
 
     /// Parses the file's text; an error is `(key path, message)`.
     pub fn parse(text: &str, default: Namespace) -> Result<Self, (String, String)> {
-        let deserializer =
-            toml::Deserializer::parse(text).map_err(|e| (String::new(), e.message().to_owned()))?;
+        // A syntax error has no key path yet: name its line instead.
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+            let line = e
+                .span()
+                .map_or(1, |span| text[..span.start].matches('\n').count() + 1);
+            (format!("line {line}"), e.message().to_owned())
+        })?;
         let file: File = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
             (key, e.into_inner().message().to_owned())
@@ -173,7 +178,7 @@ impl Namespaces {
             let resolved = table.resolve(&default, at)?;
             entries.push(resolved);
         }
-        entries.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        entries.sort_by_key(|ns| std::cmp::Reverse(ns.prefix.len()));
         Ok(Self { default, entries })
     }
 }

@@ -82,10 +82,13 @@ impl HookTransport for HttpTransport {
     }
 }
 
+/// An in-process backend's answer to `(url, body)`.
+type AnswerFn = dyn Fn(&str, &[u8]) -> Result<Reply, String> + Send + Sync;
+
 /// An in-process backend: `f(url, body)` answers.
 #[derive(Clone)]
 pub struct FnTransport {
-    f: Arc<dyn Fn(&str, &[u8]) -> Result<Reply, String> + Send + Sync>,
+    f: Arc<AnswerFn>,
 }
 
 impl FnTransport {

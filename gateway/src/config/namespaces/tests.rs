@@ -174,7 +174,10 @@ fn bad_keys_and_values_name_the_key_path() {
             "namespace = []",
             "namespace: unknown field `namespace`, expected `namespaces`",
         ),
-        ("[[namespaces]\n", ": invalid table header"),
+        (
+            "[[namespaces]]\nprefix = \"a.\"\n[[namespaces]\n",
+            "line 3: unclosed array table, expected `]`",
+        ),
     ];
     for (text, expected) in cases {
         let got = error(text);
