@@ -279,6 +279,16 @@ impl Client {
         }
     }
 
+    /// Closes cleanly: sends a close frame and reads until the server's close ends the stream
+    /// (the handshake completes, so the server knows what the client read).
+    pub async fn leave(&mut self) {
+        self.ws.close(None).await.unwrap();
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+
     /// Subscribes and returns the `subscribed` frame.
     pub async fn subscribe(&mut self, topic: &str) -> Value {
         self.send(json!({"type": "subscribe", "topic": topic}))
