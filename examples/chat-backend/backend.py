@@ -12,7 +12,8 @@ The rules of this example chat:
   cookie (stand-ins for the application's own login); `banned` is refused; everyone may read
   and write `chat.*` and `cursor.*` and read `user.<name>`, to which they are subscribed by
   the server.
-- subscribe: rooms whose name contains `secret` are refused.
+- subscribe: rooms whose name contains `secret` are refused; resubscribe (a resume's restored
+  subscriptions, in one call) refuses the same ones.
 - publish: a message containing "spam" is refused; others are stored as
   `{"text": ..., "by": user}`, so what history keeps is what the backend approved.
 - rpc: `echo` (returns data), `whoami`, `announce` (publishes data.text on chat.lobby through
@@ -66,6 +67,10 @@ def subscribe(req):
     if "secret" in req["topic"]:
         return {"error": {"code": "forbidden", "message": "this room is private"}}
     return {}
+
+
+def resubscribe(req):
+    return {"refuse": [t for t in req["topics"] if "secret" in t]}
 
 
 def publish(req):
@@ -132,7 +137,8 @@ class Handler(BaseHTTPRequestHandler):
         if not hmac.compare_digest(expected, self.headers.get("x-gateway-signature", "")):
             return self.answer(401, {"error": "bad signature"})
         hook = self.path.strip("/")
-        handlers = {"connect": connect, "subscribe": subscribe, "publish": publish,
+        handlers = {"connect": connect, "subscribe": subscribe, "resubscribe": resubscribe,
+                    "publish": publish,
                     "rpc": lambda req: rpc(req, self.admin_url)}
         if hook not in handlers:
             return self.answer(404, {"error": "no such hook"})

@@ -167,6 +167,57 @@ impl Conn {
         }
     }
 
+    /// On a resume: the restored subscriptions whose namespace asks for `resubscribe` are
+    /// re-checked, one call per hook URL (normally one), before any is joined. A refused topic
+    /// is not restored (the client subscribes again and meets the subscribe hook); when the
+    /// application does not answer, those topics are not restored either: nothing is
+    /// subscribed without its answer.
+    pub(crate) async fn recheck_restored(
+        &mut self,
+        restore: &mut std::collections::BTreeMap<Topic, protocol::Position>,
+        session: &str,
+        user: Option<&str>,
+    ) {
+        let Some(hooks) = self.shared.hooks.clone() else {
+            return;
+        };
+        let mut by_url: std::collections::BTreeMap<Option<String>, Vec<Topic>> = Default::default();
+        for topic in restore.keys() {
+            let namespace = self.shared.namespaces.of(topic);
+            if namespace.resubscribe_hook {
+                by_url
+                    .entry(namespace.hook_url.clone())
+                    .or_default()
+                    .push(topic.clone());
+            }
+        }
+        for (base, topics) in by_url {
+            let body = wire::ResubscribeRequest {
+                user,
+                session,
+                topics: topics.iter().map(Topic::as_str).collect(),
+            };
+            let refused: Vec<Topic> = match hooks.resubscribe(base.as_deref(), &body).await {
+                Ok(answer) => {
+                    if !answer.refuse.is_empty() {
+                        hooks.refused("resubscribe");
+                    }
+                    topics
+                        .into_iter()
+                        .filter(|t| answer.refuse.iter().any(|r| r == t.as_str()))
+                        .collect()
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, count = topics.len(), "resubscribe hook gave no answer: not restoring those topics");
+                    topics
+                }
+            };
+            for topic in refused {
+                restore.remove(&topic);
+            }
+        }
+    }
+
     /// The subscribe hook, where the topic's namespace asks for it: `Ok(true)` to go on.
     pub(crate) async fn subscribe_hook(
         &mut self,

@@ -1,4 +1,5 @@
-//! The operator's commands: `gateway drain` and `gateway status`.
+//! The operator's commands: `gateway drain` and `gateway status`, and the server API's
+//! `gateway disconnect` and `gateway revoke` (see `api`).
 //!
 //! Both talk to one pod's admin port, reached three ways: `--local` (the preStop hook, inside the
 //! pod), `--url` (outside Kubernetes), or `--pod NAME` through the Kubernetes API's pod proxy
@@ -14,6 +15,10 @@ use clap::Args;
 use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
+
+mod api;
+
+pub use api::{DisconnectArgs, RevokeArgs, disconnect, revoke};
 
 /// Where the pod's admin port is.
 #[derive(Debug, Clone, Args)]
@@ -171,9 +176,19 @@ impl Target {
     }
 
     async fn call(&self, method: &str, path: &str) -> Result<String, OpsError> {
+        self.call_with(method, path, None).await
+    }
+
+    /// [`Target::call`] with a JSON body.
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<String, OpsError> {
         match self {
             Target::Http { base, token } => {
-                http_call(method, &format!("{base}{path}"), token.as_deref()).await
+                http_call(method, &format!("{base}{path}"), token.as_deref(), body).await
             }
             Target::Pod {
                 client,
@@ -187,8 +202,11 @@ impl Target {
                 if let Some(t) = token {
                     req = req.header("X-Gateway-Admin-Token", t);
                 }
+                if body.is_some() {
+                    req = req.header("Content-Type", "application/json");
+                }
                 let req = req
-                    .body(Vec::new())
+                    .body(body.map(String::into_bytes).unwrap_or_default())
                     .map_err(|e| OpsError::Http(e.to_string()))?;
                 client
                     .request_text(req)
@@ -212,15 +230,23 @@ fn kube_error(e: kube::Error, namespace: &str, pod: &str) -> OpsError {
     }
 }
 
-async fn http_call(method: &str, url: &str, token: Option<&str>) -> Result<String, OpsError> {
+async fn http_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> Result<String, OpsError> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let mut req = axum::http::Request::builder().method(method).uri(url);
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
     }
+    if body.is_some() {
+        req = req.header("Content-Type", "application/json");
+    }
     let req = req
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
         .map_err(|e| OpsError::Http(e.to_string()))?;
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await

@@ -144,6 +144,11 @@ impl Conn {
         // Grants may have shrunk since the session was saved (a new token): restore only what
         // this token allows.
         restore.retain(|topic, _| self.grants.can_subscribe(topic));
+        if resumed && !restore.is_empty() {
+            let (id, user) = (state.id.to_string(), state.user.clone());
+            self.recheck_restored(&mut restore, &id, user.as_deref())
+                .await;
+        }
         if resumed {
             self.claim(socket, &mut state).await?;
         } else {

@@ -23,7 +23,7 @@ fn namespaces(text: &str) -> std::path::PathBuf {
 const CHAT: &str = r#"
 [[namespaces]]
 prefix = "chat."
-hooks = ["subscribe", "publish"]
+hooks = ["subscribe", "publish", "resubscribe"]
 
 [[namespaces]]
 prefix = "cursor."
@@ -123,6 +123,13 @@ async fn resumes_after_a_drain_call_no_connect_hook_and_keep_the_hooks_grants() 
         clients.push((c, welcome["resume"].as_str().unwrap().to_owned()));
     }
     assert_eq!(backend.calls("connect").await, N as u64);
+    // A server-side subscription the application will refuse when the session resumes.
+    let body = json!({"user": "u0", "topic": "chat.secret-u0"}).to_string();
+    assert_eq!(a.admin_post("/api/subscribe", &body).await.0, 200);
+    assert_eq!(
+        next_of(&mut clients[0].0, "subscribed").await["reason"],
+        "server"
+    );
     let (status, _) = a.admin_post("/admin/drain", "").await;
     assert_eq!(status, 202);
     for (i, (c, resume)) in clients.iter_mut().enumerate() {
@@ -135,6 +142,10 @@ async fn resumes_after_a_drain_call_no_connect_hook_and_keep_the_hooks_grants() 
             (&json!(true), &json!(format!("u{i}")))
         );
         assert!(welcome["topics"]["chat.room"].is_object(), "{welcome}");
+        assert!(
+            welcome["topics"].get("chat.secret-u0").is_none(),
+            "re-checked: {welcome}"
+        );
         // The hook's grants came back with the session: news is still refused.
         again
             .send(json!({"type": "subscribe", "topic": "news", "ref": 5}))
@@ -146,6 +157,11 @@ async fn resumes_after_a_drain_call_no_connect_hook_and_keep_the_hooks_grants() 
         backend.calls("connect").await,
         N as u64,
         "no connect hook on resume"
+    );
+    assert_eq!(
+        backend.calls("resubscribe").await,
+        N as u64,
+        "one re-check per resume"
     );
     a.shutdown().await;
     b.shutdown().await;

@@ -25,7 +25,8 @@ pub struct AppConfig {
     #[arg(long, env = "GATEWAY_PUBLISH", value_enum, default_value_t = PublishPolicy::Client)]
     pub publish: PublishPolicy,
 
-    /// Hooks the default namespace calls, comma-separated: `subscribe`, `publish`.
+    /// Hooks the default namespace calls, comma-separated: `subscribe`, `publish`,
+    /// `resubscribe` (re-check restored subscriptions on a resume, in one call).
     #[arg(long, env = "GATEWAY_HOOKS", value_enum, value_delimiter = ',')]
     pub hooks: Vec<TopicHook>,
 
@@ -117,6 +118,7 @@ impl AppConfig {
             publish: self.publish,
             subscribe_hook: self.hooks.contains(&TopicHook::Subscribe),
             publish_hook,
+            resubscribe_hook: self.hooks.contains(&TopicHook::Resubscribe),
             hook_url: None,
             presence: self.presence,
             join_leave: self.join_leave,
@@ -139,8 +141,10 @@ impl AppConfig {
             if ns.hook_url.is_none() && self.hook_url.is_none() {
                 let hook = if ns.subscribe_hook {
                     "subscribe"
-                } else {
+                } else if ns.publish_hook {
                     "publish"
+                } else {
+                    "resubscribe"
                 };
                 return Err(AppConfigError::NoHookUrl {
                     prefix: ns.prefix.clone(),

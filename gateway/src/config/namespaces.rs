@@ -42,6 +42,9 @@ pub enum TopicHook {
     Subscribe,
     /// `POST {hook_url}/publish` before a client's message is stored.
     Publish,
+    /// `POST {hook_url}/resubscribe` on a resume: the subscriptions it restores in this
+    /// namespace are re-checked, all in one call (the connect hook is not called on resumes).
+    Resubscribe,
 }
 
 /// The options of one namespace, every one resolved.
@@ -53,6 +56,7 @@ pub struct Namespace {
     pub publish: PublishPolicy,
     pub subscribe_hook: bool,
     pub publish_hook: bool,
+    pub resubscribe_hook: bool,
     /// The hooks' base URL for this namespace, instead of `--hook-url`.
     pub hook_url: Option<String>,
     pub presence: bool,
@@ -95,7 +99,7 @@ impl Namespaces {
     pub fn any_topic_hooks(&self) -> impl Iterator<Item = &Namespace> {
         std::iter::once(&self.default)
             .chain(&self.entries)
-            .filter(|ns| ns.subscribe_hook || ns.publish_hook)
+            .filter(|ns| ns.subscribe_hook || ns.publish_hook || ns.resubscribe_hook)
     }
 
     /// The history limits by prefix, as the store applies them (ephemeral namespaces store
@@ -260,12 +264,17 @@ impl Table {
             }
             None
         };
-        let (subscribe_hook, publish_hook) = match &self.hooks {
+        let (subscribe_hook, publish_hook, resubscribe_hook) = match &self.hooks {
             Some(hooks) => (
                 hooks.contains(&TopicHook::Subscribe),
                 hooks.contains(&TopicHook::Publish),
+                hooks.contains(&TopicHook::Resubscribe),
             ),
-            None => (default.subscribe_hook, default.publish_hook),
+            None => (
+                default.subscribe_hook,
+                default.publish_hook,
+                default.resubscribe_hook,
+            ),
         };
         let publish = self.publish.unwrap_or(default.publish);
         if publish == PublishPolicy::Hook && !publish_hook {
@@ -294,6 +303,7 @@ impl Table {
             publish,
             subscribe_hook,
             publish_hook,
+            resubscribe_hook,
             hook_url: self.hook_url.or_else(|| default.hook_url.clone()),
             presence,
             join_leave,

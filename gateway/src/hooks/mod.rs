@@ -192,6 +192,15 @@ impl Hooks {
         self.call("subscribe", self.base(base)?, body).await
     }
 
+    /// `POST {base}/resubscribe`, on a resume.
+    pub async fn resubscribe(
+        &self,
+        base: Option<&str>,
+        body: &wire::ResubscribeRequest<'_>,
+    ) -> Result<wire::ResubscribeAnswer, HookError> {
+        self.call("resubscribe", self.base(base)?, body).await
+    }
+
     /// `POST {base}/publish`, before the append.
     pub async fn publish(
         &self,

@@ -33,6 +33,21 @@ pub struct SubscribeRequest<'a> {
     pub topic: &'a str,
 }
 
+/// `POST {hook_url}/resubscribe`: a resume's restored subscriptions, re-checked in one call.
+#[derive(Debug, Serialize)]
+pub struct ResubscribeRequest<'a> {
+    pub user: Option<&'a str>,
+    pub session: &'a str,
+    pub topics: Vec<&'a str>,
+}
+
+/// The topics the application no longer allows; the others are restored.
+#[derive(Debug, Deserialize)]
+pub struct ResubscribeAnswer {
+    #[serde(default)]
+    pub refuse: Vec<String>,
+}
+
 /// `POST {hook_url}/publish`: before the append.
 #[derive(Debug, Serialize)]
 pub struct PublishRequest<'a> {

@@ -9,6 +9,7 @@ fn default() -> Namespace {
         publish: PublishPolicy::Client,
         subscribe_hook: false,
         publish_hook: false,
+        resubscribe_hook: false,
         hook_url: None,
         presence: false,
         join_leave: false,
@@ -38,7 +39,7 @@ fn every_option_is_read_and_the_longest_prefix_wins() {
         history_size = 500
         history_ttl = "1h"
         publish = "hook"
-        hooks = ["subscribe", "publish"]
+        hooks = ["subscribe", "publish", "resubscribe"]
         hook_url = "http://app.internal:8000/hooks"
         presence = true
         join_leave = true
@@ -64,7 +65,7 @@ fn every_option_is_read_and_the_longest_prefix_wins() {
         (500, Duration::from_secs(3600))
     );
     assert_eq!(room.publish, PublishPolicy::Hook);
-    assert!(room.subscribe_hook && room.publish_hook);
+    assert!(room.subscribe_hook && room.publish_hook && room.resubscribe_hook);
     assert_eq!(
         room.hook_url.as_deref(),
         Some("http://app.internal:8000/hooks")
@@ -120,7 +121,7 @@ fn bad_keys_and_values_name_the_key_path() {
         ),
         (
             "[[namespaces]]\nprefix = \"a.\"\nhooks = [\"connect\"]",
-            "namespaces[0].hooks[0]: unknown variant `connect`, expected `subscribe` or `publish`",
+            "namespaces[0].hooks[0]: unknown variant `connect`, expected one of `subscribe`, `publish`, `resubscribe`",
         ),
         (
             "[[namespaces]]\nprefix = \"a.\"\nhistory_ttl = \"soon\"",
