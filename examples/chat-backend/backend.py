@@ -34,7 +34,7 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-STATE = {"calls": {}, "delay_ms": 0}
+STATE = {"calls": {}, "delay_ms": 0, "grant_all": False}
 LOCK = threading.Lock()
 
 
@@ -56,6 +56,8 @@ def connect(req):
         return {"error": {"code": "unauthorized", "message": "log in first"}, "reconnect": False}
     if user == "banned":
         return {"error": {"code": "banned", "message": "this user is banned"}, "reconnect": False}
+    if STATE["grant_all"]:
+        return {"user": user, "grants": {"sub": ["*"], "pub": ["*"]}}
     return {
         "user": user,
         "grants": {"sub": ["chat.*", "cursor.*", "user." + user], "pub": ["chat.*", "cursor.*"]},
@@ -155,7 +157,10 @@ def main():
     parser.add_argument("--port", type=int, default=8700, help="0 picks a free port")
     parser.add_argument("--secret-file", required=True, help="the gateway's --hook-secret-file")
     parser.add_argument("--admin-url", help="the gateway's admin port, for the server API")
+    parser.add_argument("--grant-all", action="store_true",
+                        help="admit every user to every topic, no server-side subscription (load tests)")
     args = parser.parse_args()
+    STATE["grant_all"] = args.grant_all
     with open(args.secret_file, "rb") as f:
         secret = f.read()
     Handler.secret = secret[:-1] if secret.endswith(b"\n") else secret

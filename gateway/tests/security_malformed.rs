@@ -70,6 +70,8 @@ fn answer_to_text(text: &str) -> Expect {
             Expect::Error("too_large")
         }
         Ok(ClientFrame::Publish { .. }) => Expect::Reply("published"),
+        // This gateway has no --hook-url: rpc is a bad request.
+        Ok(ClientFrame::Rpc { .. }) => Expect::Error("bad_request"),
     }
 }
 
@@ -1129,6 +1131,9 @@ fn decode_agrees(v: &Value) -> Result<(), TestCaseError> {
                 ClientFrame::Hello { token, resume, .. } => {
                     prop_assert_eq!(field("token", 5), json!(token));
                     prop_assert_eq!(field("resume", 6), json!(resume));
+                }
+                ClientFrame::Rpc { reference, .. } => {
+                    prop_assert_eq!(field("ref", 1), json!(reference));
                 }
             }
             if let ClientFrame::Subscribe { topic, .. }
