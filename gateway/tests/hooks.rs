@@ -114,6 +114,8 @@ async fn resumes_after_a_drain_call_no_connect_hook_and_keep_the_hooks_grants() 
     };
     let a = gateway(&backend, shared("pod-a")).await;
     let b = gateway(&backend, shared("pod-b")).await;
+    a.ready().await;
+    b.ready().await;
     const N: usize = 6;
     let mut clients = Vec::new();
     for i in 0..N {
@@ -364,6 +366,9 @@ async fn ephemeral_topics_fan_out_across_pods_without_a_redis_command_or_a_seq()
         })
     };
     let (a, b) = (pod("pod-a").await, pod("pod-b").await);
+    // Ephemeral publishes need NATS: nothing is stored to catch up from.
+    a.ready().await;
+    b.ready().await;
     let (mut reader, _) = a.hello().await;
     let sub = reader.subscribe("cursor.1").await;
     assert_eq!(sub["recovered"], false);

@@ -35,6 +35,10 @@ async fn fleet(n: usize) -> Fleet {
             .await,
         );
     }
+    // The server API answers `unavailable` until NATS is connected.
+    for pod in &pods {
+        pod.ready().await;
+    }
     Fleet {
         _redis: redis,
         _nats: nats,

@@ -74,6 +74,18 @@ impl TestGateway {
         }
     }
 
+    /// Waits until `/readyz` answers 200 (store and backplane connected).
+    pub async fn ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while http(self.public, "GET", "/readyz", None, None).await.0 != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway not ready in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.public)
     }
