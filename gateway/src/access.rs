@@ -1,4 +1,5 @@
-//! What a connection may do: its rate limits, publishing under its grants, and `refresh`.
+//! What a connection may do: who its token says it is, its rate limits, publishing under its
+//! grants, and `refresh`.
 //!
 //! Every frame passes [`Conn::admit_frame`] first: over the frame rate it is answered with
 //! `rate_limited` and dropped; sustained abuse closes the connection with 1008. Publishing is
@@ -15,7 +16,60 @@ use crate::auth::AuthMode;
 use crate::config::PublishPolicy;
 use crate::connection::{Close, Conn};
 
+/// Who `hello.token` says the client is.
+#[derive(Debug, Default)]
+pub(crate) struct Authenticated {
+    pub user: Option<String>,
+    /// The token's `exp`, for the connect hook.
+    pub exp: Option<u64>,
+    /// The token's `jti`, checked against revocations.
+    pub jti: Option<String>,
+}
+
 impl Conn {
+    /// Checks `hello.token` and sets the connection's grants and expiry; returns the user and
+    /// the token's `exp`. Without a token, when the connect hook is configured, the hook decides
+    /// (it may identify the user from a cookie or the query).
+    pub(crate) fn authenticate(&mut self, token: Option<String>) -> Result<Authenticated, Close> {
+        let auth = &self.shared.auth;
+        if auth.mode() == crate::auth::AuthMode::Off {
+            self.grants = crate::auth::Grants::all();
+            return Ok(Authenticated::default());
+        }
+        let connect_hook = self.shared.hooks.as_ref().is_some_and(|h| h.has_base());
+        match token {
+            Some(token) => match auth.verify(&token) {
+                Ok(identity) => {
+                    self.expires = identity
+                        .expires_in()
+                        .map(|d| tokio::time::Instant::now() + d);
+                    self.grants = identity.grants;
+                    Ok(Authenticated {
+                        user: Some(identity.user),
+                        exp: identity.exp,
+                        jti: identity.jti,
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e, "token refused");
+                    Err(Close::Auth(e.close_error()))
+                }
+            },
+            None => match auth.anonymous() {
+                Some(grants) => {
+                    self.grants = grants;
+                    Ok(Authenticated::default())
+                }
+                None if connect_hook => {
+                    // Nothing until the hook grants it.
+                    self.grants = crate::auth::Grants::none();
+                    Ok(Authenticated::default())
+                }
+                None => Err(Close::Auth("unauthorized")),
+            },
+        }
+    }
+
     /// Whether the frame may be processed; answers `rate_limited` when not.
     pub(crate) async fn admit_frame(
         &mut self,

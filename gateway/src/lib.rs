@@ -2,11 +2,17 @@
 //! any pod.
 //!
 //! Layout, along the data path:
-//! - [`config`]: flags and environment (`GATEWAY_*`), validated before anything binds.
+//! - [`config`]: flags and environment (`GATEWAY_*`), validated before anything binds, and the
+//!   `--config` file of namespaces (per-prefix history, ephemeral topics, hooks).
 //! - `http`: the public router (`/ws` upgrade with admission, `/healthz`, `/readyz`) and the
 //!   admin router (`/metrics`, `/api/publish`, `/admin/drain`).
 //! - `connection`: one task per socket: reads frames, writes replies and batched deliveries.
-//! - `session`: `hello`, resume and per-topic recovery for a connection.
+//! - `session`: `hello`, resume and per-topic recovery for a connection; `saving` stores it.
+//! - `access`: who the token says the client is, rate limits, publishing, `refresh`.
+//! - [`hooks`]: the application's HTTP hooks (signed, bounded, behind a breaker); `application`
+//!   is what a connection asks them (connect, subscribe, resubscribe, publish, rpc).
+//! - `server_api` and `fleet`: the admin port's `/api/*` commands and their fleet-wide
+//!   delivery; `server_side` is what they do to a connection.
 //! - [`sizes`]: the message size limit, checked at the door, and the buffers derived from it.
 //! - `hub`: topic → local subscribers, restoring `seq` order with `sequencer`.
 //! - `envelope`: the payload of topic messages on the backplane.
@@ -53,6 +59,7 @@ mod hub;
 mod metrics;
 pub mod ops;
 mod replay;
+mod saving;
 mod sequencer;
 mod server_api;
 mod server_side;

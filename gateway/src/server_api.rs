@@ -41,16 +41,31 @@ fn unavailable(message: impl std::fmt::Display) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
-    body.map(|Json(t)| t)
-        .map_err(|e| error(e.status(), "bad_request", e.body_text()))
+/// A refused request, answered `{"error":"bad_request","message":…}`.
+struct Refused {
+    status: StatusCode,
+    message: String,
 }
 
-fn user(user: &str) -> Result<(), Response> {
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.status, "bad_request", self.message)
+    }
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Refused> {
+    body.map(|Json(t)| t).map_err(|e| Refused {
+        status: e.status(),
+        message: e.body_text(),
+    })
+}
+
+fn user(user: &str) -> Result<(), Refused> {
     if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
-        return Err(bad_request(
-            "`user` must be 1-256 characters, no control characters",
-        ));
+        return Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            message: "`user` must be 1-256 characters, no control characters".into(),
+        });
     }
     Ok(())
 }
@@ -69,10 +84,10 @@ pub async fn disconnect(
 ) -> Response {
     let req = match body(req) {
         Ok(req) => req,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     if let Err(e) = user(&req.user) {
-        return e;
+        return e.into_response();
     }
     // Records first: a connection closed by the fleet message must find nothing to resume.
     let sessions = match shared.users.take_sessions(&req.user).await {
@@ -108,10 +123,10 @@ async fn user_topic(
 ) -> Response {
     let req = match body(req) {
         Ok(req) => req,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     if let Err(e) = user(&req.user) {
-        return e;
+        return e.into_response();
     }
     let topic = match Topic::new(&req.topic) {
         Ok(t) => t,
@@ -163,12 +178,12 @@ pub async fn revoke(
 ) -> Response {
     let req = match body(req) {
         Ok(req) => req,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let who = match (req.user, req.jti) {
         (Some(u), None) => {
             if let Err(e) = user(&u) {
-                return e;
+                return e.into_response();
             }
             Revoked::User(u)
         }
@@ -202,7 +217,7 @@ pub async fn broadcast(
 ) -> Response {
     let req = match body(req) {
         Ok(req) => req,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let Some(data) = req.data else {
         return bad_request("missing field `data` (null is not a message)");

@@ -2,13 +2,49 @@
 //! server-side subscriptions, the per-user session index, disconnect, revocations.
 
 use axum::extract::ws::WebSocket;
-use protocol::{ServerFrame, Topic};
+use protocol::{ErrorCode, ServerFrame, Topic};
 use session_store::{Revocations, SessionStore, UserSessions};
 
 use crate::connection::{Close, Conn};
 use crate::control::ServerCommand;
 
 impl Conn {
+    /// Subscribes the client to `topic` on the server's behalf (the connect hook's `subscribe`
+    /// list): no grants or subscribe hook are checked, the application chose it. The client
+    /// gets `subscribed` with `reason: "server"`.
+    pub(crate) async fn server_subscribe(
+        &mut self,
+        socket: &mut WebSocket,
+        topic: Topic,
+    ) -> Result<(), Close> {
+        if self.subs.contains_key(&topic) {
+            return Ok(());
+        }
+        if self.subs.len() >= self.shared.config.max_subscriptions {
+            tracing::info!(%topic, "server-side subscription over --max-subscriptions: skipped");
+            return Ok(());
+        }
+        let mut budget = self.shared.config.replay_budget;
+        let joined = match self.join(&topic, None, true, &mut budget).await {
+            Ok(joined) => joined,
+            Err(e) => {
+                let reply = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), None);
+                return self.reply(socket, &reply).await;
+            }
+        };
+        let reply = ServerFrame::Subscribed {
+            topic,
+            seq: joined.top.as_ref().map(|t| t.seq),
+            epoch: joined.top.map(|t| t.epoch),
+            recovered: None,
+            reason: Some("server"),
+            reference: None,
+        };
+        self.reply(socket, &reply).await?;
+        self.save_session().await;
+        Ok(())
+    }
+
     /// Applies server-side subscription changes, in order.
     pub(crate) async fn server_commands(
         &mut self,

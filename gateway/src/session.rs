@@ -13,6 +13,7 @@
 //! in the store; the previous holder (found in the same atomic step) is told to close, but only
 //! if it holds an older generation, and only the latest generation may save the record. Two
 //! concurrent resumes of one session therefore leave exactly one connection, the later claim.
+//! Saving the record is in `saving`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -21,8 +22,9 @@ use protocol::{
     ErrorCode, Position, ResumeToken, ServerFrame, SessionId, Topic, client::Ref,
     server::ResumedTopic,
 };
-use session_store::{SessionRecord, SessionStore, now_ms, recover};
+use session_store::{SessionStore, now_ms, recover};
 
+use crate::access::Authenticated;
 use crate::connection::{Close, Conn, SessionState};
 use crate::control::Bind;
 use crate::replay::SubState;
@@ -31,15 +33,15 @@ use crate::replay::SubState;
 const SAMPLE: usize = 16;
 
 /// What subscribing a topic gave.
-struct Joined {
+pub(crate) struct Joined {
     /// `None` on an ephemeral topic.
-    top: Option<Position>,
+    pub top: Option<Position>,
     /// `Some` when a position was given: whether everything after it could be recovered.
-    recovered: Option<bool>,
+    pub recovered: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum JoinError {
+pub(crate) enum JoinError {
     #[error("{0}")]
     Hub(#[from] crate::hub::HubError),
     #[error("{0}")]
@@ -54,7 +56,11 @@ impl Conn {
         resume: Option<String>,
         positions: HashMap<Topic, Position>,
     ) -> Result<(), Close> {
-        let (mut user, token_exp, jti) = self.authenticate(token)?;
+        let Authenticated {
+            mut user,
+            exp: token_exp,
+            jti,
+        } = self.authenticate(token)?;
         let previous = match resume.as_deref().map(ResumeToken::parse) {
             Some(Ok(token)) => match self.shared.store.load_session(&token.session).await {
                 // A session resumes only with its secret and only for the same user; one whose
@@ -300,48 +306,6 @@ impl Conn {
         Ok(())
     }
 
-    /// Checks `hello.token` and sets the connection's grants and expiry; returns the user and
-    /// the token's `exp`. Without a token, when the connect hook is configured, the hook decides
-    /// (it may identify the user from a cookie or the query).
-    fn authenticate(
-        &mut self,
-        token: Option<String>,
-    ) -> Result<(Option<String>, Option<u64>, Option<String>), Close> {
-        let auth = &self.shared.auth;
-        if auth.mode() == crate::auth::AuthMode::Off {
-            self.grants = crate::auth::Grants::all();
-            return Ok((None, None, None));
-        }
-        let connect_hook = self.shared.hooks.as_ref().is_some_and(|h| h.has_base());
-        match token {
-            Some(token) => match auth.verify(&token) {
-                Ok(identity) => {
-                    self.expires = identity
-                        .expires_in()
-                        .map(|d| tokio::time::Instant::now() + d);
-                    self.grants = identity.grants;
-                    Ok((Some(identity.user), identity.exp, identity.jti))
-                }
-                Err(e) => {
-                    tracing::debug!(reason = %e, "token refused");
-                    Err(Close::Auth(e.close_error()))
-                }
-            },
-            None => match auth.anonymous() {
-                Some(grants) => {
-                    self.grants = grants;
-                    Ok((None, None, None))
-                }
-                None if connect_hook => {
-                    // Nothing until the hook grants it.
-                    self.grants = crate::auth::Grants::none();
-                    Ok((None, None, None))
-                }
-                None => Err(Close::Auth("unauthorized")),
-            },
-        }
-    }
-
     pub(crate) async fn subscribe(
         &mut self,
         socket: &mut WebSocket,
@@ -407,42 +371,6 @@ impl Conn {
         Ok(())
     }
 
-    /// Subscribes the client to `topic` on the server's behalf (the connect hook's `subscribe`
-    /// list): no grants or subscribe hook are checked, the application chose it. The client
-    /// gets `subscribed` with `reason: "server"`.
-    pub(crate) async fn server_subscribe(
-        &mut self,
-        socket: &mut WebSocket,
-        topic: Topic,
-    ) -> Result<(), Close> {
-        if self.subs.contains_key(&topic) {
-            return Ok(());
-        }
-        if self.subs.len() >= self.shared.config.max_subscriptions {
-            tracing::info!(%topic, "server-side subscription over --max-subscriptions: skipped");
-            return Ok(());
-        }
-        let mut budget = self.shared.config.replay_budget;
-        let joined = match self.join(&topic, None, true, &mut budget).await {
-            Ok(joined) => joined,
-            Err(e) => {
-                let reply = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), None);
-                return self.reply(socket, &reply).await;
-            }
-        };
-        let reply = ServerFrame::Subscribed {
-            topic,
-            seq: joined.top.as_ref().map(|t| t.seq),
-            epoch: joined.top.map(|t| t.epoch),
-            recovered: None,
-            reason: Some("server"),
-            reference: None,
-        };
-        self.reply(socket, &reply).await?;
-        self.save_session().await;
-        Ok(())
-    }
-
     pub(crate) async fn unsubscribe(
         &mut self,
         socket: &mut WebSocket,
@@ -472,7 +400,7 @@ impl Conn {
     /// the client missed since `since` can be replayed within `budget` (payload bytes, spent
     /// by the estimate). An untrusted `since` (a saved position the client may not have read
     /// up to) is never recovered.
-    async fn join(
+    pub(crate) async fn join(
         &mut self,
         topic: &Topic,
         since: Option<Position>,
@@ -545,75 +473,5 @@ impl Conn {
             top: Some(top),
             recovered: since.map(|_| recovered),
         })
-    }
-
-    fn record(&self, confirmed: bool) -> Option<SessionRecord> {
-        let s = self.session.as_ref()?;
-        Some(SessionRecord {
-            id: s.id.clone(),
-            secret: s.secret.clone(),
-            user: s.user.clone(),
-            subscriptions: self
-                .subs
-                .iter()
-                .map(|(t, sub)| (t.clone(), sub.sent.clone()))
-                .collect(),
-            confirmed,
-            created_ms: s.created_ms,
-            last_pod: self.shared.pod.clone(),
-            granted: self.granted.clone(),
-        })
-    }
-
-    /// Saves the record under this connection's generation; `Ok(false)` when a newer
-    /// connection claimed the session.
-    async fn store_session(&self, confirmed: bool) -> Result<bool, session_store::StoreError> {
-        let (Some(record), Some(session)) = (self.record(confirmed), self.session.as_ref()) else {
-            return Ok(true);
-        };
-        let started = std::time::Instant::now();
-        let result = self
-            .shared
-            .store
-            .save_session(
-                &record,
-                session.generation,
-                self.shared.config.resume_window,
-            )
-            .await;
-        self.shared.metrics.store.observe("save_session", started);
-        result
-    }
-
-    /// Saves the session with the positions sent so far: the resume window starts now. A
-    /// refused save means a newer connection claimed the session (its takeover message may
-    /// have been lost): this one closes.
-    pub(crate) async fn save_session(&self) {
-        self.save_session_as(false).await;
-    }
-
-    /// [`Conn::save_session`], saying whether the client is known to have read everything sent.
-    pub(crate) async fn save_session_as(&self, confirmed: bool) {
-        let Some(session) = &self.session else { return };
-        if self.control.is_disconnected() {
-            // Disconnected by the server API: the session must not be resumable.
-            return;
-        }
-        if self.control.is_taken_over()
-            || !self.shared.connections.holds_session(self.id, &session.id)
-        {
-            // Taken over by a newer connection, which owns the record now.
-            return;
-        }
-        match self.store_session(confirmed).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::debug!(session = %session.id, "session claimed by a newer connection");
-                self.control.take_over();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot save session; the client resumes from its own positions");
-            }
-        }
     }
 }
