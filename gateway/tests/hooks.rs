@@ -411,3 +411,39 @@ async fn ephemeral_topics_fan_out_across_pods_without_a_redis_command_or_a_seq()
     a.shutdown().await;
     b.shutdown().await;
 }
+
+async fn start_error(edit: impl FnOnce(&mut gateway::Config)) -> String {
+    let mut c = support::config();
+    edit(&mut c);
+    let listeners = gateway::Listeners {
+        public: tokio::net::TcpListener::bind(c.listen).await.unwrap(),
+        admin: tokio::net::TcpListener::bind(c.admin_listen).await.unwrap(),
+        agent: None,
+    };
+    gateway::run(listeners, c, std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
+#[tokio::test]
+async fn bad_namespaces_and_hook_settings_fail_the_start_naming_the_key() {
+    let file = namespaces(
+        "[[namespaces]]\nprefix = \"a.\"\n\n[[namespaces]]\nprefix = \"b.\"\nhistory_size = 0\n",
+    );
+    let e = start_error(|c| c.app.config_file = Some(file)).await;
+    assert!(
+        e.contains("namespaces[1].history_size: must be greater than zero"),
+        "{e}"
+    );
+    let file = namespaces("[[namespaces]]\nprefix = \"a.\"\nhooks = [\"publish\"]\n");
+    let e = start_error(|c| c.app.config_file = Some(file)).await;
+    assert!(
+        e.contains("namespace \"a.\" calls the publish hook but no hook URL is set"),
+        "{e}"
+    );
+    let e = start_error(|c| c.app.hook_url = Some("http://127.0.0.1:1".into())).await;
+    assert!(e.contains("--hook-url needs --hook-secret-file"), "{e}");
+    let e = start_error(|c| c.app.config_file = Some("/nonexistent/gateway.toml".into())).await;
+    assert!(e.contains("--config \"/nonexistent/gateway.toml\""), "{e}");
+}
