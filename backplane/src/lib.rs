@@ -42,6 +42,8 @@ pub enum Subject {
     Heartbeat,
     /// Commands for one pod, by pod name.
     Control(String),
+    /// Commands for every pod (the server API's disconnect and server-side subscriptions).
+    Fleet,
 }
 
 impl fmt::Display for Subject {
@@ -51,6 +53,7 @@ impl fmt::Display for Subject {
             Self::Session(s) => write!(f, "session {s}"),
             Self::Heartbeat => f.write_str("heartbeats"),
             Self::Control(p) => write!(f, "control {p}"),
+            Self::Fleet => f.write_str("fleet control"),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! What a connection may do: its rate limits, publishing under its grants, and `refresh`.
+//! What a connection may do: who its token says it is, its rate limits, publishing under its
+//! grants, and `refresh`.
 //!
 //! Every frame passes [`Conn::admit_frame`] first: over the frame rate it is answered with
 //! `rate_limited` and dropped; sustained abuse closes the connection with 1008. Publishing is
@@ -12,9 +13,63 @@ use protocol::{ErrorCode, Payload, PublishId, ServerFrame, Topic};
 
 use crate::abuse::Verdict;
 use crate::auth::AuthMode;
+use crate::config::PublishPolicy;
 use crate::connection::{Close, Conn};
 
+/// Who `hello.token` says the client is.
+#[derive(Debug, Default)]
+pub(crate) struct Authenticated {
+    pub user: Option<String>,
+    /// The token's `exp`, for the connect hook.
+    pub exp: Option<u64>,
+    /// The token's `jti`, checked against revocations.
+    pub jti: Option<String>,
+}
+
 impl Conn {
+    /// Checks `hello.token` and sets the connection's grants and expiry; returns the user and
+    /// the token's `exp`. Without a token, when the connect hook is configured, the hook decides
+    /// (it may identify the user from a cookie or the query).
+    pub(crate) fn authenticate(&mut self, token: Option<String>) -> Result<Authenticated, Close> {
+        let auth = &self.shared.auth;
+        if auth.mode() == crate::auth::AuthMode::Off {
+            self.grants = crate::auth::Grants::all();
+            return Ok(Authenticated::default());
+        }
+        let connect_hook = self.shared.hooks.as_ref().is_some_and(|h| h.has_base());
+        match token {
+            Some(token) => match auth.verify(&token) {
+                Ok(identity) => {
+                    self.expires = identity
+                        .expires_in()
+                        .map(|d| tokio::time::Instant::now() + d);
+                    self.grants = identity.grants;
+                    Ok(Authenticated {
+                        user: Some(identity.user),
+                        exp: identity.exp,
+                        jti: identity.jti,
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e, "token refused");
+                    Err(Close::Auth(e.close_error()))
+                }
+            },
+            None => match auth.anonymous() {
+                Some(grants) => {
+                    self.grants = grants;
+                    Ok(Authenticated::default())
+                }
+                None if connect_hook => {
+                    // Nothing until the hook grants it.
+                    self.grants = crate::auth::Grants::none();
+                    Ok(Authenticated::default())
+                }
+                None => Err(Close::Auth("unauthorized")),
+            },
+        }
+    }
+
     /// Whether the frame may be processed; answers `rate_limited` when not.
     pub(crate) async fn admit_frame(
         &mut self,
@@ -54,10 +109,20 @@ impl Conn {
         id: Option<PublishId>,
         reference: Option<Ref>,
     ) -> Result<(), Close> {
-        if !self.grants.can_publish(&topic) {
+        let namespace = self.shared.namespaces.of(&topic);
+        let (ephemeral, server_only) = (
+            namespace.is_ephemeral(),
+            namespace.publish == PublishPolicy::Server,
+        );
+        if !self.grants.can_publish(&topic) || server_only {
+            let why = if server_only {
+                " (only the server publishes there)"
+            } else {
+                ""
+            };
             let reply = ServerFrame::error(
                 ErrorCode::Forbidden,
-                format!("may not publish to {topic}"),
+                format!("may not publish to {topic}{why}"),
                 reference,
             );
             return self.reply(socket, &reply).await;
@@ -76,10 +141,25 @@ impl Conn {
         if !self.rate_verdict(socket, verdict, reference).await? {
             return Ok(());
         }
+        // The application approves (or rewrites) the message before anything is stored.
+        let Some(data) = self.publish_hook(socket, &topic, data, reference).await? else {
+            return Ok(());
+        };
+        if ephemeral {
+            let reply = match self.shared.publish_ephemeral(&topic, data).await {
+                Ok(()) => ServerFrame::Published {
+                    topic,
+                    seq: None,
+                    reference,
+                },
+                Err(e) => ServerFrame::error(e.code(), e.to_string(), reference),
+            };
+            return self.reply(socket, &reply).await;
+        }
         let reply = match self.shared.publish(&topic, data, id.as_ref()).await {
             Ok(appended) => ServerFrame::Published {
                 topic,
-                seq: appended.seq,
+                seq: Some(appended.seq),
                 reference,
             },
             // The append may have run before an `unavailable` (e.g. a replica acknowledgement
@@ -121,6 +201,13 @@ impl Conn {
                 return self.reply(socket, &reply).await;
             }
         };
+        if self
+            .revoked(Some(&identity.user), identity.jti.as_deref())
+            .await?
+        {
+            let reply = ServerFrame::error(ErrorCode::Unauthorized, "revoked", reference);
+            return self.reply(socket, &reply).await;
+        }
         let user = self.session.as_ref().and_then(|s| s.user.clone());
         if user.as_deref() != Some(identity.user.as_str()) {
             let reply = ServerFrame::error(

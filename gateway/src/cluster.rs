@@ -170,7 +170,7 @@ const RESUBSCRIBE_MAX: Duration = Duration::from_secs(1);
 
 /// A subscription to one subject that outlives its stream: when the backplane ends the stream
 /// (or refuses to subscribe), it subscribes again after a short backoff. Ends only on shutdown.
-struct Feed<'a, B> {
+pub(crate) struct Feed<'a, B> {
     backplane: &'a B,
     shutdown: &'a CancellationToken,
     subject: Subject,
@@ -182,7 +182,7 @@ struct Feed<'a, B> {
 
 impl<'a, B: Backplane> Feed<'a, B> {
     /// A feed of `subject`, starting from `ready` when the caller subscribed already.
-    fn new(
+    pub(crate) fn new(
         backplane: &'a B,
         shutdown: &'a CancellationToken,
         subject: Subject,
@@ -199,7 +199,7 @@ impl<'a, B: Backplane> Feed<'a, B> {
     }
 
     /// The next message; `None` once shutdown is requested.
-    async fn next(&mut self) -> Option<Bytes> {
+    pub(crate) async fn next(&mut self) -> Option<Bytes> {
         loop {
             if self.sub.is_none() {
                 self.sub = Some(self.subscribe().await?);
@@ -339,8 +339,13 @@ mod tests {
         config.heartbeat_interval = Duration::from_millis(20);
         let store = Store::Memory(session_store::MemoryStore::new(config.history_limits()));
         let auth = auth::Authenticator::new(config.security.auth_config()).unwrap();
+        let app = crate::AppSetup {
+            namespaces: config.namespaces().unwrap(),
+            hooks: None,
+        };
         Shared::new(
             config,
+            app,
             pod.to_owned(),
             store,
             Bus::Memory(bus.clone()),

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite;
 
 use crate::Shared;
 use crate::abuse::{FrameLimiter, HandshakePermit};
+use crate::application::UpgradeInfo;
 use crate::auth::Grants;
 use crate::control::ConnControl;
 use crate::hub::{ConnId, Delivery, Subscriber};
@@ -56,6 +57,8 @@ pub enum Close {
     Lagged,
     /// A newer connection of the same session holds it (this pod or another).
     TakenOver,
+    /// The application's connect hook refused the client, with its code and advice.
+    Refused { error: String, reconnect: bool },
 }
 
 impl Close {
@@ -90,6 +93,14 @@ impl Close {
                 CloseAdvice::reconnect(Some(500)).with_error("lagged"),
             )),
             Close::TakenOver => Some((CloseCode::Normal, CloseAdvice::stop("session_taken_over"))),
+            Close::Refused { error, reconnect } => Some((
+                CloseCode::Policy,
+                if *reconnect {
+                    CloseAdvice::reconnect(Some(5_000)).with_error(error)
+                } else {
+                    CloseAdvice::stop(error)
+                },
+            )),
         }
     }
 }
@@ -121,6 +132,13 @@ pub struct Conn {
     pub limiter: FrameLimiter,
     /// Held from the upgrade until `welcome`: bounds handshakes in flight.
     pub handshake: Option<HandshakePermit>,
+    /// The client's address (after trusted proxies), for the connect hook.
+    pub peer: IpAddr,
+    /// The upgrade's headers and query, until the connect hook has seen them (only kept when
+    /// the hook is configured).
+    pub upgrade: Option<Box<UpgradeInfo>>,
+    /// What the connect hook granted: saved with the session so a resume restores it.
+    pub granted: Option<session_store::HookGrant>,
 }
 
 /// Serves one upgraded socket until it closes.
@@ -130,6 +148,7 @@ pub async fn serve(
     peer: IpAddr,
     tcp_peer: IpAddr,
     handshake: HandshakePermit,
+    upgrade: Option<Box<UpgradeInfo>>,
 ) {
     let control = Arc::new(ConnControl::new());
     let id = shared.connections.register(control.clone(), tcp_peer);
@@ -150,6 +169,9 @@ pub async fn serve(
                 .frame_limits(shared.config.max_message_size),
         ),
         handshake: Some(handshake),
+        peer,
+        upgrade,
+        granted: None,
     };
     let close = conn.run(&mut socket, &mut rx).await;
     tracing::debug!(conn = id, %peer, ?close, "connection ending");
@@ -179,6 +201,12 @@ impl Conn {
             tokio::select! {
                 biased;
                 (code, advice) = control.requested() => return Close::Requested(code, advice),
+                commands = control.commands(), if self.session.is_some() => {
+                    // Boxed like the handlers (see below).
+                    if let Err(close) = Box::pin(self.server_commands(socket, commands)).await {
+                        return close;
+                    }
+                }
                 Some(first) = rx.recv(), if self.session.is_some() => {
                     // Boxed: the handlers' state machines are large, and inlined they would be
                     // reserved in every idle connection's task (about 12 KiB each).
@@ -212,6 +240,7 @@ impl Conn {
                         last_saved = Instant::now();
                         // Boxed like the handlers: a store call's future is large.
                         Box::pin(self.save_session()).await;
+                        Box::pin(self.index_session()).await;
                     }
                     if self.write(socket, Message::Ping(Default::default())).await.is_err() {
                         return Close::Gone;
@@ -318,6 +347,11 @@ impl Conn {
             F::PresenceStats { topic, reference } => {
                 self.presence_stats(socket, topic, reference).await
             }
+            F::Rpc {
+                method,
+                data,
+                reference,
+            } => self.rpc(socket, method, data, reference).await,
         }
     }
 
@@ -390,6 +424,8 @@ impl Conn {
             let _ = timeout(self.shared.config.close_grace, self.flush(socket)).await;
         }
         self.save_session().await;
+        // Resumable for the window from now: the per-user index must say so (for disconnect).
+        self.index_session().await;
         if let Close::ByClient = close {
             // tungstenite queued the reply to the client's close frame: send it. A client that
             // closes cleanly reads until that reply (the closing handshake), so it has every
@@ -429,6 +465,10 @@ impl Conn {
                 self.save_session_as(true).await;
             }
         }
+        if self.control.is_disconnected() {
+            // The server API deleted the session; a save that raced it must not bring it back.
+            self.forget_session().await;
+        }
         self.presence_detach();
         for topic in self.subs.keys() {
             self.shared.hub.unsubscribe(topic, self.id);
@@ -459,7 +499,8 @@ fn reference_of(frame: &client::ClientFrame) -> Option<client::Ref> {
         | F::Refresh { reference, .. }
         | F::History { reference, .. }
         | F::Presence { reference, .. }
-        | F::PresenceStats { reference, .. } => *reference,
+        | F::PresenceStats { reference, .. }
+        | F::Rpc { reference, .. } => *reference,
     }
 }
 

@@ -29,6 +29,20 @@ pub struct ConnControl {
     /// history after writing what is queued.
     lagging: Mutex<Vec<Topic>>,
     has_lag: AtomicBool,
+    /// Set by the server API's `disconnect`: the session must not be saved (it was deleted so
+    /// the client cannot resume it).
+    disconnected: AtomicBool,
+    /// Server-side subscription changes for the connection's task to apply.
+    commands: Mutex<Vec<ServerCommand>>,
+    command_notify: Notify,
+}
+
+/// A change the server asks of a connection's subscriptions (`/api/subscribe`,
+/// `/api/unsubscribe`); applied by the connection's task, which owns them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerCommand {
+    Subscribe(Topic),
+    Unsubscribe(Topic),
 }
 
 impl ConnControl {
@@ -41,6 +55,44 @@ impl ConnControl {
             queued_bytes: AtomicUsize::new(0),
             lagging: Mutex::new(Vec::new()),
             has_lag: AtomicBool::new(false),
+            disconnected: AtomicBool::new(false),
+            commands: Mutex::new(Vec::new()),
+            command_notify: Notify::new(),
+        }
+    }
+
+    /// Closes the connection for the server API's `disconnect`: 1008 without reconnect, and its
+    /// session is not saved on the way out.
+    pub fn disconnect(&self) {
+        self.disconnected.store(true, Ordering::Release);
+        self.request_close(CloseCode::Policy, CloseAdvice::stop("disconnected"));
+    }
+
+    pub fn is_disconnected(&self) -> bool {
+        self.disconnected.load(Ordering::Acquire)
+    }
+
+    /// Queues a server-side subscription change (at most a few hundred wait; more are dropped
+    /// with a warning: an operator loop gone wrong must not grow a connection without bound).
+    pub fn command(&self, command: ServerCommand) {
+        let mut commands = self.commands.lock().expect("commands lock");
+        if commands.len() >= 256 {
+            tracing::warn!(?command, "server command dropped: 256 already queued");
+            return;
+        }
+        commands.push(command);
+        drop(commands);
+        self.command_notify.notify_one();
+    }
+
+    /// Waits for queued server commands and takes them, in order.
+    pub async fn commands(&self) -> Vec<ServerCommand> {
+        loop {
+            let taken = std::mem::take(&mut *self.commands.lock().expect("commands lock"));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.command_notify.notified().await;
         }
     }
 
@@ -125,6 +177,8 @@ struct Entry {
     tcp_peer: IpAddr,
     /// The session and the generation this connection claimed for it.
     session: Option<(SessionId, u64)>,
+    /// The session's user, for the server API's per-user commands.
+    user: Option<String>,
 }
 
 /// The outcome of [`Connections::bind_session`].
@@ -159,6 +213,7 @@ impl Connections {
                 control,
                 tcp_peer,
                 session: None,
+                user: None,
             },
         );
         id
@@ -197,6 +252,31 @@ impl Connections {
             return true;
         }
         false
+    }
+
+    /// Notes the user of connection `id` (after `hello`).
+    pub fn set_user(&self, id: ConnId, user: Option<String>) {
+        if let Some(entry) = self
+            .inner
+            .lock()
+            .expect("connections lock")
+            .conns
+            .get_mut(&id)
+        {
+            entry.user = user;
+        }
+    }
+
+    /// Controls of `user`'s open connections on this pod.
+    pub fn of_user(&self, user: &str) -> Vec<Arc<ConnControl>> {
+        self.inner
+            .lock()
+            .expect("connections lock")
+            .conns
+            .values()
+            .filter(|e| e.user.as_deref() == Some(user) && !e.control.is_closing())
+            .map(|e| e.control.clone())
+            .collect()
     }
 
     /// Whether `id` still holds `session` (it does not after a takeover).

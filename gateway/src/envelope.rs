@@ -3,6 +3,10 @@
 //! `<seq> <epoch> <published unix µs>\n<data JSON>`: a one-line header the receiving pod needs
 //! for ordering and latency, then the payload exactly as the publisher sent it. A text header
 //! keeps it readable with `nats sub` when debugging a fleet.
+//!
+//! A message of an ephemeral topic (no history) has no `seq`: its header is `0 - <µs>`. `0` is
+//! never a real `seq`, and the epoch `-` orders before every real epoch, so a pod that (wrongly
+//! configured) treats the topic as one with history drops it as stale instead of misordering.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use protocol::{Epoch, Payload};
@@ -24,7 +28,24 @@ pub struct Envelope {
 #[error("malformed backplane envelope: {0}")]
 pub struct EnvelopeError(&'static str);
 
+/// The epoch written in ephemeral envelopes.
+const EPHEMERAL_EPOCH: &str = "-";
+
 impl Envelope {
+    /// A message of an ephemeral topic.
+    pub fn ephemeral(data: Payload) -> Self {
+        Self {
+            seq: 0,
+            epoch: Epoch::new(EPHEMERAL_EPOCH),
+            published_us: now_us(),
+            data,
+        }
+    }
+
+    pub fn is_ephemeral(&self) -> bool {
+        self.seq == 0
+    }
+
     pub fn encode(&self) -> Bytes {
         let header = format!(
             "{} {} {}\n",
@@ -78,6 +99,10 @@ mod tests {
         };
         assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
         assert!(Envelope::decode(b"garbage").is_err());
+        let eph = Envelope::ephemeral(Payload::parse("[1]").unwrap());
+        let back = Envelope::decode(&eph.encode()).unwrap();
+        assert!(back.is_ephemeral());
+        assert!(!back.epoch.is_newer_than(&Epoch::new("a1b2")));
         assert!(Envelope::decode(b"1 e 2\n{").is_err());
     }
 

@@ -179,6 +179,7 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(TcpPeer(tcp_peer)): Extension<TcpPeer>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
     if shared.drain.is_draining() {
@@ -230,6 +231,12 @@ async fn upgrade(
         );
     };
     shared.metrics.conn.outcome("accepted");
+    // Kept for the connect hook only: an idle connection without hooks holds none of it.
+    let upgrade = shared
+        .hooks
+        .as_ref()
+        .filter(|h| h.has_base())
+        .map(|_| Box::new(upgrade_info(&headers, &uri)));
     let c = &shared.config;
     let token = shared.tasks.token();
     // Sizes derived from `--max-message-size` (see `sizes`): the write bound holds a batch plus
@@ -245,11 +252,27 @@ async fn upgrade(
         .max_message_size(max_read)
         .max_frame_size(max_read)
         .on_upgrade(move |socket| async move {
-            connection::serve(socket, shared, ip, tcp_peer, permit).await;
+            connection::serve(socket, shared, ip, tcp_peer, permit, upgrade).await;
             drop(ip_guard);
             drop(slot);
             drop(token);
         })
+}
+
+/// What the connect hook sees of the upgrade request.
+fn upgrade_info(headers: &HeaderMap, uri: &axum::http::Uri) -> crate::application::UpgradeInfo {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    crate::application::UpgradeInfo {
+        origin: text(header::ORIGIN),
+        user_agent: text(header::USER_AGENT),
+        cookie: text(header::COOKIE),
+        query: uri.query().unwrap_or_default().to_owned(),
+    }
 }
 
 fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
@@ -333,6 +356,19 @@ pub(crate) async fn api_publish(
         Ok(id) => id,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, "bad_request", e),
     };
+    if shared.namespaces.of(&topic).is_ephemeral() {
+        // No seq, no epoch, no dedup: nothing is stored (see `Shared::publish_ephemeral`).
+        return match shared
+            .publish_ephemeral(&topic, Payload::from_raw(&data))
+            .await
+        {
+            Ok(()) => Json(serde_json::json!({"topic": topic, "ephemeral": true})).into_response(),
+            Err(e @ PublishError::TooLarge { .. }) => {
+                api_error(StatusCode::PAYLOAD_TOO_LARGE, e.code().as_str(), e)
+            }
+            Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, e.code().as_str(), e),
+        };
+    }
     match shared
         .publish(&topic, Payload::from_raw(&data), id.as_ref())
         .await

@@ -2,13 +2,19 @@
 //! any pod.
 //!
 //! Layout, along the data path:
-//! - [`config`]: flags and environment (`GATEWAY_*`), validated before anything binds.
+//! - [`config`]: flags and environment (`GATEWAY_*`), validated before anything binds, and the
+//!   `--config` file of namespaces (per-prefix history, ephemeral topics, hooks).
 //! - `http`: the public routers (`/ws` upgrade with admission, `/healthz`, `/readyz`) on
 //!   `--listen` and, behind PROXY v2, `--proxy-listen`.
 //! - [`admin`]: the admin router with its two token scopes (read: `/metrics`, `/scaler`,
 //!   `/admin/cluster`; operator: drain, undrain, drain-peer, `/api/*`).
 //! - `connection`: one task per socket: reads frames, writes replies and batched deliveries.
-//! - `session`: `hello`, resume and per-topic recovery for a connection.
+//! - `session`: `hello`, resume and per-topic recovery for a connection; `saving` stores it.
+//! - `access`: who the token says the client is, rate limits, publishing, `refresh`.
+//! - [`hooks`]: the application's HTTP hooks (signed, bounded, behind a breaker); `application`
+//!   is what a connection asks them (connect, subscribe, resubscribe, publish, rpc).
+//! - `server_api` and `fleet`: the admin port's `/api/*` commands and their fleet-wide
+//!   delivery; `server_side` is what they do to a connection.
 //! - `history`: the `history` frame and `subscribe {last}`: reading a topic's history.
 //! - `topics_api`: the admin port's `GET /api/topics/{topic}` and `.../history`.
 //! - `census`: connected subscribers per topic, fleet-wide, reported once per heartbeat.
@@ -43,6 +49,7 @@ pub mod abuse;
 mod access;
 pub mod admin;
 mod agent;
+mod application;
 pub mod assets;
 pub mod auth;
 mod census;
@@ -53,20 +60,25 @@ mod connection;
 mod control;
 mod drain;
 mod envelope;
+mod fleet;
 mod health;
 mod history;
+pub mod hooks;
 mod http;
 mod hub;
 mod metrics;
 pub mod ops;
 mod presence;
 mod replay;
+mod saving;
 mod sequencer;
+mod server_api;
+mod server_side;
 mod session;
 pub mod sizes;
 mod topics_api;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, Namespaces};
 
 use crate::control::Connections;
 use crate::drain::Drain;
@@ -92,6 +104,8 @@ pub enum GatewayError {
     Backplane(#[from] backplane::BackplaneError),
     #[error("authentication: {0}")]
     Auth(#[from] auth::AuthError),
+    #[error("hooks: {0}")]
+    Hooks(String),
 }
 
 /// The sockets a gateway serves on, bound by the caller.
@@ -137,8 +151,14 @@ fn bind_with_backlog(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub config: Config,
+    /// Per-topic-prefix options (`--config`), with the default namespace from the flags.
+    pub namespaces: Namespaces,
+    /// The application's hooks, when any hook URL is configured.
+    pub hooks: Option<hooks::Hooks>,
     pub pod: String,
     pub store: Store,
+    /// Who each user's sessions are, and revocations (the server API's disconnect and revoke).
+    pub users: session_store::AnyUsers,
     pub backplane: Bus,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
@@ -165,6 +185,46 @@ pub(crate) struct Shared {
     pub slots: AtomicUsize,
 }
 
+/// The application's side of a pod: namespaces and, when configured, how to call its hooks.
+#[derive(Debug, Clone)]
+pub(crate) struct AppSetup {
+    pub namespaces: Namespaces,
+    pub hooks: Option<(hooks::HookSettings, hooks::AnyTransport)>,
+}
+
+impl AppSetup {
+    /// Reads the namespaces file and the hook secret, and builds the HTTP hook client: a bad
+    /// file or a missing secret fails the start.
+    fn from_config(config: &Config) -> Result<Self, GatewayError> {
+        let namespaces = config.namespaces()?;
+        let app = &config.app;
+        let any_url = app.hook_url.is_some() || namespaces.any_topic_hooks().next().is_some();
+        if !any_url {
+            return Ok(Self {
+                namespaces,
+                hooks: None,
+            });
+        }
+        let secret = app
+            .hook_secret()
+            .map_err(ConfigError::from)?
+            .ok_or(ConfigError::App(config::AppConfigError::HookSecretMissing))?;
+        let transport = hooks::HttpTransport::new().map_err(GatewayError::Hooks)?;
+        let settings = hooks::HookSettings {
+            base_url: app.hook_url.clone(),
+            secret,
+            timeout: app.hook_timeout,
+            concurrency: app.hook_concurrency,
+            breaker_failures: app.hook_breaker_failures,
+            breaker_cooldown: app.hook_breaker_cooldown,
+        };
+        Ok(Self {
+            namespaces,
+            hooks: Some((settings, hooks::AnyTransport::Http(transport))),
+        })
+    }
+}
+
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PublishError {
@@ -173,13 +233,16 @@ pub(crate) enum PublishError {
     /// Refused before the append: the payload could not be delivered (see [`sizes`]).
     #[error("message of {size} bytes is above the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    /// An ephemeral message (no history to catch up from) could not be handed to the backplane.
+    #[error("backplane unavailable: {0}")]
+    Backplane(#[from] backplane::BackplaneError),
 }
 
 impl PublishError {
     /// The `error` frame code for the publisher.
     pub fn code(&self) -> protocol::ErrorCode {
         match self {
-            Self::Store(_) => protocol::ErrorCode::Unavailable,
+            Self::Store(_) | Self::Backplane(_) => protocol::ErrorCode::Unavailable,
             Self::TooLarge { .. } => protocol::ErrorCode::TooLarge,
         }
     }
@@ -190,6 +253,7 @@ impl Shared {
     /// hub (whose topic tasks stop with `shutdown`), the connection table, drain and limits.
     pub fn new(
         config: Config,
+        app: AppSetup,
         pod: String,
         store: Store,
         backplane: Bus,
@@ -198,19 +262,27 @@ impl Shared {
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         metrics.conn.capacity.set(config.max_connections as i64);
+        let AppSetup { namespaces, hooks } = app;
+        let hooks = hooks
+            .map(|(settings, transport)| hooks::Hooks::new(settings, transport, metrics.clone()));
         let shutdown = CancellationToken::new();
         let hub = Hub::new(
             store.clone(),
             backplane.clone(),
             metrics.clone(),
-            HubConfig::from_config(&config),
+            HubConfig::from_config(&config, &namespaces),
             shutdown.clone(),
         );
+        let users = match &store {
+            Store::Memory(_) => session_store::AnyUsers::Memory(Default::default()),
+            Store::Redis(redis) => session_store::AnyUsers::Redis(redis.users()),
+        };
         Arc::new(Self {
             pod,
             census: census::AnyCensus::for_store(&store),
             presence: presence::AnyPresence::for_store(&store),
             presence_registry: presence::Registry::default(),
+            users,
             store,
             backplane,
             hub,
@@ -230,6 +302,8 @@ impl Shared {
             public_addr,
             cluster: cluster::ClusterView::default(),
             config,
+            namespaces,
+            hooks,
         })
     }
 
@@ -292,11 +366,41 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Publishes on an ephemeral topic (a namespace with `history = false`): straight to the
+    /// backplane, no store call, no `seq`. At-most-once: a message the backplane drops, or one
+    /// sent while a subscriber is between connections, is not delivered to it, and nothing
+    /// tells it so (these topics promise no recovery; `subscribed` says `recovered: false`).
+    pub async fn publish_ephemeral(
+        &self,
+        topic: &Topic,
+        data: Payload,
+    ) -> Result<(), PublishError> {
+        self.check_publishable(topic, &data)?;
+        let started = std::time::Instant::now();
+        let sent = self
+            .backplane
+            .publish(
+                &Subject::Topic(topic.clone()),
+                Envelope::ephemeral(data).encode(),
+            )
+            .await;
+        self.metrics
+            .hub
+            .backplane_publish
+            .observe(started.elapsed().as_secs_f64());
+        sent?;
+        self.metrics.hub.ephemeral_published.inc();
+        Ok(())
+    }
+}
+
 /// The Redis configuration when a URL is configured: credential and TLS files are read here,
 /// so a bad one fails the start before anything connects.
 fn redis_config(
     config: &Config,
     limits: HistoryLimits,
+    prefix_limits: &session_store::PrefixLimits,
 ) -> Result<Option<session_store::RedisConfig>, ConfigError> {
     let Some(url) = &config.redis_url else {
         return Ok(None);
@@ -304,6 +408,7 @@ fn redis_config(
     let mut redis = session_store::RedisConfig {
         key_prefix: config.key_prefix.clone(),
         limits,
+        prefix_limits: prefix_limits.clone(),
         call_timeout: config.store_timeout,
         min_replicas: config.redis_min_replicas,
         ..session_store::RedisConfig::new(url.clone())
@@ -331,9 +436,12 @@ fn nats_config(config: &Config, pod: &str) -> Result<Option<backplane::NatsConfi
 async fn connect_store(
     redis: Option<session_store::RedisConfig>,
     limits: HistoryLimits,
+    prefix_limits: session_store::PrefixLimits,
 ) -> Result<Store, GatewayError> {
     let Some(redis) = redis else {
-        return Ok(Store::Memory(session_store::MemoryStore::new(limits)));
+        return Ok(Store::Memory(
+            session_store::MemoryStore::with_prefix_limits(limits, prefix_limits),
+        ));
     };
     tracing::info!(
         url = %protocol::redact_url(&redis.url),
@@ -378,15 +486,18 @@ pub async fn run(
     let admin_tokens = Arc::new(admin::AdminTokens::load(&config).map_err(ConfigError::from)?);
     let pod = config.pod_name();
     let limits = config.history_limits();
+    let app = AppSetup::from_config(&config)?;
+    let prefix_limits = app.namespaces.prefix_limits();
     let authenticator = auth::Authenticator::new(config.security.auth_config())?;
-    let redis = redis_config(&config, limits)?;
+    let redis = redis_config(&config, limits, &prefix_limits)?;
     let nats = nats_config(&config, &pod)?;
-    let store = connect_store(redis, limits).await?;
+    let store = connect_store(redis, limits, prefix_limits).await?;
     let backplane = connect_backplane(nats).await?;
     let public_addr = listeners.public.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     let shared = Shared::new(
         config,
+        app,
         pod.clone(),
         store,
         backplane,
@@ -404,6 +515,12 @@ pub async fn run(
         .subscribe(&Subject::Control(pod.clone()))
         .await
         .map_err(|e| tracing::warn!(error = %e, "control subject not subscribed yet; retrying"))
+        .ok();
+    let fleet = shared
+        .backplane
+        .subscribe(&Subject::Fleet)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "fleet subject not subscribed yet; retrying"))
         .ok();
     let public = tokio::spawn(http::serve_public(
         listeners.public,
@@ -430,6 +547,7 @@ pub async fn run(
     tokio::spawn(census::run(shared.clone()));
     tokio::spawn(presence::run(shared.clone()));
     tokio::spawn(cluster::run_control(shared.clone(), control));
+    tokio::spawn(fleet::run(shared.clone(), fleet));
     tokio::spawn(cluster::run_rebalancer(shared.clone()));
     tokio::spawn(sizes::watch_backplane_limit(shared.clone()));
     tokio::spawn(health::run_checks(shared.clone()));

@@ -35,6 +35,10 @@ enum Command {
     Status(StatusArgs),
     /// Mint an HS256 test token with the gateway's secret.
     Token(gateway::auth::TokenArgs),
+    /// Close every connection of a user on every pod (1008, no reconnect) and end its sessions.
+    Disconnect(gateway::ops::DisconnectArgs),
+    /// Refuse a user or a token (`jti`) on hello, refresh and resume for a while.
+    Revoke(gateway::ops::RevokeArgs),
 }
 
 #[tokio::main]
@@ -66,6 +70,16 @@ async fn main() -> anyhow::Result<()> {
             if !gateway::ops::status(&target, &args, &mut std::io::stdout()).await? {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Some(Command::Disconnect(args)) => {
+            let target = Target::from_args(&args.target).await?;
+            gateway::ops::disconnect(&target, &args, &mut std::io::stdout()).await?;
+            Ok(())
+        }
+        Some(Command::Revoke(args)) => {
+            let target = Target::from_args(&args.target).await?;
+            gateway::ops::revoke(&target, &args, &mut std::io::stdout()).await?;
             Ok(())
         }
         None => serve(cli.serve).await,

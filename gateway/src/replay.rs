@@ -34,6 +34,8 @@ pub struct SubState {
     pub announce: bool,
     /// The last position the socket flushed: what the session record saves.
     pub sent: Position,
+    /// An ephemeral topic: no positions, nothing to fill from history.
+    pub ephemeral: bool,
 }
 
 impl SubState {
@@ -44,6 +46,18 @@ impl SubState {
             epoch: at.epoch.clone(),
             announce: false,
             sent: at,
+            ephemeral: false,
+        }
+    }
+
+    /// A subscription of an ephemeral topic: its position stays `{seq: 0, epoch: ""}`.
+    pub fn ephemeral() -> Self {
+        Self {
+            ephemeral: true,
+            ..Self::at(Position {
+                seq: 0,
+                epoch: Epoch::new(""),
+            })
         }
     }
 
@@ -95,6 +109,15 @@ impl Conn {
         let Some(sub) = self.subs.get_mut(&delivery.topic) else {
             return Step::Skip;
         };
+        if delivery.ephemeral || sub.ephemeral {
+            // No order to keep and nothing to fill: written as it comes (a mismatch means the
+            // pods disagree about the namespace; the hub already warned).
+            if delivery.ephemeral != sub.ephemeral {
+                return Step::Skip;
+            }
+            self.shared.metrics.conn.delivered.inc();
+            return Step::Write(Message::Text(delivery.frame.clone()));
+        }
         if delivery.epoch != sub.epoch {
             if !delivery.epoch.is_newer_than(&sub.epoch) {
                 return Step::Skip;
@@ -182,7 +205,7 @@ impl Conn {
         topic: &Topic,
     ) -> Result<(), Close> {
         loop {
-            let Some(sub) = self.subs.get(topic) else {
+            let Some(sub) = self.subs.get(topic).filter(|sub| !sub.ephemeral) else {
                 return Ok(());
             };
             let (after, epoch) = (sub.fed, sub.epoch.clone());

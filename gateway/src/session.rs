@@ -13,6 +13,7 @@
 //! in the store; the previous holder (found in the same atomic step) is told to close, but only
 //! if it holds an older generation, and only the latest generation may save the record. Two
 //! concurrent resumes of one session therefore leave exactly one connection, the later claim.
+//! Saving the record is in `saving`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -21,8 +22,9 @@ use protocol::{
     ErrorCode, Position, ResumeToken, ServerFrame, SessionId, Topic, client::Ref,
     server::ResumedTopic,
 };
-use session_store::{SessionRecord, SessionStore, now_ms, recover};
+use session_store::{SessionStore, now_ms, recover};
 
+use crate::access::Authenticated;
 use crate::connection::{Close, Conn, SessionState};
 use crate::control::Bind;
 use crate::replay::SubState;
@@ -31,14 +33,15 @@ use crate::replay::SubState;
 const SAMPLE: usize = 16;
 
 /// What subscribing a topic gave.
-struct Joined {
-    top: Position,
+pub(crate) struct Joined {
+    /// `None` on an ephemeral topic.
+    pub top: Option<Position>,
     /// `Some` when a position was given: whether everything after it could be recovered.
-    recovered: Option<bool>,
+    pub recovered: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum JoinError {
+pub(crate) enum JoinError {
     #[error("{0}")]
     Hub(#[from] crate::hub::HubError),
     #[error("{0}")]
@@ -53,11 +56,21 @@ impl Conn {
         resume: Option<String>,
         positions: HashMap<Topic, Position>,
     ) -> Result<(), Close> {
-        let user = self.authenticate(token)?;
+        let Authenticated {
+            mut user,
+            exp: token_exp,
+            jti,
+        } = self.authenticate(token)?;
         let previous = match resume.as_deref().map(ResumeToken::parse) {
             Some(Ok(token)) => match self.shared.store.load_session(&token.session).await {
-                // A session resumes only with its secret and only for the same user.
-                Ok(Some(record)) if token.secret_matches(&record.secret) && record.user == user => {
+                // A session resumes only with its secret and only for the same user; one whose
+                // user came from the connect hook resumes with its secret alone (the hook is not
+                // called again: a drain must not become a storm of auth calls).
+                Ok(Some(record))
+                    if token.secret_matches(&record.secret)
+                        && (record.user == user
+                            || (user.is_none() && record.granted.is_some())) =>
+                {
                     Some(record)
                 }
                 Ok(_) => None,
@@ -76,12 +89,30 @@ impl Conn {
             Some(Err(_)) | None => None,
         };
         let resumed = previous.is_some();
+        let mut server_subs = Vec::new();
+        if !resumed {
+            if let Some(admitted) = self
+                .connect_hook(socket, user.as_deref(), token_exp)
+                .await?
+            {
+                user = admitted.user;
+                self.granted = admitted.granted;
+                server_subs = admitted.subscribe;
+            }
+            if user.is_none() && self.shared.auth.mode() == crate::auth::AuthMode::Required {
+                return Err(Close::Auth("unauthorized"));
+            }
+        }
         // Positions the server saved are trusted only when the client is known to have read up
         // to them (see `SessionRecord::confirmed`); the client's own are always trusted.
         let mut saved_confirmed = true;
         let (mut state, mut restore) = match previous {
             Some(record) => {
                 saved_confirmed = record.confirmed;
+                if let Some(granted) = &record.granted {
+                    self.apply_grant(granted, record.user.as_deref());
+                }
+                self.granted = record.granted;
                 (
                     SessionState {
                         id: record.id,
@@ -107,6 +138,10 @@ impl Conn {
                 )
             }
         };
+        // Revoked users and tokens (`/api/revoke`) get nothing, fresh or resumed.
+        if self.revoked(state.user.as_deref(), jti.as_deref()).await? {
+            return Err(Close::Auth("revoked"));
+        }
         let from_client: HashSet<Topic> = positions.keys().cloned().collect();
         if resumed {
             // The client's own positions are what it really received: they win over ours.
@@ -115,6 +150,11 @@ impl Conn {
         // Grants may have shrunk since the session was saved (a new token): restore only what
         // this token allows.
         restore.retain(|topic, _| self.grants.can_subscribe(topic));
+        if resumed && !restore.is_empty() {
+            let (id, user) = (state.id.to_string(), state.user.clone());
+            self.recheck_restored(&mut restore, &id, user.as_deref())
+                .await;
+        }
         if resumed {
             self.claim(socket, &mut state).await?;
         } else {
@@ -134,6 +174,9 @@ impl Conn {
             session: state.id.clone(),
             secret: state.secret.clone(),
         };
+        self.shared
+            .connections
+            .set_user(self.id, state.user.clone());
         self.session = Some(state);
 
         let mut topics = HashMap::new();
@@ -156,8 +199,8 @@ impl Conn {
                     topics.insert(
                         topic.clone(),
                         ResumedTopic {
-                            seq: joined.top.seq,
-                            epoch: joined.top.epoch.clone(),
+                            seq: joined.top.as_ref().map(|t| t.seq),
+                            epoch: joined.top.map(|t| t.epoch),
                             recovered,
                         },
                     );
@@ -176,7 +219,7 @@ impl Conn {
         // The positions saved here are the client's own (nothing is replayed yet): a hello
         // that fails from now on leaves a record the client can resume from.
         match self.store_session(false).await {
-            Ok(true) => {}
+            Ok(true) => self.index_session().await,
             Ok(false) => return Err(Close::TakenOver),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot save session");
@@ -210,6 +253,9 @@ impl Conn {
         }
         for topic in replay {
             self.fill(socket, &topic).await?;
+        }
+        for topic in server_subs {
+            self.server_subscribe(socket, topic).await?;
         }
         if resumed {
             // Save what the replay sent, so a client resuming without positions after this
@@ -261,37 +307,6 @@ impl Conn {
         Ok(())
     }
 
-    /// Checks `hello.token` and sets the connection's grants and expiry; returns the user.
-    fn authenticate(&mut self, token: Option<String>) -> Result<Option<String>, Close> {
-        let auth = &self.shared.auth;
-        if auth.mode() == crate::auth::AuthMode::Off {
-            self.grants = crate::auth::Grants::all();
-            return Ok(None);
-        }
-        match token {
-            Some(token) => match auth.verify(&token) {
-                Ok(identity) => {
-                    self.expires = identity
-                        .expires_in()
-                        .map(|d| tokio::time::Instant::now() + d);
-                    self.grants = identity.grants;
-                    Ok(Some(identity.user))
-                }
-                Err(e) => {
-                    tracing::debug!(reason = %e, "token refused");
-                    Err(Close::Auth(e.close_error()))
-                }
-            },
-            None => match auth.anonymous() {
-                Some(grants) => {
-                    self.grants = grants;
-                    Ok(None)
-                }
-                None => Err(Close::Auth("unauthorized")),
-            },
-        }
-    }
-
     pub(crate) async fn subscribe(
         &mut self,
         socket: &mut WebSocket,
@@ -303,9 +318,10 @@ impl Conn {
             // Already subscribed: confirm where the client is; nothing is sent twice.
             let reply = ServerFrame::Subscribed {
                 topic,
-                seq: sub.fed,
-                epoch: sub.epoch.clone(),
+                seq: (!sub.ephemeral).then_some(sub.fed),
+                epoch: (!sub.ephemeral).then(|| sub.epoch.clone()),
                 recovered: None,
+                reason: None,
                 reference,
             };
             return self.reply(socket, &reply).await;
@@ -329,6 +345,9 @@ impl Conn {
             );
             return self.reply(socket, &reply).await;
         }
+        if !self.subscribe_hook(socket, &topic, reference).await? {
+            return Ok(());
+        }
         let mut budget = self.shared.config.replay_budget;
         let joined = match self.join(&topic, since, true, &mut budget).await {
             Ok(joined) => joined,
@@ -340,9 +359,10 @@ impl Conn {
         self.presence_attach(&topic).await;
         let reply = ServerFrame::Subscribed {
             topic: topic.clone(),
-            seq: joined.top.seq,
-            epoch: joined.top.epoch.clone(),
+            seq: joined.top.as_ref().map(|t| t.seq),
+            epoch: joined.top.map(|t| t.epoch),
             recovered: joined.recovered,
+            reason: None,
             reference,
         };
         self.reply(socket, &reply).await?;
@@ -383,7 +403,7 @@ impl Conn {
     /// the client missed since `since` can be replayed within `budget` (payload bytes, spent
     /// by the estimate). An untrusted `since` (a saved position the client may not have read
     /// up to) is never recovered.
-    async fn join(
+    pub(crate) async fn join(
         &mut self,
         topic: &Topic,
         since: Option<Position>,
@@ -394,6 +414,15 @@ impl Conn {
             .hub
             .subscribe(topic, self.id, self.subscriber())
             .await?;
+        if self.shared.namespaces.of(topic).is_ephemeral() {
+            // Nothing to read: no history, no position. Never claimed recovered.
+            self.subs.insert(topic.clone(), SubState::ephemeral());
+            self.shared.metrics.conn.subscriptions.inc();
+            return Ok(Joined {
+                top: None,
+                recovered: Some(false),
+            });
+        }
         let started = std::time::Instant::now();
         let read = match &since {
             Some(since) => self
@@ -444,73 +473,8 @@ impl Conn {
         self.subs.insert(topic.clone(), SubState::at(at));
         self.shared.metrics.conn.subscriptions.inc();
         Ok(Joined {
-            top,
+            top: Some(top),
             recovered: since.map(|_| recovered),
         })
-    }
-
-    fn record(&self, confirmed: bool) -> Option<SessionRecord> {
-        let s = self.session.as_ref()?;
-        Some(SessionRecord {
-            id: s.id.clone(),
-            secret: s.secret.clone(),
-            user: s.user.clone(),
-            subscriptions: self
-                .subs
-                .iter()
-                .map(|(t, sub)| (t.clone(), sub.sent.clone()))
-                .collect(),
-            confirmed,
-            created_ms: s.created_ms,
-            last_pod: self.shared.pod.clone(),
-        })
-    }
-
-    /// Saves the record under this connection's generation; `Ok(false)` when a newer
-    /// connection claimed the session.
-    async fn store_session(&self, confirmed: bool) -> Result<bool, session_store::StoreError> {
-        let (Some(record), Some(session)) = (self.record(confirmed), self.session.as_ref()) else {
-            return Ok(true);
-        };
-        let started = std::time::Instant::now();
-        let result = self
-            .shared
-            .store
-            .save_session(
-                &record,
-                session.generation,
-                self.shared.config.resume_window,
-            )
-            .await;
-        self.shared.metrics.store.observe("save_session", started);
-        result
-    }
-
-    /// Saves the session with the positions sent so far: the resume window starts now. A
-    /// refused save means a newer connection claimed the session (its takeover message may
-    /// have been lost): this one closes.
-    pub(crate) async fn save_session(&self) {
-        self.save_session_as(false).await;
-    }
-
-    /// [`Conn::save_session`], saying whether the client is known to have read everything sent.
-    pub(crate) async fn save_session_as(&self, confirmed: bool) {
-        let Some(session) = &self.session else { return };
-        if self.control.is_taken_over()
-            || !self.shared.connections.holds_session(self.id, &session.id)
-        {
-            // Taken over by a newer connection, which owns the record now.
-            return;
-        }
-        match self.store_session(confirmed).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::debug!(session = %session.id, "session claimed by a newer connection");
-                self.control.take_over();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot save session; the client resumes from its own positions");
-            }
-        }
     }
 }

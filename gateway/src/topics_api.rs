@@ -59,7 +59,7 @@ async fn topic_state(State(shared): State<Arc<Shared>>, Path(topic): Path<String
         "epoch": top.epoch,
         "subscribers": subscribers,
     });
-    if crate::presence::enabled(&shared.config, &topic) {
+    if crate::presence::enabled(&shared, &topic) {
         match shared.presence.stats(&topic).await {
             Ok(stats) => {
                 body["presence"] =
@@ -78,14 +78,14 @@ async fn topic_presence(State(shared): State<Arc<Shared>>, Path(topic): Path<Str
         Ok(t) => t,
         Err(e) => return bad_topic(e),
     };
-    if !crate::presence::enabled(&shared.config, &topic) {
+    if !crate::presence::enabled(&shared, &topic) {
         return api_error(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("{topic} has no presence"),
         );
     }
-    let max = shared.config.presence.presence_max_list;
+    let max = crate::presence::max_list(&shared, &topic);
     let live = crate::presence::live_pods(&shared);
     match shared.presence.members(&topic, &live, max).await {
         Ok(Some(members)) => {

@@ -12,7 +12,7 @@ use support::{Client, TestGateway};
 use test_support::{NatsServer, RedisServer};
 
 fn presence_on(c: &mut gateway::Config) {
-    c.presence.presence = true;
+    c.app.presence = true;
     c.heartbeat_interval = Duration::from_millis(200);
 }
 
@@ -91,7 +91,7 @@ async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
 async fn members_and_stats_on_one_node() {
     let gw = TestGateway::with(|c| {
         presence_on(c);
-        c.presence.presence_max_list = 2;
+        c.app.presence_max_list = 2;
     })
     .await;
     let (mut a, wa) = gw.hello().await;

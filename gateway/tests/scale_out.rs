@@ -179,9 +179,15 @@ async fn three_pods_on_a_redis_cluster_and_a_nats_cluster_deliver_every_topic_ga
     b.wait_acks_after(started, 90).await;
 
     // Interest on NATS follows local subscribers: each pod has its topics' subjects, its
-    // control subject and the heartbeats, nothing else.
+    // control subject, the fleet-wide commands and the heartbeats, nothing else.
     let subject = |t: &str| format!("gw.t.{t}");
-    let common = |pod: &str| BTreeSet::from(["gw.hb".to_owned(), format!("gw.ctl.{pod}")]);
+    let common = |pod: &str| {
+        BTreeSet::from([
+            "gw.hb".to_owned(),
+            "gw.fleet".to_owned(),
+            format!("gw.ctl.{pod}"),
+        ])
+    };
     let mut expected = [common("pod-0"), common("pod-1"), common("pod-2")];
     expected[0].insert(subject(&f.topics[0]));
     for t in &f.topics {

@@ -75,6 +75,8 @@ fn answer_to_text(text: &str) -> Expect {
         Ok(ClientFrame::Presence { .. } | ClientFrame::PresenceStats { .. }) => {
             Expect::Error("bad_request")
         }
+        // This gateway has no --hook-url: rpc is a bad request.
+        Ok(ClientFrame::Rpc { .. }) => Expect::Error("bad_request"),
     }
 }
 
@@ -1139,6 +1141,9 @@ fn decode_agrees(v: &Value) -> Result<(), TestCaseError> {
                 ClientFrame::Hello { token, resume, .. } => {
                     prop_assert_eq!(field("token", 5), json!(token));
                     prop_assert_eq!(field("resume", 6), json!(resume));
+                }
+                ClientFrame::Rpc { reference, .. } => {
+                    prop_assert_eq!(field("ref", 1), json!(reference));
                 }
             }
             if let ClientFrame::Subscribe { topic, .. }

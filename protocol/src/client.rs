@@ -64,6 +64,13 @@ pub enum ClientFrame {
         query: HistoryQuery,
         reference: Option<Ref>,
     },
+    /// A request to the application's `rpc` hook, answered by `rpc_result` or `error`.
+    Rpc {
+        method: RpcMethod,
+        /// `null` when the frame has no `data`.
+        data: Option<Payload>,
+        reference: Option<Ref>,
+    },
 }
 
 /// What a `history` request asks for.
@@ -79,6 +86,30 @@ pub struct HistoryQuery {
     pub reverse: bool,
 }
 
+/// An `rpc` method name: 1–100 characters of `[A-Za-z0-9_.:/-]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RpcMethod(String);
+
+impl RpcMethod {
+    pub const MAX_LEN: usize = 100;
+
+    pub fn new(name: &str) -> Result<Self, crate::InvalidName> {
+        let valid = !name.is_empty()
+            && name.len() <= Self::MAX_LEN
+            && name.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-')
+            });
+        if !valid {
+            return Err(crate::InvalidName::RpcMethod);
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl ClientFrame {
     /// The frame's `type`, for logs and metrics.
     pub fn kind(&self) -> &'static str {
@@ -92,6 +123,7 @@ impl ClientFrame {
             Self::History { .. } => "history",
             Self::Presence { .. } => "presence",
             Self::PresenceStats { .. } => "presence_stats",
+            Self::Rpc { .. } => "rpc",
         }
     }
 }
@@ -170,6 +202,8 @@ struct Envelope<'a> {
     limit: Option<u64>,
     reverse: Option<bool>,
     last: Option<u64>,
+    #[serde(borrow)]
+    method: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Decodes one text frame.
@@ -250,6 +284,19 @@ pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
                 field: "token",
                 reference,
             })?,
+            reference,
+        },
+        "rpc" => ClientFrame::Rpc {
+            method: RpcMethod::new(env.method.as_deref().ok_or(DecodeError::MissingField {
+                field: "method",
+                reference,
+            })?)
+            .map_err(|reason| DecodeError::InvalidField {
+                field: "method",
+                reason,
+                reference,
+            })?,
+            data: env.data.map(Payload::from_raw),
             reference,
         },
         other => {
@@ -343,6 +390,32 @@ mod tests {
             decode(r#"{"type":"hello","positions":{"t":{"seq":1,"epoch":"x"}}}"#),
             Ok(ClientFrame::Hello { positions, .. }) if positions.len() == 1
         ));
+    }
+
+    #[test]
+    fn decodes_rpc() {
+        match decode(r#"{"type":"rpc","method":"room.join","data":{"room":"a"},"ref":2}"#) {
+            Ok(ClientFrame::Rpc {
+                method,
+                data: Some(data),
+                reference: Some(2),
+            }) => {
+                assert_eq!(method.as_str(), "room.join");
+                assert_eq!(data.as_str(), r#"{"room":"a"}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode(r#"{"type":"rpc","method":"m"}"#),
+            Ok(ClientFrame::Rpc { data: None, .. })
+        ));
+        for bad in [
+            r#"{"type":"rpc","ref":1}"#,
+            r#"{"type":"rpc","method":"a b","ref":1}"#,
+        ] {
+            let e = decode(bad).unwrap_err();
+            assert_eq!((e.code(), e.reference()), (ErrorCode::BadRequest, Some(1)));
+        }
     }
 
     #[test]

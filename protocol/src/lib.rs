@@ -27,8 +27,8 @@ pub use close::{CloseAdvice, CloseCode};
 pub use names::{Epoch, InvalidName, Payload, Position, PublishId, ResumeToken, SessionId, Topic};
 pub use redact::redact_url;
 pub use server::{
-    ErrorCode, HistoryMessage, MAX_EPOCH_LEN, Member, ServerFrame, encode_message,
-    max_message_frame_len,
+    ErrorCode, HistoryMessage, MAX_EPOCH_LEN, Member, ServerFrame, encode_ephemeral_message,
+    encode_message, max_message_frame_len,
 };
 
 /// Raw JSON payload of a message, validated once when it enters the gateway.

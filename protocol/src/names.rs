@@ -22,6 +22,8 @@ pub enum InvalidName {
     SessionId,
     #[error("publish id must be 1-64 characters of A-Z a-z 0-9 _ . : -")]
     PublishId,
+    #[error("rpc method must be 1-100 characters of A-Z a-z 0-9 _ . : / -")]
+    RpcMethod,
 }
 
 /// A publisher's idempotency key (`publish.id`): 1–64 characters of `[A-Za-z0-9_.:-]`.

@@ -45,8 +45,11 @@ impl ErrorCode {
 /// The state of one topic reported in `welcome` after a resume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ResumedTopic {
-    pub seq: u64,
-    pub epoch: Epoch,
+    /// `None` on an ephemeral topic (no history, no `seq`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
     pub recovered: bool,
 }
 
@@ -66,10 +69,16 @@ pub enum ServerFrame {
     },
     Subscribed {
         topic: Topic,
-        seq: u64,
-        epoch: Epoch,
+        /// `None` on an ephemeral topic (no history, no `seq`), and `epoch` with it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<Epoch>,
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// `"server"` when the server subscribed the client (connect hook, server API).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Ref>,
     },
@@ -82,7 +91,9 @@ pub enum ServerFrame {
     },
     Published {
         topic: Topic,
-        seq: u64,
+        /// `None` on an ephemeral topic.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Ref>,
     },
@@ -126,6 +137,12 @@ pub enum ServerFrame {
         users: u64,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Ref>,
+    },
+    /// The `rpc` hook's answer.
+    RpcResult {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        data: Payload,
     },
     Error {
         code: ErrorCode,
@@ -183,6 +200,18 @@ pub fn max_message_frame_len(max_data_len: usize) -> usize {
     FIXED.len() + Topic::MAX_LEN + U64_DIGITS + MAX_EPOCH_LEN + max_data_len
 }
 
+/// Encodes `{"type":"message","topic":…,"data":…}`: a message of an ephemeral topic, which has
+/// no `seq` (see [`encode_message`] for why by hand).
+pub fn encode_ephemeral_message(topic: &Topic, data: &Payload) -> String {
+    let mut out = String::with_capacity(48 + topic.as_str().len() + data.as_str().len());
+    out.push_str(r#"{"type":"message","topic":""#);
+    out.push_str(topic.as_str());
+    out.push_str(r#"","data":"#);
+    out.push_str(data.as_str());
+    out.push('}');
+    out
+}
+
 /// Encodes `{"type":"message","topic":…,"seq":…,"epoch"?:…,"data":…}`: once per message, the
 /// bytes then shared by every subscriber on the pod.
 ///
@@ -215,7 +244,7 @@ mod tests {
         let t = Topic::new("a").unwrap();
         let f = ServerFrame::Published {
             topic: t.clone(),
-            seq: 3,
+            seq: Some(3),
             reference: Some(1),
         };
         assert_eq!(
@@ -269,6 +298,15 @@ mod tests {
             encode_message(&t, 9, None, &data),
             r#"{"type":"message","topic":"a","seq":9,"data":{"k":"\"}"}}"#
         );
+        assert_eq!(
+            encode_ephemeral_message(&t, &data),
+            r#"{"type":"message","topic":"a","data":{"k":"\"}"}}"#
+        );
+        let rpc = ServerFrame::RpcResult {
+            reference: Some(4),
+            data: Payload::parse("[1]").unwrap(),
+        };
+        assert_eq!(rpc.to_json(), r#"{"type":"rpc_result","ref":4,"data":[1]}"#);
         let e = Epoch::new("ab12");
         let text = encode_message(&t, 1, Some(&e), &data);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -16,7 +16,7 @@ fn section<'a>(doc: &'a str, heading: &str) -> &'a str {
     &rest[..rest.find("\n## ").unwrap_or(rest.len())]
 }
 
-const CLIENT: [&str; 9] = [
+const CLIENT: [&str; 10] = [
     "hello",
     "subscribe",
     "unsubscribe",
@@ -26,9 +26,10 @@ const CLIENT: [&str; 9] = [
     "history",
     "presence",
     "presence_stats",
+    "rpc",
 ];
 
-const SERVER: [&str; 11] = [
+const SERVER: [&str; 12] = [
     "welcome",
     "subscribed",
     "message",
@@ -39,6 +40,7 @@ const SERVER: [&str; 11] = [
     "history",
     "presence",
     "presence_stats",
+    "rpc_result",
     "error",
 ];
 
@@ -54,7 +56,8 @@ fn client_kind(frame: &ClientFrame) -> &'static str {
         | ClientFrame::Refresh { .. }
         | ClientFrame::History { .. }
         | ClientFrame::Presence { .. }
-        | ClientFrame::PresenceStats { .. } => frame.kind(),
+        | ClientFrame::PresenceStats { .. }
+        | ClientFrame::Rpc { .. } => frame.kind(),
     }
 }
 
@@ -72,6 +75,7 @@ fn server_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::History { .. } => "history",
         ServerFrame::Presence { .. } => "presence",
         ServerFrame::PresenceStats { .. } => "presence_stats",
+        ServerFrame::RpcResult { .. } => "rpc_result",
         ServerFrame::Error { .. } => "error",
     }
 }
@@ -86,7 +90,7 @@ fn every_frame_is_in_the_tables() {
             "client frame `{kind}` is not in the client frame table"
         );
         let decoded = protocol::client::decode(&format!(
-            r#"{{"type":"{kind}","topic":"t","data":1,"token":"x"}}"#
+            r#"{{"type":"{kind}","topic":"t","data":1,"token":"x","method":"m"}}"#
         ));
         assert_eq!(decoded.map(|f| f.kind()), Ok(kind), "{kind}");
     }

@@ -374,6 +374,11 @@ fn record(id: SessionId, user: Option<&str>) -> SessionRecord {
         confirmed: true,
         created_ms: 1_700_000_000_123,
         last_pod: "gateway-0".into(),
+        granted: Some(crate::HookGrant {
+            sub: vec!["chat.*".into()],
+            publish: vec![],
+            expire_at: Some(1_900_000_000),
+        }),
     }
 }
 

@@ -37,10 +37,12 @@ pub mod conformance;
 pub mod memory;
 pub mod redis;
 pub mod reverse;
+pub mod users;
 
 pub use memory::MemoryStore;
-pub use redis::{RedisConfig, RedisStore, RedisTls};
+pub use redis::{RedisConfig, RedisStore, RedisTls, RedisUsers};
 pub use reverse::ReverseHistory;
+pub use users::{AnyUsers, MemoryUsers, Revocations, Revoked, UserSessions};
 
 /// Failures of a store call. The gateway answers `unavailable` to the client for any of them.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,29 @@ impl Default for HistoryLimits {
             ttl: Duration::from_secs(600),
             dedup_window: Duration::from_secs(120),
         }
+    }
+}
+
+/// History limits that differ by topic prefix (the gateway's namespaces): the longest matching
+/// prefix wins; a topic that matches none gets the store's default [`HistoryLimits`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefixLimits {
+    /// Longest prefix first, so the first match is the longest.
+    entries: Vec<(String, HistoryLimits)>,
+}
+
+impl PrefixLimits {
+    pub fn new(mut entries: Vec<(String, HistoryLimits)>) -> Self {
+        entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Self { entries }
+    }
+
+    /// The limits of `topic`: its longest matching prefix's, else `default`.
+    pub fn get(&self, topic: &Topic, default: HistoryLimits) -> HistoryLimits {
+        self.entries
+            .iter()
+            .find(|(prefix, _)| topic.as_str().starts_with(prefix.as_str()))
+            .map_or(default, |(_, limits)| *limits)
     }
 }
 
@@ -150,6 +175,24 @@ pub struct SessionRecord {
     pub created_ms: u64,
     /// The pod that last held the session.
     pub last_pod: String,
+    /// What the application's connect hook granted, so a resume (which never calls the hook)
+    /// restores it. `None` for sessions whose grants come from a token or the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted: Option<HookGrant>,
+}
+
+/// Grants and expiry set by the application's connect hook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookGrant {
+    /// Topic patterns the user may subscribe to.
+    #[serde(default)]
+    pub sub: Vec<String>,
+    /// Topic patterns the user may publish on.
+    #[serde(default, rename = "pub")]
+    pub publish: Vec<String>,
+    /// Unix seconds after which the session must be refreshed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_at: Option<u64>,
 }
 
 /// Storage of sessions, topic sequences and history. Cheap to clone and share.
@@ -386,5 +429,28 @@ mod tests {
         assert!(!recover(&pos(9, "e"), page(vec![], 4)).recovered);
         // History empty but messages were published since.
         assert!(!recover(&pos(2, "e"), page(vec![], 4)).recovered);
+    }
+
+    #[test]
+    fn the_longest_prefix_gives_the_limits() {
+        let with = |max_len| HistoryLimits {
+            max_len,
+            ..HistoryLimits::default()
+        };
+        let limits = PrefixLimits::new(vec![
+            ("room.".into(), with(5)),
+            ("room.vip.".into(), with(50)),
+            ("".into(), with(7)),
+        ]);
+        let get = |t: &str| limits.get(&Topic::new(t).unwrap(), with(1)).max_len;
+        assert_eq!(get("room.a"), 5);
+        assert_eq!(get("room.vip.a"), 50);
+        assert_eq!(get("other"), 7);
+        assert_eq!(
+            PrefixLimits::default()
+                .get(&Topic::new("x").unwrap(), with(1))
+                .max_len,
+            1
+        );
     }
 }

@@ -14,8 +14,8 @@ use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic};
 use tokio::time::Instant;
 
 use crate::{
-    Appended, Claim, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, SessionRecord, SessionStore,
-    StoreError, StoredMessage,
+    Appended, Claim, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, PrefixLimits, SessionRecord,
+    SessionStore, StoreError, StoredMessage,
 };
 
 const SWEEP_EVERY: u64 = 4_096;
@@ -28,6 +28,7 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct Inner {
     limits: HistoryLimits,
+    prefix_limits: PrefixLimits,
     topics: Mutex<HashMap<Topic, TopicState>>,
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
     writes: AtomicU64,
@@ -94,9 +95,15 @@ impl TopicState {
 
 impl MemoryStore {
     pub fn new(limits: HistoryLimits) -> Self {
+        Self::with_prefix_limits(limits, PrefixLimits::default())
+    }
+
+    /// A store applying `prefix_limits` to the topics under their prefixes, `limits` to others.
+    pub fn with_prefix_limits(limits: HistoryLimits, prefix_limits: PrefixLimits) -> Self {
         Self {
             inner: Arc::new(Inner {
                 limits,
+                prefix_limits,
                 topics: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
                 writes: AtomicU64::new(0),
@@ -129,17 +136,22 @@ impl MemoryStore {
         })
     }
 
+    fn limits_of(&self, topic: &Topic) -> HistoryLimits {
+        self.inner.prefix_limits.get(topic, self.inner.limits)
+    }
+
     /// Runs `f` on the topic's live state, replacing a topic that expired while idle.
     fn with_topic<R>(&self, topic: &Topic, f: impl FnOnce(&mut TopicState, Instant) -> R) -> R {
         let now = Instant::now();
+        let limits = self.limits_of(topic);
         let mut topics = self.inner.topics.lock().expect("topics lock");
         let state = topics
             .entry(topic.clone())
             .or_insert_with(|| TopicState::new(now, None));
-        if now.duration_since(state.touched) >= self.inner.limits.ttl {
+        if now.duration_since(state.touched) >= limits.ttl {
             *state = TopicState::new(now, Some(&state.epoch));
         }
-        state.trim(&self.inner.limits, now);
+        state.trim(&limits, now);
         f(state, now)
     }
 
@@ -148,12 +160,11 @@ impl MemoryStore {
             return;
         }
         let now = Instant::now();
-        let ttl = self.inner.limits.ttl;
         self.inner
             .topics
             .lock()
             .expect("topics lock")
-            .retain(|_, t| now.duration_since(t.touched) < ttl);
+            .retain(|topic, t| now.duration_since(t.touched) < self.limits_of(topic).ttl);
         self.inner
             .sessions
             .lock()
@@ -175,7 +186,7 @@ impl SessionStore for MemoryStore {
         data: &Payload,
         id: Option<&PublishId>,
     ) -> Result<Appended, StoreError> {
-        let limits = self.inner.limits;
+        let limits = self.limits_of(topic);
         let appended = self.with_topic(topic, |state, now| {
             state.touched = now;
             if let Some(id) = id {

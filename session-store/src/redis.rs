@@ -86,12 +86,15 @@ use fred::types::config::UnresponsiveConfig;
 use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic, redact_url};
 
 mod tls;
+mod users;
+
+pub use users::RedisUsers;
 
 pub use tls::RedisTls;
 
 use crate::{
-    Appended, Claim, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, SessionRecord, SessionStore,
-    StoreError, StoredMessage,
+    Appended, Claim, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, PrefixLimits, SessionRecord,
+    SessionStore, StoreError, StoredMessage,
 };
 
 /// Added to the call timeout for the outer bound, so `fred`'s per-command timeout (which also
@@ -119,6 +122,8 @@ pub struct RedisConfig {
     /// Prefix of every key (default `gw`); lets several deployments share one Redis.
     pub key_prefix: String,
     pub limits: HistoryLimits,
+    /// Limits of topics under some prefixes, instead of `limits` (default: none).
+    pub prefix_limits: PrefixLimits,
     /// Upper bound of every store call (default 2 s).
     pub call_timeout: Duration,
     /// Connections in the round-robin pool (default 4; at least 1).
@@ -139,6 +144,7 @@ impl RedisConfig {
             url: url.into(),
             key_prefix: "gw".to_owned(),
             limits: HistoryLimits::default(),
+            prefix_limits: PrefixLimits::default(),
             call_timeout: Duration::from_secs(2),
             pool_size: 4,
             min_replicas: 0,
@@ -162,6 +168,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("url", &redact_url(&self.url))
             .field("key_prefix", &self.key_prefix)
             .field("limits", &self.limits)
+            .field("prefix_limits", &self.prefix_limits)
             .field("call_timeout", &self.call_timeout)
             .field("pool_size", &self.pool_size)
             .field("min_replicas", &self.min_replicas)
@@ -206,6 +213,7 @@ struct Inner {
     pool: Pool,
     prefix: String,
     limits: HistoryLimits,
+    prefix_limits: PrefixLimits,
     call_timeout: Duration,
     min_replicas: u32,
     append: Script,
@@ -288,6 +296,7 @@ impl RedisStore {
                 pool,
                 prefix: config.key_prefix,
                 limits: config.limits,
+                prefix_limits: config.prefix_limits,
                 call_timeout,
                 min_replicas: config.min_replicas,
                 append: Script::new(APPEND_LUA),
@@ -320,9 +329,14 @@ impl RedisStore {
         self.inner.call_timeout
     }
 
-    /// The history limits this store applies.
+    /// The history limits this store applies to topics outside `prefix_limits`.
     pub fn limits(&self) -> HistoryLimits {
         self.inner.limits
+    }
+
+    /// The history limits of `topic`.
+    pub fn limits_of(&self, topic: &Topic) -> HistoryLimits {
+        self.inner.prefix_limits.get(topic, self.inner.limits)
     }
 
     /// The key of a session (exposed for operators and tests).
@@ -357,8 +371,8 @@ impl RedisStore {
         ]
     }
 
-    fn ttl_ms(&self) -> u64 {
-        millis(self.inner.limits.ttl)
+    fn ttl_ms(&self, topic: &Topic) -> u64 {
+        millis(self.limits_of(topic).ttl)
     }
 
     /// Runs `op` under the call timeout.
@@ -421,7 +435,7 @@ impl RedisStore {
         end: String,
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
-        let mut args = self.base_args();
+        let mut args = self.base_args(topic);
         args.push(end);
         args.push(limit.to_string());
         args.push(PAGE_BYTES.to_string());
@@ -439,7 +453,7 @@ impl RedisStore {
     /// ttl, and the incarnation mode: `lineage` when appends wait for replicas (a promoted
     /// replica then has every acknowledged message, so its topics keep their epochs), else
     /// `strict` (any restart or failover starts new epochs).
-    fn base_args(&self) -> Vec<String> {
+    fn base_args(&self, topic: &Topic) -> Vec<String> {
         let mode = if self.inner.min_replicas > 0 {
             "lineage"
         } else {
@@ -447,7 +461,7 @@ impl RedisStore {
         };
         vec![
             Epoch::generate().as_str().to_owned(),
-            self.ttl_ms().to_string(),
+            self.ttl_ms(topic).to_string(),
             mode.to_owned(),
         ]
     }
@@ -575,11 +589,12 @@ impl SessionStore for RedisStore {
         data: &Payload,
         id: Option<&PublishId>,
     ) -> Result<Appended, StoreError> {
-        let mut args = self.base_args();
+        let mut args = self.base_args(topic);
         args.push(data.as_str().to_owned());
-        args.push(self.inner.limits.max_len.to_string());
+        let limits = self.limits_of(topic);
+        args.push(limits.max_len.to_string());
         args.push(id.map(|id| id.as_str().to_owned()).unwrap_or_default());
-        args.push(millis(self.inner.limits.dedup_window).to_string());
+        args.push(millis(limits.dedup_window).to_string());
         let mut keys = self.script_keys(topic);
         // Without an id the fifth key is never touched, but keeps one key list for the script.
         keys.push(self.publish_id_key(topic, id.map_or("-", PublishId::as_str)));
@@ -608,7 +623,7 @@ impl SessionStore for RedisStore {
                 )));
             }
             // Now readers may see it (and a failover keeps it).
-            let mut args = self.base_args();
+            let mut args = self.base_args(topic);
             args.push(top.seq.to_string());
             args.push(top.epoch.as_str().to_owned());
             self.eval(&self.inner.ack, topic, args).await?;
@@ -621,7 +636,9 @@ impl SessionStore for RedisStore {
     }
 
     async fn top(&self, topic: &Topic) -> Result<Position, StoreError> {
-        let items = self.eval(&self.inner.top, topic, self.base_args()).await?;
+        let items = self
+            .eval(&self.inner.top, topic, self.base_args(topic))
+            .await?;
         parse_top(&mut items.into_iter())
     }
 
@@ -642,7 +659,7 @@ impl SessionStore for RedisStore {
         after: u64,
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
-        let mut args = self.base_args();
+        let mut args = self.base_args(topic);
         // Entry ids are `<seq>-1`, so everything from `<after + 1>-0` on has seq > after.
         args.push(format!("{}-0", after.saturating_add(1)));
         args.push(after.to_string());
@@ -659,7 +676,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn new_epoch(&self, topic: &Topic, stale: &Epoch) -> Result<Position, StoreError> {
-        let mut args = self.base_args();
+        let mut args = self.base_args(topic);
         args.push(stale.as_str().to_owned());
         let items = self.eval(&self.inner.new_epoch, topic, args).await?;
         parse_top(&mut items.into_iter())

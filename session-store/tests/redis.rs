@@ -84,6 +84,7 @@ fn record() -> SessionRecord {
         confirmed: false,
         created_ms: 1,
         last_pod: "gateway-1".into(),
+        granted: None,
     }
 }
 
@@ -337,4 +338,57 @@ async fn bad_configuration_is_an_error() {
     })
     .await;
     assert!(bad_prefix.is_err());
+}
+
+#[tokio::test]
+async fn the_user_index_and_revocations_conform() {
+    let r = redis().await;
+    let store = connect(
+        &r.server.url(),
+        HistoryLimits::default(),
+        Duration::from_secs(2),
+    )
+    .await;
+    session_store::users::conformance(&store.users()).await;
+    // One user's index lives under its own hash tag.
+    let admin = admin(&r.server.url()).await;
+    let users = store.users();
+    session_store::UserSessions::add_session(
+        &users,
+        "erin",
+        &protocol::SessionId::generate(),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let exists: u64 = admin.exists("gw:user:{erin}").await.unwrap();
+    assert_eq!(exists, 1);
+}
+
+#[tokio::test]
+async fn prefix_limits_cap_each_namespace_on_its_own() {
+    let r = redis().await;
+    let mut c = config(
+        &r.server.url(),
+        HistoryLimits::default(),
+        Duration::from_secs(2),
+    );
+    c.prefix_limits = session_store::PrefixLimits::new(vec![(
+        "small.".into(),
+        HistoryLimits {
+            max_len: 2,
+            ..HistoryLimits::default()
+        },
+    )]);
+    let store = RedisStore::connect(c).await.unwrap();
+    for name in ["small.a", "big"] {
+        let topic = protocol::Topic::new(name).unwrap();
+        for i in 0..5 {
+            let data = protocol::Payload::parse(&i.to_string()).unwrap();
+            store.append(&topic, &data, None).await.unwrap();
+        }
+        let page = store.history(&topic, 0, 100).await.unwrap();
+        let kept = if name == "big" { 5 } else { 2 };
+        assert_eq!(page.messages.len(), kept, "{name}");
+    }
 }

@@ -107,6 +107,7 @@ pub fn nats_subject(prefix: &str, subject: &Subject) -> Result<String, Backplane
         Subject::Session(id) => format!("{prefix}.s.{}", encode_token(id.as_str())),
         Subject::Heartbeat => format!("{prefix}.hb"),
         Subject::Control(pod) => format!("{prefix}.ctl.{}", encode_token(pod)),
+        Subject::Fleet => format!("{prefix}.fleet"),
     };
     if s.len() > MAX_SUBJECT_LEN {
         return Err(BackplaneError::Invalid(format!(
@@ -136,6 +137,7 @@ mod tests {
         assert_eq!(encode_token("pod *>"), "pod~20~2A~3E");
         assert_eq!(nats_subject("gw", &topic("a.b")).unwrap(), "gw.t.a~2Eb");
         assert_eq!(nats_subject("gw", &Subject::Heartbeat).unwrap(), "gw.hb");
+        assert_eq!(nats_subject("gw", &Subject::Fleet).unwrap(), "gw.fleet");
         let id = SessionId::generate();
         assert_eq!(
             nats_subject("x.y", &Subject::Session(id.clone())).unwrap(),

@@ -73,7 +73,8 @@ export interface GatewayClientOptions {
 /** A message delivered on a topic. */
 export interface Message<T = Json> {
   topic: string;
-  seq: number;
+  /** `null` on an ephemeral topic (a namespace without history: at-most-once, no order checks). */
+  seq: number | null;
   epoch: string | null;
   data: T;
 }
@@ -99,7 +100,8 @@ export interface Welcome {
   pod: string;
   user?: string;
   resumed: boolean;
-  topics?: Record<string, { seq: number; epoch: string; recovered: boolean }>;
+  /** `seq`/`epoch` are absent for ephemeral topics. */
+  topics?: Record<string, { seq?: number; epoch?: string; recovered: boolean }>;
 }
 
 export interface CloseInfo {
@@ -130,7 +132,12 @@ export interface ClientEvents {
   close: (info: CloseInfo) => void;
   reconnecting: (info: ReconnectInfo) => void;
   refreshed: (info: { exp: number | null }) => void;
+  /** `reason` is `"server"` when the application removed it (server API), `"forbidden"` after a refresh. */
   unsubscribed: (info: { topic: string; reason: string | null }) => void;
+  /** The application subscribed this client (connect hook or server API); messages come as `message` events. */
+  subscribed: (info: { topic: string; reason: 'server' }) => void;
+  /** The application disconnected this user (`/api/disconnect`): closed for good, no reconnect. */
+  disconnected: (info: CloseInfo) => void;
   error: (error: GatewayError) => void;
 }
 
@@ -177,10 +184,13 @@ export declare class GatewayClient {
   close(): void;
   subscribe<T = Json>(topic: string, onMessage: (message: Message<T>) => void, options?: SubscribeOptions): Subscription<T>;
   /**
-   * Resolves with the message's `seq` once it is in the topic's history. With `options.id` (a
+   * Resolves with the message's `seq` once it is in the topic's history (`null` on an
+   * ephemeral topic). With `options.id` (a
    * publish id), a retry gets the first attempt's `seq` instead of storing the message twice.
    */
-  publish(topic: string, data: Json, options?: { id?: string }): Promise<number>;
+  publish(topic: string, data: Json, options?: { id?: string }): Promise<number | null>;
+  /** Calls the application's rpc hook; resolves with its `data`, rejects with its error code. */
+  rpc<T = Json>(method: string, data?: Json): Promise<T>;
   /** App-level round trip, in milliseconds. */
   ping(): Promise<number>;
   /** A page of the topic's history, without subscribing (see docs/protocol.md, `history`). */

@@ -356,6 +356,7 @@ export class GatewayClient {
       this._setState('closed', info);
       return;
     }
+    if (advice?.error === 'disconnected') this._emit('disconnected', info);
     if (advice && advice.reconnect === false) {
       this._stop(new GatewayError(advice.error || 'closed', `closed by the gateway (${code}${advice.error ? ` ${advice.error}` : ''}), not reconnecting`, { closeCode: code }), info);
       return;
@@ -537,7 +538,8 @@ export class GatewayClient {
   }
 
   /**
-   * Publishes `data` (any JSON value) on `topic`; resolves with its `seq`. With `options.id` (a
+   * Publishes `data` (any JSON value) on `topic`; resolves with its `seq` (null on an
+   * ephemeral topic, which has none). With `options.id` (a
    * publish id) a retry after a lost connection or `unavailable` gets the first attempt's `seq`.
    */
   async publish(topic, data, options = {}) {
@@ -547,7 +549,23 @@ export class GatewayClient {
     const frame = { type: 'publish', topic, data };
     if (options.id != null) frame.id = String(options.id);
     const reply = await this._request(frame);
-    return reply.seq;
+    return reply.seq ?? null;
+  }
+
+  /**
+   * Calls `method` of the application's rpc hook with `data` (any JSON value, optional);
+   * resolves with the answer's `data`, rejects with a GatewayError carrying the `error` code
+   * (`unavailable` when the application did not answer).
+   */
+  async rpc(method, data) {
+    if (typeof method !== 'string' || !/^[A-Za-z0-9_.:/-]{1,100}$/.test(method)) {
+      throw new TypeError('rpc: method must be 1-100 characters of A-Z a-z 0-9 _ . : / -');
+    }
+    if (!this._wantOpen && this.state !== 'connected') throw new GatewayError('closed', 'connect() first');
+    const frame = { type: 'rpc', method };
+    if (data !== undefined) frame.data = data;
+    const reply = await this._request(frame);
+    return reply.data;
   }
 
   /**
@@ -599,19 +617,7 @@ export class GatewayClient {
     if (typeof onMessage !== 'function') throw new TypeError('subscribe: onMessage must be a function');
     let entry = this._subs.get(topic);
     if (!entry) {
-      const since = options.since || this._saved.get(topic) || null;
-      entry = {
-        topic,
-        handles: new Set(),
-        seq: since ? since.seq : null,
-        epoch: since ? since.epoch : null,
-        confirmed: false,
-        closed: false,
-        ready: null,
-        settle: null,
-      };
-      entry.ready = new Promise((resolve, reject) => (entry.settle = { resolve, reject }));
-      entry.ready.catch(() => {});
+      entry = this._newEntry(topic, options.since || this._saved.get(topic) || null);
       this._subs.set(topic, entry);
       this._saved.delete(topic);
       if (this.state === 'connected') this._sendSubscribe(entry);
@@ -619,6 +625,23 @@ export class GatewayClient {
     const handle = new Subscription(this, entry, onMessage, options);
     entry.handles.add(handle);
     return handle;
+  }
+
+  _newEntry(topic, since) {
+    const entry = {
+      topic,
+      handles: new Set(),
+      seq: since ? since.seq : null,
+      epoch: since ? since.epoch : null,
+      confirmed: false,
+      closed: false,
+      server: false,
+      ready: null,
+      settle: null,
+    };
+    entry.ready = new Promise((resolve, reject) => (entry.settle = { resolve, reject }));
+    entry.ready.catch(() => {});
+    return entry;
   }
 
   _sendSubscribe(entry) {
@@ -699,6 +722,7 @@ export class GatewayClient {
       case 'history':
       case 'presence':
       case 'presence_stats':
+      case 'rpc_result':
         return this._resolve(frame);
       default:
         return undefined;
@@ -745,8 +769,8 @@ export class GatewayClient {
         if (sent && !samePosition(sent, top)) {
           this._gap(entry, sent.epoch !== t.epoch ? 'epoch_changed' : 'not_recovered', sent, top);
         }
-        entry.seq = t.seq;
-        entry.epoch = t.epoch;
+        entry.seq = t.seq ?? null;
+        entry.epoch = t.epoch ?? null;
       }
       this._confirm(entry);
     }
@@ -767,6 +791,19 @@ export class GatewayClient {
   _onSubscribed(frame) {
     const req = frame.ref != null ? this._pending.get(frame.ref) : null;
     if (req) this._pending.delete(frame.ref);
+    if (frame.reason === 'server' && !this._subs.has(frame.topic)) {
+      // Subscribed by the application (connect hook or server API): its messages come as
+      // `message` events; it is restored on resume like the client's own.
+      const entry = this._newEntry(frame.topic, null);
+      entry.server = true;
+      entry.seq = frame.seq ?? null;
+      entry.epoch = frame.epoch ?? null;
+      this._subs.set(frame.topic, entry);
+      this._confirm(entry);
+      this._emit('subscribed', { topic: frame.topic, reason: 'server' });
+      this._scheduleSave();
+      return;
+    }
     const entry = this._subs.get(frame.topic);
     if (!entry || (req && req.entry !== entry)) return;
     const since = req ? req.since : null;
@@ -775,13 +812,13 @@ export class GatewayClient {
       if (!samePosition(since, top)) {
         this._gap(entry, since.epoch !== frame.epoch ? 'epoch_changed' : 'not_recovered', since, top);
       }
-      entry.seq = frame.seq;
-      entry.epoch = frame.epoch;
+      entry.seq = frame.seq ?? null;
+      entry.epoch = frame.epoch ?? null;
     } else if (since) {
-      entry.epoch = frame.epoch;
+      entry.epoch = frame.epoch ?? null;
     } else {
-      entry.seq = frame.seq;
-      entry.epoch = frame.epoch;
+      entry.seq = frame.seq ?? null;
+      entry.epoch = frame.epoch ?? null;
     }
     this._confirm(entry);
     this._scheduleSave();
@@ -790,6 +827,13 @@ export class GatewayClient {
   _onMessage(frame) {
     const entry = this._subs.get(frame.topic);
     if (!entry) return;
+    if (frame.seq == null) {
+      // An ephemeral topic: no seq, no order to check, nothing to resume from.
+      const message = { topic: frame.topic, seq: null, epoch: null, data: frame.data };
+      for (const h of entry.handles) callSafely(h._onMessage, [message]);
+      this._emit('message', message);
+      return;
+    }
     const seq = frame.seq;
     if (frame.epoch != null && entry.epoch != null && frame.epoch !== entry.epoch) {
       // The topic's history was lost on the server: sequence numbers start over.

@@ -9,7 +9,16 @@ import WebSocket from 'ws';
 
 import { GatewayClient } from '../src/gateway-client.js';
 import { MemoryStorage, fakeJwt, sleep, until } from './support/fake-server.js';
-import { freePort, gatewayHasFlag, outputDir, startGateway, startNats, startRedis, waitFleet } from './support/processes.js';
+import {
+  freePort,
+  gatewayHasFlag,
+  outputDir,
+  startChatBackend,
+  startGateway,
+  startNats,
+  startRedis,
+  waitFleet,
+} from './support/processes.js';
 
 const clients = [];
 function client(url, options = {}) {
@@ -421,5 +430,102 @@ describe('cluster: two gateways on redis-server and nats-server', () => {
     } finally {
       await c.stop();
     }
+  });
+});
+
+describe('the application in the loop: hooks, server API, ephemeral topics', () => {
+  let gw;
+  let backend;
+  let supported;
+  before(async () => {
+    supported = await gatewayHasFlag('--hook-url');
+    if (!supported) return;
+    const secretFile = path.join(outputDir, 'hook.secret');
+    writeFileSync(secretFile, 'js-hook-secret\n');
+    const config = path.join(outputDir, 'namespaces.toml');
+    writeFileSync(config, '[[namespaces]]\nprefix = "chat."\nhooks = ["publish"]\n\n[[namespaces]]\nprefix = "cursor."\nhistory = false\n');
+    backend = await startChatBackend({ secretFile });
+    gw = await startGateway({
+      pod: 'hooks',
+      env: { GATEWAY_HOOK_URL: backend.url, GATEWAY_HOOK_SECRET_FILE: secretFile, GATEWAY_CONFIG: config },
+    });
+  });
+  after(async () => {
+    await gw?.stop();
+    await backend?.stop();
+  });
+
+  const api = (pathname, body) =>
+    fetch(`${gw.admin}${pathname}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }).then((r) => r.json());
+
+  test('rpc() resolves with the application answer and rejects with its code', async (t) => {
+    if (!supported) return t.skip('this gateway build has no hooks');
+    const c = client(`${gw.url}?user=rita`);
+    await c.connect();
+    assert.deepEqual(await c.rpc('echo', { n: [1, 2] }), { n: [1, 2] });
+    assert.equal((await c.rpc('whoami')).user, 'rita');
+    await assert.rejects(c.rpc('fail'), (e) => e.code === 'bad_request');
+    await assert.rejects(c.rpc('no spaces'), TypeError);
+  });
+
+  test('server-side subscriptions arrive as subscribed events and their messages as message events', async (t) => {
+    if (!supported) return t.skip('this gateway build has no hooks');
+    const c = client(`${gw.url}?user=sam`);
+    const subscribedTopics = [];
+    const messages = [];
+    c.on('subscribed', (e) => subscribedTopics.push(e));
+    c.on('message', (m) => messages.push(m));
+    await c.connect();
+    await until(() => subscribedTopics.length === 1);
+    assert.deepEqual(subscribedTopics[0], { topic: 'user.sam', reason: 'server' });
+    await api('/api/subscribe', { user: 'sam', topic: 'alerts.sam' });
+    await until(() => subscribedTopics.length === 2);
+    await api('/api/publish', { topic: 'alerts.sam', data: 'wake up' });
+    await until(() => messages.length === 1);
+    assert.equal(messages[0].data, 'wake up');
+    assert.equal(messages[0].seq, 1);
+    assert.ok(c.positions()['alerts.sam'], 'kept for a resume');
+    const removed = [];
+    c.on('unsubscribed', (e) => removed.push(e));
+    await api('/api/unsubscribe', { user: 'sam', topic: 'alerts.sam' });
+    await until(() => removed.length === 1);
+    assert.deepEqual(removed[0], { topic: 'alerts.sam', reason: 'server' });
+  });
+
+  test('a published message is what the publish hook approved', async (t) => {
+    if (!supported) return t.skip('this gateway build has no hooks');
+    const c = client(`${gw.url}?user=tess`);
+    const { got } = await subscribed(c, 'chat.room');
+    await c.publish('chat.room', { text: 'hi' });
+    await assert.rejects(c.publish('chat.room', { text: 'spam offer' }), (e) => e.code === 'forbidden');
+    await until(() => got.length === 1);
+    assert.deepEqual(got[0].data, { text: 'hi', by: 'tess' });
+  });
+
+  test('ephemeral topics: publish resolves null and messages carry no seq', async (t) => {
+    if (!supported) return t.skip('this gateway build has no hooks');
+    const a = client(`${gw.url}?user=uma`);
+    const b = client(`${gw.url}?user=vic`);
+    const { got } = await subscribed(a, 'cursor.board');
+    await b.connect();
+    for (let i = 0; i < 5; i++) assert.equal(await b.publish('cursor.board', { x: i }), null);
+    await until(() => got.length === 5);
+    assert.deepEqual(got.map((m) => [m.seq, m.data.x]), [0, 1, 2, 3, 4].map((i) => [null, i]));
+    assert.equal(a.seen('gap').length, 0);
+  });
+
+  test('disconnected: the user is closed for good and told so', async (t) => {
+    if (!supported) return t.skip('this gateway build has no hooks');
+    const c = client(`${gw.url}?user=walt`);
+    const told = [];
+    c.on('disconnected', (info) => told.push(info));
+    await c.connect();
+    await api('/api/disconnect', { user: 'walt' });
+    await until(() => c.state === 'closed');
+    assert.equal(told.length, 1);
+    assert.equal(told[0].code, 1008);
+    assert.equal(told[0].advice.error, 'disconnected');
+    await sleep(300);
+    assert.equal(c.seen('reconnecting').length, 0);
   });
 });

@@ -38,6 +38,11 @@ pub(crate) async fn serve(
         ));
     let operator = Router::new()
         .route("/api/publish", post(crate::http::api_publish))
+        .route("/api/broadcast", post(crate::server_api::broadcast))
+        .route("/api/disconnect", post(crate::server_api::disconnect))
+        .route("/api/subscribe", post(crate::server_api::subscribe))
+        .route("/api/unsubscribe", post(crate::server_api::unsubscribe))
+        .route("/api/revoke", post(crate::server_api::revoke))
         .route("/admin/drain", post(admin_drain).get(drain_status))
         .route("/admin/undrain", post(admin_undrain))
         .route("/admin/drain-peer", post(drain_peer).get(drain_peer_status))

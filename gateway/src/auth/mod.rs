@@ -196,6 +196,8 @@ pub struct Identity {
     pub user: String,
     /// The `exp` claim (seconds since the Unix epoch).
     pub exp: Option<u64>,
+    /// The `jti` claim, when the token has one.
+    pub jti: Option<String>,
     pub grants: Grants,
 }
 
@@ -226,6 +228,9 @@ struct Claims {
     exp: Option<u64>,
     #[serde(default)]
     gw: Option<GwClaim>,
+    /// The token's id, for `/api/revoke {jti}`.
+    #[serde(default)]
+    jti: Option<String>,
 }
 
 /// Verifies tokens. Cheap to clone (shared).
@@ -436,6 +441,7 @@ impl Authenticator {
         Ok(Identity {
             user: sub,
             exp: claims.exp,
+            jti: claims.jti.filter(|j| j.len() <= 256),
             grants,
         })
     }

@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use clap::Args;
 
+mod app;
 mod backends;
-mod presence;
+pub mod namespaces;
 mod security;
 mod tls;
 
+pub use app::{AppConfig, AppConfigError};
 pub use backends::{BackendConfig, BackendConfigError};
-pub use presence::PresenceConfig;
+pub use namespaces::{Namespace, Namespaces, PublishPolicy, TopicHook};
 pub use security::{ProxyConfigError, SecurityConfig};
 
 /// Flags of `gateway serve` (the default command).
@@ -165,11 +167,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_RESUME_WINDOW", default_value = "120s", value_parser = humantime::parse_duration)]
     pub resume_window: Duration,
 
-    /// Messages kept per topic for recovery.
+    /// Messages kept per topic for recovery (the default namespace's `history_size`).
     #[arg(long, env = "GATEWAY_HISTORY_SIZE", default_value_t = 1_000)]
     pub history_size: usize,
 
-    /// How long messages stay in a topic's history.
+    /// How long messages stay in a topic's history (the default namespace's `history_ttl`).
     #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub history_ttl: Duration,
 
@@ -238,13 +240,13 @@ pub struct Config {
     #[command(flatten)]
     pub security: SecurityConfig,
 
-    /// Presence of the default namespace.
-    #[command(flatten)]
-    pub presence: PresenceConfig,
-
     /// TLS and credentials of the Redis and NATS connections.
     #[command(flatten)]
     pub backends: BackendConfig,
+
+    /// Namespaces and the application's hooks.
+    #[command(flatten)]
+    pub app: AppConfig,
 }
 
 /// How log lines are written (`--log-format`).
@@ -294,6 +296,8 @@ pub enum ConfigError {
     Backend(#[from] BackendConfigError),
     #[error(transparent)]
     Proxies(#[from] ProxyConfigError),
+    #[error(transparent)]
+    App(#[from] AppConfigError),
 }
 
 impl Config {
@@ -398,7 +402,14 @@ impl Config {
         {
             return Err(ConfigError::KeyPrefix(self.key_prefix.clone()));
         }
+        self.app.validate()?;
         Ok(())
+    }
+
+    /// Every namespace (the default one from the flags, the others from `--config`), read and
+    /// checked: a bad file fails the start naming the key.
+    pub fn namespaces(&self) -> Result<Namespaces, ConfigError> {
+        Ok(self.app.namespaces(self.history_limits())?)
     }
 
     /// The pod name: the flag, else `POD_NAME`, else the hostname, else `gateway`.

@@ -14,13 +14,17 @@
 //! closed: the message is left out of its queue and the connection reads it from history after
 //! writing what is queued (`connection`), so a burst never costs a healthy reader its socket.
 //! The last unsubscribe stops the task, which drops the backplane subscription.
+//!
+//! An ephemeral topic (a namespace with `history = false`) has a task too, but no sequencer and
+//! no store: its messages carry no `seq`, are handed on as they arrive, and are never caught up
+//! (see `ephemeral`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use protocol::{Epoch, Payload, Position, Topic, encode_message};
+use protocol::{Epoch, Payload, Position, Topic, encode_ephemeral_message, encode_message};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +32,7 @@ use crate::control::ConnControl;
 use crate::metrics::Metrics;
 use crate::{Bus, Store};
 
+mod ephemeral;
 mod resync;
 mod topic;
 
@@ -50,6 +55,8 @@ pub struct Delivery {
     pub data: Payload,
     /// When it was published (Unix µs), or `None` when it came from history.
     pub published_us: Option<u64>,
+    /// A message of an ephemeral topic: no `seq` (it is 0), written as it comes.
+    pub ephemeral: bool,
 }
 
 impl Delivery {
@@ -68,6 +75,21 @@ impl Delivery {
             frame,
             data,
             published_us,
+            ephemeral: false,
+        }
+    }
+
+    /// A message of an ephemeral topic.
+    pub fn ephemeral(topic: Topic, data: Payload, published_us: u64) -> Self {
+        let frame = Utf8Bytes::from(encode_ephemeral_message(&topic, &data));
+        Self {
+            topic,
+            seq: 0,
+            epoch: Epoch::new(""),
+            frame,
+            data,
+            published_us: Some(published_us),
+            ephemeral: true,
         }
     }
 }
@@ -101,6 +123,8 @@ struct TopicEntry {
     released: Mutex<Option<Position>>,
     /// Set by `resync` when the store is ahead: the task catches up.
     behind: Notify,
+    /// No history: never compared with the store.
+    ephemeral: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -109,14 +133,17 @@ pub struct HubConfig {
     pub resync_interval: Duration,
     /// The byte bound of each subscriber's queue.
     pub queue_bytes: usize,
+    /// Which topics are ephemeral.
+    pub namespaces: crate::Namespaces,
 }
 
 impl HubConfig {
-    pub fn from_config(config: &crate::Config) -> Self {
+    pub fn from_config(config: &crate::Config, namespaces: &crate::Namespaces) -> Self {
         Self {
             gap_timeout: config.gap_timeout,
             resync_interval: config.topic_resync_interval,
             queue_bytes: config.outbound_queue_bytes,
+            namespaces: namespaces.clone(),
         }
     }
 }
@@ -244,19 +271,30 @@ impl Hub {
 
     fn start_topic(&self, topic: &Topic) -> Arc<TopicEntry> {
         let (ready_tx, ready_rx) = watch::channel(Readiness::Pending);
+        let ephemeral = self.inner.config.namespaces.of(topic).is_ephemeral();
         let entry = Arc::new(TopicEntry {
+            ephemeral,
             subscribers: RwLock::new(HashMap::new()),
             ready: ready_rx,
             stop: self.inner.shutdown.child_token(),
             released: Mutex::new(None),
             behind: Notify::new(),
         });
-        tokio::spawn(topic::run(
-            topic.clone(),
-            entry.clone(),
-            self.inner.clone(),
-            ready_tx,
-        ));
+        if ephemeral {
+            tokio::spawn(ephemeral::run(
+                topic.clone(),
+                entry.clone(),
+                self.inner.clone(),
+                ready_tx,
+            ));
+        } else {
+            tokio::spawn(topic::run(
+                topic.clone(),
+                entry.clone(),
+                self.inner.clone(),
+                ready_tx,
+            ));
+        }
         entry
     }
 }

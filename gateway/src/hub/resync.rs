@@ -43,6 +43,7 @@ async fn check(hub: &HubInner) {
         .lock()
         .expect("hub lock")
         .iter()
+        .filter(|(_, e)| !e.ephemeral)
         .map(|(t, e)| (t.clone(), e.clone()))
         .collect();
     if entries.is_empty() {

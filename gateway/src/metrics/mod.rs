@@ -135,6 +135,8 @@ pub struct HubMetrics {
     pub epoch_changes: Family<ReasonLabel, Counter>,
     /// Messages a subscriber's full queue had no room for: it reads them from history.
     pub lagged: Counter,
+    /// Messages published on ephemeral topics (straight to the backplane).
+    pub ephemeral_published: Counter,
 }
 
 impl Default for HubMetrics {
@@ -146,6 +148,7 @@ impl Default for HubMetrics {
             gap_fills: Counter::default(),
             epoch_changes: Family::default(),
             lagged: Counter::default(),
+            ephemeral_published: Counter::default(),
         }
     }
 }
@@ -182,6 +185,11 @@ impl HubMetrics {
             "subscriber_lagged",
             "Messages a full subscriber queue had no room for, read from history instead",
             self.lagged.clone(),
+        );
+        r.register(
+            "ephemeral_published",
+            "Messages published on ephemeral topics (no history, at-most-once)",
+            self.ephemeral_published.clone(),
         );
     }
 
@@ -291,6 +299,7 @@ pub struct Metrics {
     pub drain: DrainMetrics,
     pub health: crate::health::HealthMetrics,
     pub presence: crate::presence::metrics::PresenceMetrics,
+    pub hooks: crate::hooks::HookMetrics,
     registry: Registry,
 }
 
@@ -303,6 +312,7 @@ impl Metrics {
         let drain = DrainMetrics::default();
         let health = crate::health::HealthMetrics::default();
         let presence = crate::presence::metrics::PresenceMetrics::default();
+        let hooks = crate::hooks::HookMetrics::default();
         let mut registry = Registry::default();
         registry.register_collector(Box::new(process::ProcessCollector));
         let gateway = registry.sub_registry_with_prefix("gateway");
@@ -318,6 +328,7 @@ impl Metrics {
         drain.register(gateway);
         health.register(gateway);
         presence.register(gateway);
+        hooks.register(gateway);
         Self {
             conn,
             hub,
@@ -326,6 +337,7 @@ impl Metrics {
             drain,
             health,
             presence,
+            hooks,
             registry,
         }
     }

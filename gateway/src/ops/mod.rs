@@ -1,5 +1,6 @@
-//! The operator's commands: `gateway drain`, `gateway undrain`, `gateway status` and (in
-//! [`peer`]) `gateway drain-peer`.
+//! The operator's commands: `gateway drain`, `gateway undrain`, `gateway status`, (in
+//! [`peer`]) `gateway drain-peer`, and the server API's `gateway disconnect` and `gateway revoke`
+//! (see `api`).
 //!
 //! The first three talk to one pod's admin port, reached three ways: `--local` (the preStop hook, inside the
 //! pod), `--url` (outside Kubernetes), or `--pod NAME` through the Kubernetes API's pod proxy
@@ -16,8 +17,10 @@ use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 
+mod api;
 pub mod peer;
 
+pub use api::{DisconnectArgs, RevokeArgs, disconnect, revoke};
 pub use peer::DrainPeerArgs;
 
 /// Where the pod's admin port is.
@@ -200,9 +203,19 @@ impl Target {
     }
 
     async fn call(&self, method: &str, path: &str) -> Result<String, OpsError> {
+        self.call_with(method, path, None).await
+    }
+
+    /// [`Target::call`] with a JSON body.
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<String, OpsError> {
         match self {
             Target::Http { base, token } => {
-                http_call(method, &format!("{base}{path}"), token.as_deref(), None).await
+                http_call(method, &format!("{base}{path}"), token.as_deref(), body).await
             }
             Target::Pod {
                 client,
@@ -216,8 +229,11 @@ impl Target {
                 if let Some(t) = token {
                     req = req.header("X-Gateway-Admin-Token", t);
                 }
+                if body.is_some() {
+                    req = req.header("Content-Type", "application/json");
+                }
                 let req = req
-                    .body(Vec::new())
+                    .body(body.map(String::into_bytes).unwrap_or_default())
                     .map_err(|e| OpsError::Http(e.to_string()))?;
                 client
                     .request_text(req)

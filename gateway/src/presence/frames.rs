@@ -21,7 +21,7 @@ impl Conn {
                 ErrorCode::Forbidden,
                 format!("may not see the presence of {topic}"),
             ))
-        } else if !enabled(&self.shared.config, topic) {
+        } else if !enabled(&self.shared, topic) {
             Some((ErrorCode::BadRequest, format!("{topic} has no presence")))
         } else {
             None
@@ -45,7 +45,7 @@ impl Conn {
         if !self.presence_allowed(socket, &topic, reference).await? {
             return Ok(());
         }
-        let max = self.shared.config.presence.presence_max_list;
+        let max = super::max_list(&self.shared, &topic);
         let live = live_pods(&self.shared);
         let reply = match self.shared.presence.members(&topic, &live, max).await {
             Ok(Some(members)) => ServerFrame::Presence {
@@ -88,7 +88,7 @@ impl Conn {
     /// owned by the pod the session left); this pod takes it over with its next batch.
     pub(crate) fn presence_resume(&self, topic: &Topic) {
         let Some(session) = &self.session else { return };
-        if enabled(&self.shared.config, topic) {
+        if enabled(&self.shared, topic) {
             self.shared.presence_registry.attach_later(
                 topic,
                 self.id,
@@ -102,7 +102,7 @@ impl Conn {
     /// resumed) is not joined again.
     pub(crate) async fn presence_attach(&self, topic: &Topic) {
         let Some(session) = &self.session else { return };
-        if !enabled(&self.shared.config, topic) {
+        if !enabled(&self.shared, topic) {
             return;
         }
         let shared = &self.shared;
@@ -125,7 +125,7 @@ impl Conn {
     /// After `unsubscribe`: gone, at once.
     pub(crate) async fn presence_leave(&self, topic: &Topic) {
         let Some(session) = &self.session else { return };
-        if !enabled(&self.shared.config, topic) {
+        if !enabled(&self.shared, topic) {
             return;
         }
         let shared = &self.shared;
@@ -149,7 +149,7 @@ impl Conn {
     pub(crate) fn presence_detach(&self) {
         let Some(session) = &self.session else { return };
         for topic in self.subs.keys() {
-            if enabled(&self.shared.config, topic) {
+            if enabled(&self.shared, topic) {
                 self.shared
                     .presence_registry
                     .detach(topic, self.id, &session.id);

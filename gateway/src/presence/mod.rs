@@ -28,7 +28,7 @@ use std::time::Duration;
 use protocol::{Member, SessionId, Topic};
 
 use crate::hub::ConnId;
-use crate::{Config, Shared, Store};
+use crate::{Shared, Store};
 
 pub mod frames;
 pub mod memory;
@@ -38,10 +38,15 @@ pub mod redis;
 /// Every this many heartbeats a pod sweeps every presence topic for expired members.
 pub const SWEEP_BEATS: u32 = 5;
 
-/// Whether `topic` has presence. The default namespace's `--presence` for now: namespaces
-/// (per-prefix options) decide it once they exist.
-pub fn enabled(config: &Config, _topic: &Topic) -> bool {
-    config.presence.presence
+/// Whether `topic` has presence: its namespace's `presence` (`--presence` for the default one).
+pub fn enabled(shared: &Shared, topic: &Topic) -> bool {
+    shared.namespaces.of(topic).presence
+}
+
+/// The largest member list a `presence` request on `topic` gets: its namespace's
+/// `presence_max_list` (`--presence-max-list` for the default one).
+pub fn max_list(shared: &Shared, topic: &Topic) -> usize {
+    shared.namespaces.of(topic).presence_max_list
 }
 
 #[derive(Debug, thiserror::Error)]

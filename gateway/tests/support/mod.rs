@@ -1,6 +1,7 @@
 //! Test harness: real gateways on port 0 and tokio-tungstenite clients.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod faults;
 pub mod faults_data;
 pub mod hostile;
@@ -81,6 +82,18 @@ impl TestGateway {
             admin,
             stop: Some(tx),
             task: Some(task),
+        }
+    }
+
+    /// Waits until `/readyz` answers 200 (store and backplane connected).
+    pub async fn ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while http(self.public, "GET", "/readyz", None, None).await.0 != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway not ready in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -310,6 +323,16 @@ impl Client {
                 Some(Err(e)) => panic!("error before close frame: {e}"),
             }
         }
+    }
+
+    /// Closes cleanly: sends a close frame and reads until the server's close ends the stream
+    /// (the handshake completes, so the server knows what the client read).
+    pub async fn leave(&mut self) {
+        self.ws.close(None).await.unwrap();
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
     }
 
     /// Subscribes and returns the `subscribed` frame.

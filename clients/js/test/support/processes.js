@@ -182,3 +182,17 @@ export async function gatewayHasFlag(flag) {
   await new Promise((resolve) => child.on('exit', resolve));
   return out.includes(flag);
 }
+
+/**
+ * Starts the example chat backend (`examples/chat-backend/backend.py`, Python standard library)
+ * on a free port, with `secretFile` as its hook secret. Resolves once it listens.
+ */
+export async function startChatBackend({ secretFile, adminUrl } = {}) {
+  const port = await freePort();
+  const script = path.join(repoRoot, 'examples/chat-backend/backend.py');
+  const args = [script, '--port', String(port), '--secret-file', secretFile];
+  if (adminUrl) args.push('--admin-url', adminUrl);
+  const child = start('python3', args, { log: `chat-backend-${port}.log` });
+  await waitPort(port, child, 'chat backend');
+  return { url: `http://127.0.0.1:${port}`, port, stop: stopper(child) };
+}

@@ -1,0 +1,106 @@
+//! The task of one ephemeral topic (a namespace with `history = false`) with local subscribers.
+//!
+//! No sequencer and no store: an arrival is handed to every local subscriber as it comes, in
+//! backplane order, without a `seq`. Nothing is held, caught up or compared with history, and
+//! a subscriber whose queue is full simply misses the message (at-most-once, as documented:
+//! there is no history to read it from). The fan-out stays one shared frame per pod.
+
+use std::sync::Arc;
+
+use backplane::{Backplane, Subject, Subscription};
+use futures_util::StreamExt;
+use protocol::Topic;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Duration;
+
+use super::{Delivery, HubInner, Readiness, TopicEntry};
+use crate::envelope::Envelope;
+
+/// Runs the topic until its last subscriber leaves or the pod shuts down.
+pub(super) async fn run(
+    topic: Topic,
+    entry: Arc<TopicEntry>,
+    hub: Arc<HubInner>,
+    ready: watch::Sender<Readiness>,
+) {
+    let subject = Subject::Topic(topic.clone());
+    let sub = tokio::select! {
+        _ = entry.stop.cancelled() => return,
+        sub = hub.backplane.subscribe(&subject) => match sub {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "cannot open ephemeral topic");
+                hub.remove(&topic, &entry);
+                let _ = ready.send(Readiness::Failed(e.to_string()));
+                return;
+            }
+        },
+    };
+    let _ = ready.send(Readiness::Ready);
+    serve(&topic, &entry, &hub, sub, subject).await;
+}
+
+async fn serve(
+    topic: &Topic,
+    entry: &TopicEntry,
+    hub: &HubInner,
+    mut sub: Subscription,
+    subject: Subject,
+) {
+    loop {
+        tokio::select! {
+            _ = entry.stop.cancelled() => return,
+            msg = sub.next() => {
+                let Some(bytes) = msg else {
+                    // The backplane ended the subscription: open a new one. What was published
+                    // meanwhile is lost, as on any ephemeral topic.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    match hub.backplane.subscribe(&subject).await {
+                        Ok(s) => sub = s,
+                        Err(e) => tracing::warn!(%topic, error = %e, "resubscribe failed"),
+                    }
+                    continue;
+                };
+                match Envelope::decode(&bytes) {
+                    Ok(env) if env.is_ephemeral() => release(topic, entry, hub, env),
+                    // A sequenced message on a topic this pod holds ephemeral: the pods disagree
+                    // about the namespaces. Say so rather than mix the two.
+                    Ok(_) => {
+                        hub.metrics.hub.drop("not_ephemeral");
+                        tracing::warn!(%topic, "a message with a seq on an ephemeral topic: do all pods run the same --config?");
+                    }
+                    Err(e) => {
+                        hub.metrics.hub.drop("malformed");
+                        tracing::warn!(%topic, error = %e, "dropping backplane message");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hands the message to every local subscriber with room for it.
+fn release(topic: &Topic, entry: &TopicEntry, hub: &HubInner, env: Envelope) {
+    let delivery = Arc::new(Delivery::ephemeral(
+        topic.clone(),
+        env.data,
+        env.published_us,
+    ));
+    let size = delivery.data.len();
+    let limit = hub.config.queue_bytes;
+    let subs = entry.subscribers.read().expect("subscribers lock");
+    for sub in subs.values() {
+        if !sub.control.reserve(size, limit) {
+            hub.metrics.hub.drop("ephemeral_queue_full");
+            continue;
+        }
+        match sub.tx.try_send(delivery.clone()) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                sub.control.release(size);
+                hub.metrics.hub.drop("ephemeral_queue_full");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => sub.control.release(size),
+        }
+    }
+}
