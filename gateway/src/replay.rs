@@ -80,6 +80,65 @@ impl SubState {
     }
 }
 
+/// A connection's subscriptions by topic: a sorted vector, because a connection has a few
+/// (at most `--max-subscriptions`) and a hash map's smallest table is several times the size
+/// of one entry, in every subscribed connection.
+#[derive(Debug, Default)]
+pub struct SubMap {
+    entries: Vec<(Topic, SubState)>,
+}
+
+impl SubMap {
+    fn index(&self, topic: &Topic) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(t, _)| t.cmp(topic))
+    }
+
+    pub fn get(&self, topic: &Topic) -> Option<&SubState> {
+        self.index(topic).ok().map(|i| &self.entries[i].1)
+    }
+
+    pub fn get_mut(&mut self, topic: &Topic) -> Option<&mut SubState> {
+        self.index(topic).ok().map(|i| &mut self.entries[i].1)
+    }
+
+    /// Adds or replaces `topic`'s state.
+    pub fn insert(&mut self, topic: Topic, state: SubState) {
+        match self.index(&topic) {
+            Ok(i) => self.entries[i].1 = state,
+            Err(i) => {
+                // Exactly one more slot: the vector's first growth would take four.
+                self.entries.reserve_exact(1);
+                self.entries.insert(i, (topic, state));
+            }
+        }
+    }
+
+    pub fn remove(&mut self, topic: &Topic) -> Option<SubState> {
+        let i = self.index(topic).ok()?;
+        let (_, state) = self.entries.remove(i);
+        if self.entries.is_empty() {
+            self.entries = Vec::new();
+        }
+        Some(state)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Topic> {
+        self.entries.iter().map(|(t, _)| t)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Topic, &SubState)> {
+        self.entries.iter().map(|(t, s)| (t, s))
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut SubState> {
+        self.entries.iter_mut().map(|(_, s)| s)
+    }
+}
+
 /// What to do with one delivery from the queue.
 pub enum Step {
     Write(Message),
@@ -231,12 +290,36 @@ impl Conn {
             }
         }
     }
+}
 
-    /// Fills every topic whose messages did not fit in the queue.
-    pub(crate) async fn fill_lagging(&mut self, socket: &mut WebSocket) -> Result<(), Close> {
-        for topic in self.control.take_lagging() {
-            self.fill(socket, &topic).await?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subscription_map_finds_inserts_and_removes_by_topic() {
+        let at = |seq| {
+            SubState::at(Position {
+                seq,
+                epoch: Epoch::generate(),
+            })
+        };
+        let mut subs = SubMap::default();
+        for (name, seq) in [("m", 1), ("a", 2), ("z", 3), ("a", 4)] {
+            subs.insert(Topic::new(name).unwrap(), at(seq));
         }
-        Ok(())
+        assert_eq!(subs.len(), 3);
+        let names: Vec<&str> = subs.keys().map(|t| t.as_str()).collect();
+        assert_eq!(names, ["a", "m", "z"]);
+        assert_eq!(subs.get(&Topic::new("a").unwrap()).unwrap().fed, 4);
+        subs.get_mut(&Topic::new("z").unwrap()).unwrap().fed = 9;
+        assert_eq!(
+            subs.iter().map(|(_, s)| s.fed).collect::<Vec<_>>(),
+            [4, 1, 9]
+        );
+        assert!(subs.remove(&Topic::new("m").unwrap()).is_some());
+        assert!(subs.remove(&Topic::new("m").unwrap()).is_none());
+        assert!(subs.get(&Topic::new("q").unwrap()).is_none());
+        assert_eq!(subs.len(), 2);
     }
 }

@@ -21,11 +21,12 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use protocol::{Epoch, Payload, Position, Topic, encode_message};
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::ConnControl;
 use crate::metrics::Metrics;
+use crate::outbound::QueueLimits;
 use crate::{Bus, Store};
 
 mod resync;
@@ -72,10 +73,10 @@ impl Delivery {
     }
 }
 
-/// A connection's place in a topic's subscriber list.
+/// A connection's place in a topic's subscriber list: its control, which holds its outbound
+/// queue.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
-    pub tx: mpsc::Sender<Arc<Delivery>>,
     pub control: Arc<ConnControl>,
 }
 
@@ -107,8 +108,8 @@ struct TopicEntry {
 pub struct HubConfig {
     pub gap_timeout: Duration,
     pub resync_interval: Duration,
-    /// The byte bound of each subscriber's queue.
-    pub queue_bytes: usize,
+    /// The bounds of each subscriber's queue.
+    pub queue: QueueLimits,
 }
 
 impl HubConfig {
@@ -116,7 +117,10 @@ impl HubConfig {
         Self {
             gap_timeout: config.gap_timeout,
             resync_interval: config.topic_resync_interval,
-            queue_bytes: config.outbound_queue_bytes,
+            queue: QueueLimits {
+                messages: config.outbound_queue,
+                bytes: config.outbound_queue_bytes,
+            },
         }
     }
 }
