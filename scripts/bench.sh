@@ -3,7 +3,12 @@
 # loopback. Every run is bounded (wsload --max-duration, each < 5 min); every server started
 # here is stopped by PID on exit.
 #
-#   scripts/bench.sh [all|memory|handshakes|fanout|crosspod|drain|rebalance|storm]...
+#   scripts/bench.sh [all|memory|memory-cluster|handshakes|fanout|overload|cluster-fanout|
+#                     crosspod|drain|rebalance|storm]...
+#
+# The targets of docs/benchmarks.md are printed by `wsload compare` as a ratio to the reference
+# run of the same sitting (the raw baseline; the embedded gateway for cluster-fanout). overload
+# needs fanout's reports, cluster-fanout fanout's gateway report (run them in one call).
 #
 # Results (one JSON per run) go to $BENCH_OUT (default target/bench). Servers: redis-server
 # from PATH (or $REDIS_SERVER_BIN), nats-server from $NATS_SERVER_BIN, .venv/bin, or PATH.
@@ -89,24 +94,43 @@ start_baseline() {
   wait_port 19300
 }
 
-# Idle memory per session at 15,000 sessions: defaults (1 KiB read, 32 KiB write), then a
-# small write buffer too; the
-# baseline server for reference.
+# compare METRIC MEASURED REFERENCE: prints the ratio and the verdict (docs/benchmarks.md).
+compare() {
+  "$WSLOAD" compare --metric "$1" --measured "$OUT/$2.json" --reference "$OUT/$3.json" \
+    --label "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" --json "$OUT/compare-$1.json"
+}
+
+# Idle memory per subscribed session at 10,000 sessions (one topic each, 100 topics): the
+# embedded gateway with its defaults, then a 1 KiB write buffer; the baseline for reference.
 memory() {
-  for bufs in "1024 32768" "1024 4096"; do
-    set -- $bufs
-    start_gateway mem 18080 19090 --read-buffer-size "$1" --write-buffer-size "$2"
+  for w in 32768 4096; do
+    start_gateway mem 18080 19090 --write-buffer-size "$w"
     sleep 1
-    "$WSLOAD" connect --url ws://127.0.0.1:18080/ws --clients 15000 --topics 100 \
-      --connect-rate 5000 --gateway-pid "$GW_PID" --hold 5 --json "$OUT/memory-r$1-w$2.json"
+    "$WSLOAD" connect --url ws://127.0.0.1:18080/ws --clients 10000 --topics 100 \
+      --connect-rate 5000 --gateway-pid "$GW_PID" --hold 5 --json "$OUT/memory-w$w.json"
     cleanup
   done
   start_baseline
   sleep 1
-  "$WSLOAD" connect --target baseline --url ws://127.0.0.1:19300/ws --clients 15000 \
+  "$WSLOAD" connect --target baseline --url ws://127.0.0.1:19300/ws --clients 10000 \
     --topics 100 --connect-rate 5000 --gateway-pid "$BL_PID" --hold 5 \
     --json "$OUT/memory-baseline.json"
   cleanup
+  compare idle-memory memory-w32768 memory-baseline
+}
+
+# The same per pod in cluster mode: 10,000 sessions on one pod of two (Redis + NATS).
+memory_cluster() {
+  start_backends
+  start_gateway mc0 18080 19090 "${FLEET[@]}"
+  local pod0=$GW_PID
+  start_gateway mc1 18081 19091 "${FLEET[@]}"
+  sleep 2
+  "$WSLOAD" connect --url ws://127.0.0.1:18080/ws --clients 10000 --topics 100 \
+    --connect-rate 3000 --gateway-pid "$pod0" --hold 5 --json "$OUT/memory-cluster.json"
+  cleanup
+  [ -f "$OUT/memory-baseline.json" ] && compare idle-memory memory-cluster memory-baseline
+  return 0
 }
 
 # New sessions per second: the gateway pinned to one core, wsload to the other.
@@ -122,6 +146,7 @@ handshakes() {
     --clients 10000 --topics 100 --connect-rate 50000 --connect-concurrency 128 \
     --gateway-pid "$BL_PID" --hold 0 --json "$OUT/handshakes-baseline.json"
   cleanup
+  compare handshakes handshakes handshakes-baseline
 }
 
 start_baseline_pinned() {
@@ -131,18 +156,49 @@ start_baseline_pinned() {
   wait_port 19300
 }
 
-# Fan-out on one gateway vs the raw baseline: 1,000 subscribers on one topic, 100-byte
-# payloads, the publish rate raised x1.5 per step until p99 > 50 ms.
+# Maximum fan-out, one gateway vs the raw baseline: 1,000 subscribers on one topic, one
+# publisher, 100-byte payloads, the rate raised x1.25 per 5 s step until p99 > 250 ms or
+# deliveries fall behind; the best step within the bound counts.
+FANOUT_STEP=(--subscribers 1000 --topics 1 --publishers 1 --payload-bytes 100 --rate 400
+  --duration 5 --step --step-factor 1.25 --max-p99-ms 250 --max-duration 280)
 fanout() {
-  local step=(--subscribers 1000 --topics 1 --publishers 1 --payload-bytes 100 --rate 20
-    --duration 5 --step --step-factor 1.5 --max-p99-ms 50 --max-duration 280)
   start_baseline
-  "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:19300/ws "${step[@]}" \
+  "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:19300/ws "${FANOUT_STEP[@]}" \
     --json "$OUT/fanout-baseline.json"
   cleanup
   start_gateway fan 18080 19090
-  "$WSLOAD" fanout --url ws://127.0.0.1:18080/ws "${step[@]}" --json "$OUT/fanout-gateway.json"
+  "$WSLOAD" fanout --url ws://127.0.0.1:18080/ws "${FANOUT_STEP[@]}" --json "$OUT/fanout-gateway.json"
   cleanup
+  compare max-fanout fanout-gateway fanout-baseline
+}
+
+# Overload: both servers at twice the rate the baseline held within the bound, for 10 s:
+# latency grows; what must not happen is loss, or 1013 for more than the slowest few.
+overload() {
+  local over=(--subscribers 1000 --topics 1 --publishers 1 --payload-bytes 100 --duration 10
+    --rate-from "$OUT/fanout-baseline.json" --rate-factor 2 --settle 60 --max-duration 200)
+  start_baseline
+  "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:19300/ws "${over[@]}" \
+    --json "$OUT/overload-baseline.json"
+  cleanup
+  start_gateway over 18080 19090
+  "$WSLOAD" fanout --url ws://127.0.0.1:18080/ws "${over[@]}" --json "$OUT/overload-gateway.json"
+  cleanup
+  compare overload overload-gateway overload-baseline
+}
+
+# Cluster fan-out: 2 pods + Redis + NATS, the subscribers split over both, the publisher on the
+# first; the same steps as fanout, compared with the embedded gateway's figure.
+cluster_fanout() {
+  start_backends
+  start_gateway cf0 18080 19090 "${FLEET[@]}" --rebalance-rate 0
+  start_gateway cf1 18081 19091 "${FLEET[@]}" --rebalance-rate 0
+  sleep 2
+  "$WSLOAD" fanout --url ws://127.0.0.1:18080/ws --url ws://127.0.0.1:18081/ws \
+    "${FANOUT_STEP[@]}" --json "$OUT/fanout-cluster.json"
+  cleanup
+  [ -f "$OUT/fanout-gateway.json" ] && compare cluster-fanout fanout-cluster fanout-gateway
+  return 0
 }
 
 # Cross-pod: 2 gateways + NATS + Redis history, 1,000 subscribers spread over both, 50 msg/s
@@ -207,8 +263,11 @@ runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(all)
 for r in "${runs[@]}"; do
   case $r in
-    all) memory; handshakes; fanout; crosspod; drain; rebalance; storm ;;
-    memory|handshakes|fanout|crosspod|drain|rebalance|storm) "$r" ;;
+    all) memory; memory_cluster; handshakes; fanout; overload; cluster_fanout; crosspod; drain
+      rebalance; storm ;;
+    memory-cluster) memory_cluster ;;
+    cluster-fanout) cluster_fanout ;;
+    memory|handshakes|fanout|overload|crosspod|drain|rebalance|storm) "$r" ;;
     *) echo "unknown benchmark: $r" >&2; exit 2 ;;
   esac
 done

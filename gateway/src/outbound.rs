@@ -172,7 +172,7 @@ mod tests {
             q.offer(&delivery("a", 2, 40), limits),
             Offer::Queued { wake: false }
         );
-        assert_eq!(q.offer(&delivery("a", 3, 1), limits), Offer::Full);
+        assert_eq!(q.offer(&delivery("a", 3, 2), limits), Offer::Full);
     }
 
     #[test]

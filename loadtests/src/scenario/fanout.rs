@@ -46,6 +46,26 @@ pub struct FanoutArgs {
     pub max_p99_ms: f64,
     #[arg(long, default_value_t = 100_000.0)]
     pub max_rate: f64,
+    /// Take the rate from an earlier `fanout --step` report instead: --rate-factor times the
+    /// best publish rate it held within its p99 bound (e.g. twice the baseline's capacity).
+    #[arg(long)]
+    pub rate_from: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 2.0)]
+    pub rate_factor: f64,
+}
+
+/// The best publish rate of a `fanout --step` report within its p99 bound.
+pub fn best_rate(report: &serde_json::Value) -> anyhow::Result<f64> {
+    let bound = report["max_p99_ms"].as_f64().unwrap_or(f64::INFINITY);
+    let best = report["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["latency"]["p99_ms"].as_f64().is_some_and(|p| p <= bound))
+        .filter_map(|s| s["publish_rate"].as_f64())
+        .fold(0.0, f64::max);
+    anyhow::ensure!(best > 0.0, "the report has no step within its p99 bound");
+    Ok(best)
 }
 
 /// One rate step.
@@ -59,7 +79,17 @@ pub struct Step {
 }
 
 /// Runs the scenario, prints a summary, and returns the JSON report.
-pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
+pub async fn run(mut args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
+    if let Some(path) = &args.rate_from {
+        let text = std::fs::read_to_string(path)?;
+        args.rate = args.rate_factor * best_rate(&serde_json::from_str(&text)?)?;
+        println!(
+            "rate {:.1} msg/s: {}x the best of {}",
+            args.rate,
+            args.rate_factor,
+            path.display()
+        );
+    }
     anyhow::ensure!(
         args.rate > 0.0 && args.duration > 0,
         "--rate and --duration must be > 0"
