@@ -164,15 +164,16 @@ start_baseline_pinned() {
 # Maximum fan-out, one gateway vs the raw baseline: 1,000 subscribers on one topic, one
 # publisher, 100-byte payloads, the rate raised x1.25 per 5 s step until p99 > 250 ms or
 # deliveries fall behind; the best step within the bound counts.
-FANOUT_STEP=(--subscribers 1000 --topics 1 --publishers 1 --payload-bytes 100 --rate 400
+FANOUT_STEP=(--subscribers 1000 --topics 1 --publishers 1 --payload-bytes 100 --rate 100
   --duration 5 --step --step-factor 1.25 --max-p99-ms 250 --max-duration 280)
 fanout() {
   start_baseline
   "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws "${FANOUT_STEP[@]}" \
-    --json "$OUT/fanout-baseline.json"
+    --gateway-pid "$BL_PID" --json "$OUT/fanout-baseline.json"
   cleanup
   start_gateway fan "$GW_PORT" "$ADMIN_PORT"
-  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${FANOUT_STEP[@]}" --json "$OUT/fanout-gateway.json"
+  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${FANOUT_STEP[@]}" --gateway-pid "$GW_PID" \
+    --json "$OUT/fanout-gateway.json"
   cleanup
   compare max-fanout fanout-gateway fanout-baseline
 }
@@ -184,10 +185,11 @@ overload() {
     --rate-from "$OUT/fanout-baseline.json" --rate-factor 2 --settle 60 --max-duration 200)
   start_baseline
   "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws "${over[@]}" \
-    --json "$OUT/overload-baseline.json"
+    --gateway-pid "$BL_PID" --json "$OUT/overload-baseline.json"
   cleanup
   start_gateway over "$GW_PORT" "$ADMIN_PORT"
-  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${over[@]}" --json "$OUT/overload-gateway.json"
+  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${over[@]}" --gateway-pid "$GW_PID" \
+    --json "$OUT/overload-gateway.json"
   cleanup
   compare overload overload-gateway overload-baseline
 }

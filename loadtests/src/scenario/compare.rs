@@ -80,6 +80,22 @@ fn closes(report: &Value, code: u16) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The server's CPU per delivery of a `fanout` report, when it was measured.
+fn cpu_note(m: &Value, r: &Value) -> String {
+    match (
+        m["server_cpu_ns_per_delivery"].as_f64(),
+        r["server_cpu_ns_per_delivery"].as_f64(),
+    ) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            format!(
+                "; server CPU per delivery {a:.0} ns vs {b:.0} ns ({:.2}x)",
+                a / b
+            )
+        }
+        _ => String::new(),
+    }
+}
+
 /// Deliveries lost, plus resumes answered `recovered: false`, in a `fanout` report.
 fn lost(report: &Value) -> f64 {
     report
@@ -151,8 +167,8 @@ pub fn compare(metric: Metric, m: &Value, r: &Value) -> anyhow::Result<Value> {
                 "reference": r3(b), "ratio": r3(ratio(a, b)),
                 "target": format!("at least {min}x, nothing lost"),
                 "met": ratio(a, b) >= min && lossless,
-                "notes": format!("p99 bound {} ms; measured lost {}, 1013s {}; reference lost {}",
-                    m["max_p99_ms"], lost(m), closes(m, 1013), lost(r))})
+                "notes": format!("p99 bound {} ms; measured lost {}, 1013s {}; reference lost {}{}",
+                    m["max_p99_ms"], lost(m), closes(m, 1013), lost(r), cpu_note(m, r))})
         }
         Metric::Overload => {
             let last = |v: &Value| -> anyhow::Result<(f64, f64, f64)> {
@@ -171,8 +187,8 @@ pub fn compare(metric: Metric, m: &Value, r: &Value) -> anyhow::Result<Value> {
                 "reference": r3(b), "ratio": r3(ratio(a, b)),
                 "target": format!("nothing lost, at most {}% closed 1013", MAX_OVERLOAD_1013_SHARE * 100.0),
                 "met": lost(m) == 0.0 && share <= MAX_OVERLOAD_1013_SHARE,
-                "notes": format!("offered {rate} msg/s; p99 {p99_m} ms vs {p99_r} ms; 1013s: {} of {subscribers} (reference {}); lost {} (reference {})",
-                    closes(m, 1013), closes(r, 1013), lost(m), lost(r))})
+                "notes": format!("offered {rate} msg/s; p99 {p99_m} ms vs {p99_r} ms; 1013s: {} of {subscribers} (reference {}); lost {} (reference {}){}",
+                    closes(m, 1013), closes(r, 1013), lost(m), lost(r), cpu_note(m, r))})
         }
         Metric::Handshakes => {
             let (a, b) = (

@@ -52,6 +52,10 @@ pub struct FanoutArgs {
     pub rate_from: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 2.0)]
     pub rate_factor: f64,
+    /// PID of the server: its CPU time while publishing (and delivering what was published)
+    /// is read from /proc, and reported per delivery.
+    #[arg(long)]
+    pub gateway_pid: Option<u32>,
 }
 
 /// The best publish rate of a `fanout --step` report within its p99 bound.
@@ -111,6 +115,11 @@ pub async fn run(mut args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         args.rate,
     );
     let mut steps = Vec::new();
+    let cpu_before = args
+        .gateway_pid
+        .map(crate::admin::cpu_seconds)
+        .transpose()?;
+    let deliveries_before = run.deliveries();
     let publishing = Instant::now();
     let mut rate = args.rate;
     loop {
@@ -139,6 +148,14 @@ pub async fn run(mut args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     // Each step resets the histogram: this is the last step's latency.
     let last_latency = run.delivery.summary();
     let outcome = common::finish(&run, c, &topics, &reports, started.handles).await?;
+    // Everything published was delivered (or counted lost) by now: the server's CPU time for
+    // the whole publishing phase, per delivery.
+    let cpu = match (cpu_before, args.gateway_pid) {
+        (Some(before), Some(pid)) => Some(crate::admin::cpu_seconds(pid)? - before),
+        _ => None,
+    };
+    let delivered = run.deliveries().saturating_sub(deliveries_before);
+    let cpu_ns_per_delivery = cpu.map(|s| r3(s * 1e9 / delivered.max(1) as f64));
     // Best sustained throughput within the latency bound (the step comparison's figure).
     let best = steps
         .iter()
@@ -163,7 +180,12 @@ pub async fn run(mut args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         best
     );
     common::print_outcome(&outcome);
+    if let (Some(s), Some(ns)) = (cpu, cpu_ns_per_delivery) {
+        println!("  server CPU {s:.2} s for {delivered} deliveries: {ns:.0} ns per delivery");
+    }
     Ok(json!({
+        "server_cpu_seconds": cpu.map(r3),
+        "server_cpu_ns_per_delivery": cpu_ns_per_delivery,
         "scenario": "fanout",
         "target": c.target,
         "subscribers": started.ready,
