@@ -167,15 +167,21 @@ impl Conn {
         let mut next_ping = Instant::now() + ping_interval;
         let mut last_saved = Instant::now();
         let control = self.control.clone();
+        // One timer for every deadline (each armed timer is reserved in every idle
+        // connection's task), kept across iterations and moved only when its deadline does:
+        // a timer made per iteration is registered and removed again for every batch.
+        let timer = sleep_until(next_ping.min(hello_deadline));
+        tokio::pin!(timer);
         loop {
-            // One timer for every deadline: each armed timer is reserved in every idle
-            // connection's task.
             let mut wake = next_ping;
             if self.session.is_none() {
                 wake = wake.min(hello_deadline);
             }
             if let Some(expires) = self.expires {
                 wake = wake.min(expires);
+            }
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
             }
             tokio::select! {
                 biased;
@@ -203,7 +209,7 @@ impl Conn {
                         return close;
                     }
                 }
-                () = sleep_until(wake) => {
+                () = &mut timer => {
                     let now = Instant::now();
                     if self.session.is_none() && now >= hello_deadline {
                         return Close::HelloTimeout;
@@ -338,14 +344,17 @@ impl Conn {
             lagging,
         } = batch;
         let mut unflushed = 0;
+        // One clock read each for the batch's latency metric and its write deadline.
+        let now_us = crate::envelope::now_us();
+        let deadline = Instant::now() + self.shared.config.write_timeout;
         for delivery in deliveries.drain(..) {
             // Asked to close (e.g. drained): deliver nothing more.
             if self.control.is_closing() {
                 return self.flush(socket).await;
             }
-            match self.step(&delivery) {
+            match self.step(&delivery, now_us) {
                 Step::Write(message) => {
-                    self.feed(socket, message).await?;
+                    self.feed_by(socket, message, deadline).await?;
                     unflushed += 1;
                     if unflushed == MAX_BATCH {
                         self.flush(socket).await?;
@@ -359,7 +368,7 @@ impl Conn {
                     self.fill(socket, &delivery.topic).await?;
                     // History covered it (it was stored before it was published), so it is a
                     // duplicate now; anything else means the epoch moved on meanwhile.
-                    if let Step::Write(message) = self.step(&delivery) {
+                    if let Step::Write(message) = self.step(&delivery, now_us) {
                         self.feed(socket, message).await?;
                         unflushed += 1;
                     }

@@ -16,7 +16,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use protocol::{Epoch, Payload, Position, Topic, encode_message};
 use session_store::SessionStore;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::connection::{Close, Conn};
 use crate::hub::Delivery;
@@ -150,7 +150,9 @@ pub enum Step {
 
 impl Conn {
     /// Decides about `delivery` and, when it is the next message, moves the position past it.
-    pub(crate) fn step(&mut self, delivery: &Delivery) -> Step {
+    /// `now_us` is the batch's write time (read once per batch: a clock read per delivery is
+    /// a measurable part of a delivery's cost).
+    pub(crate) fn step(&mut self, delivery: &Delivery, now_us: u64) -> Step {
         let Some(sub) = self.subs.get_mut(&delivery.topic) else {
             return Step::Skip;
         };
@@ -177,10 +179,9 @@ impl Conn {
         let metrics = &self.shared.metrics.conn;
         metrics.delivered.inc();
         if let Some(published) = delivery.published_us {
-            let now = crate::envelope::now_us();
             metrics
                 .delivery_latency
-                .observe(now.saturating_sub(published) as f64 / 1e6);
+                .observe(now_us.saturating_sub(published) as f64 / 1e6);
         }
         Step::Write(message)
     }
@@ -191,7 +192,18 @@ impl Conn {
         socket: &mut WebSocket,
         message: Message,
     ) -> Result<(), Close> {
-        match timeout(self.shared.config.write_timeout, socket.feed(message)).await {
+        let deadline = Instant::now() + self.shared.config.write_timeout;
+        self.feed_by(socket, message, deadline).await
+    }
+
+    /// [`Conn::feed`] with the deadline of a whole batch (one clock read per batch).
+    pub(crate) async fn feed_by(
+        &mut self,
+        socket: &mut WebSocket,
+        message: Message,
+        deadline: Instant,
+    ) -> Result<(), Close> {
+        match timeout_at(deadline, socket.feed(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.write_failed(e)),
             Err(_) => Err(Close::Gone),
