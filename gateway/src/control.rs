@@ -2,19 +2,21 @@
 //! pod's table of open connections with the session generation each one holds.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::IpAddr;
 #[cfg(test)]
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use protocol::{CloseAdvice, CloseCode, SessionId, Topic};
 use tokio::sync::Notify;
 
-use crate::hub::ConnId;
+use crate::hub::{ConnId, Delivery};
+use crate::outbound::{Batch, Offer, Outbound, QueueLimits};
 
 /// What the rest of the pod may ask of a connection: close (the first request wins), and
-/// catch up a topic from history because its queue had no room.
+/// write deliveries (its outbound queue). One `Notify` wakes the connection's task for both.
 #[derive(Debug)]
 pub struct ConnControl {
     closing: AtomicBool,
@@ -23,18 +25,12 @@ pub struct ConnControl {
     taken_over: AtomicBool,
     request: Mutex<Option<(CloseCode, CloseAdvice)>>,
     notify: Notify,
-    /// Payload bytes in the connection's outbound queue (the queue's byte bound).
-    queued_bytes: AtomicUsize,
-    /// Topics with messages that did not fit in the queue: the connection reads them from
-    /// history after writing what is queued.
-    lagging: Mutex<Vec<Topic>>,
-    has_lag: AtomicBool,
+    outbound: Outbound,
     /// Set by the server API's `disconnect`: the session must not be saved (it was deleted so
     /// the client cannot resume it).
     disconnected: AtomicBool,
     /// Server-side subscription changes for the connection's task to apply.
     commands: Mutex<Vec<ServerCommand>>,
-    command_notify: Notify,
 }
 
 /// A change the server asks of a connection's subscriptions (`/api/subscribe`,
@@ -52,12 +48,9 @@ impl ConnControl {
             taken_over: AtomicBool::new(false),
             request: Mutex::new(None),
             notify: Notify::new(),
-            queued_bytes: AtomicUsize::new(0),
-            lagging: Mutex::new(Vec::new()),
-            has_lag: AtomicBool::new(false),
+            outbound: Outbound::default(),
             disconnected: AtomicBool::new(false),
             commands: Mutex::new(Vec::new()),
-            command_notify: Notify::new(),
         }
     }
 
@@ -82,51 +75,48 @@ impl ConnControl {
         }
         commands.push(command);
         drop(commands);
-        self.command_notify.notify_one();
+        self.notify.notify_one();
     }
 
-    /// Waits for queued server commands and takes them, in order.
-    pub async fn commands(&self) -> Vec<ServerCommand> {
-        loop {
-            let taken = std::mem::take(&mut *self.commands.lock().expect("commands lock"));
-            if !taken.is_empty() {
-                return taken;
-            }
-            self.command_notify.notified().await;
+    /// The queued server commands, in order (taken when [`ConnControl::changed`] wakes the
+    /// connection's task).
+    pub fn take_commands(&self) -> Vec<ServerCommand> {
+        std::mem::take(&mut *self.commands.lock().expect("commands lock"))
+    }
+
+    /// Queues `delivery` for the connection (see [`Outbound::offer`]), waking its task when
+    /// the queue was empty.
+    pub fn offer(&self, delivery: &Arc<Delivery>, limits: QueueLimits) -> Offer {
+        let offer = self.outbound.offer(delivery, limits);
+        if let Offer::Queued { wake: true } = offer {
+            self.notify.notify_one();
         }
+        offer
     }
 
-    /// Reserves `bytes` of the queue's byte budget `limit`; `false` when they do not fit.
-    pub fn reserve(&self, bytes: usize, limit: usize) -> bool {
-        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-        // One message always fits in an empty queue, however large.
-        if before > 0 && before + bytes > limit {
-            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            return false;
+    /// Queues a delivery of an ephemeral topic: dropped when the queue is full (see
+    /// [`Outbound::offer_or_drop`]).
+    pub fn offer_ephemeral(&self, delivery: &Arc<Delivery>, limits: QueueLimits) -> Offer {
+        let offer = self.outbound.offer_or_drop(delivery, limits);
+        if let Offer::Queued { wake: true } = offer {
+            self.notify.notify_one();
         }
-        true
+        offer
     }
 
-    /// Gives back what [`ConnControl::reserve`] took, once the message left the queue.
-    pub fn release(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    /// Everything queued for the connection, taken at once.
+    pub fn take_queued(&self) -> Batch {
+        self.outbound.take()
     }
 
-    /// `topic` has messages this connection did not get from its queue.
-    pub fn mark_lagging(&self, topic: &Topic) {
-        let mut lagging = self.lagging.lock().expect("lagging lock");
-        if !lagging.contains(topic) {
-            lagging.push(topic.clone());
-        }
-        self.has_lag.store(true, Ordering::Release);
+    /// Gives a written batch's buffer back (see [`Outbound::reuse`]).
+    pub fn reuse_buffer(&self, buffer: VecDeque<Arc<Delivery>>) {
+        self.outbound.reuse(buffer);
     }
 
-    /// The topics to catch up from history, emptied.
-    pub fn take_lagging(&self) -> Vec<Topic> {
-        if !self.has_lag.swap(false, Ordering::AcqRel) {
-            return Vec::new();
-        }
-        std::mem::take(&mut *self.lagging.lock().expect("lagging lock"))
+    /// The connection's task no longer writes deliveries: stop queueing them.
+    pub fn close_queue(&self) {
+        self.outbound.close();
     }
 
     /// Asks the connection to close with `code`. Once asked, the connection delivers nothing
@@ -153,14 +143,15 @@ impl ConnControl {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// Waits for a close request and returns it.
-    pub async fn requested(&self) -> (CloseCode, CloseAdvice) {
-        loop {
-            if let Some(req) = self.request.lock().expect("close request lock").clone() {
-                return req;
-            }
-            self.notify.notified().await;
-        }
+    /// The close request, if one was made.
+    pub fn requested(&self) -> Option<(CloseCode, CloseAdvice)> {
+        self.request.lock().expect("close request lock").clone()
+    }
+
+    /// Waits until a close was requested or deliveries were queued since the last wake-up
+    /// (only the connection's own task waits here).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
     }
 }
 
@@ -385,24 +376,5 @@ mod tests {
         assert!(!table.take_over_older(&session, 2));
         assert!(!table.take_over_older(&session, 3));
         assert!(table.take_over_older(&session, 4));
-    }
-
-    #[test]
-    fn the_queue_byte_budget_always_admits_one_message() {
-        let control = ConnControl::new();
-        assert!(
-            control.reserve(10_000, 100),
-            "an empty queue takes any message"
-        );
-        assert!(!control.reserve(1, 100));
-        control.release(10_000);
-        assert!(control.reserve(60, 100));
-        assert!(control.reserve(40, 100));
-        assert!(!control.reserve(1, 100));
-        let topic = Topic::new("t").unwrap();
-        control.mark_lagging(&topic);
-        control.mark_lagging(&topic);
-        assert_eq!(control.take_lagging(), vec![topic]);
-        assert!(control.take_lagging().is_empty());
     }
 }

@@ -23,6 +23,7 @@
 //! - `hub`: topic → local subscribers, restoring `seq` order with `sequencer`.
 //! - `envelope`: the payload of topic messages on the backplane.
 //! - `control`: closing a connection from outside its task; the pod's connection table.
+//! - `outbound`: a connection's queue of deliveries, bounded in messages and bytes.
 //! - `cluster`: heartbeats, the fleet view, pod-to-pod control, rebalancing with 1012.
 //! - `drain`: paced 1001 closes on SIGTERM or an operator's request.
 //! - `agent`: HAProxy agent-check answers (weight, `drain`).
@@ -68,6 +69,7 @@ mod http;
 mod hub;
 mod metrics;
 pub mod ops;
+mod outbound;
 mod presence;
 mod replay;
 mod saving;

@@ -16,7 +16,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use protocol::{Epoch, Payload, Position, Topic, encode_message};
 use session_store::SessionStore;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::connection::{Close, Conn};
 use crate::hub::Delivery;
@@ -94,6 +94,65 @@ impl SubState {
     }
 }
 
+/// A connection's subscriptions by topic: a sorted vector, because a connection has a few
+/// (at most `--max-subscriptions`) and a hash map's smallest table is several times the size
+/// of one entry, in every subscribed connection.
+#[derive(Debug, Default)]
+pub struct SubMap {
+    entries: Vec<(Topic, SubState)>,
+}
+
+impl SubMap {
+    fn index(&self, topic: &Topic) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(t, _)| t.cmp(topic))
+    }
+
+    pub fn get(&self, topic: &Topic) -> Option<&SubState> {
+        self.index(topic).ok().map(|i| &self.entries[i].1)
+    }
+
+    pub fn get_mut(&mut self, topic: &Topic) -> Option<&mut SubState> {
+        self.index(topic).ok().map(|i| &mut self.entries[i].1)
+    }
+
+    /// Adds or replaces `topic`'s state.
+    pub fn insert(&mut self, topic: Topic, state: SubState) {
+        match self.index(&topic) {
+            Ok(i) => self.entries[i].1 = state,
+            Err(i) => {
+                // Exactly one more slot: the vector's first growth would take four.
+                self.entries.reserve_exact(1);
+                self.entries.insert(i, (topic, state));
+            }
+        }
+    }
+
+    pub fn remove(&mut self, topic: &Topic) -> Option<SubState> {
+        let i = self.index(topic).ok()?;
+        let (_, state) = self.entries.remove(i);
+        if self.entries.is_empty() {
+            self.entries = Vec::new();
+        }
+        Some(state)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Topic> {
+        self.entries.iter().map(|(t, _)| t)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Topic, &SubState)> {
+        self.entries.iter().map(|(t, s)| (t, s))
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut SubState> {
+        self.entries.iter_mut().map(|(_, s)| s)
+    }
+}
+
 /// What to do with one delivery from the queue.
 pub enum Step {
     Write(Message),
@@ -105,7 +164,9 @@ pub enum Step {
 
 impl Conn {
     /// Decides about `delivery` and, when it is the next message, moves the position past it.
-    pub(crate) fn step(&mut self, delivery: &Delivery) -> Step {
+    /// `now_us` is the batch's write time (read once per batch: a clock read per delivery is
+    /// a measurable part of a delivery's cost).
+    pub(crate) fn step(&mut self, delivery: &Delivery, now_us: u64) -> Step {
         let Some(sub) = self.subs.get_mut(&delivery.topic) else {
             return Step::Skip;
         };
@@ -141,10 +202,9 @@ impl Conn {
         let metrics = &self.shared.metrics.conn;
         metrics.delivered.inc();
         if let Some(published) = delivery.published_us {
-            let now = crate::envelope::now_us();
             metrics
                 .delivery_latency
-                .observe(now.saturating_sub(published) as f64 / 1e6);
+                .observe(now_us.saturating_sub(published) as f64 / 1e6);
         }
         Step::Write(message)
     }
@@ -155,7 +215,18 @@ impl Conn {
         socket: &mut WebSocket,
         message: Message,
     ) -> Result<(), Close> {
-        match timeout(self.shared.config.write_timeout, socket.feed(message)).await {
+        let deadline = Instant::now() + self.shared.config.write_timeout;
+        self.feed_by(socket, message, deadline).await
+    }
+
+    /// [`Conn::feed`] with the deadline of a whole batch (one clock read per batch).
+    pub(crate) async fn feed_by(
+        &mut self,
+        socket: &mut WebSocket,
+        message: Message,
+        deadline: Instant,
+    ) -> Result<(), Close> {
+        match timeout_at(deadline, socket.feed(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.write_failed(e)),
             Err(_) => Err(Close::Gone),
@@ -254,12 +325,36 @@ impl Conn {
             }
         }
     }
+}
 
-    /// Fills every topic whose messages did not fit in the queue.
-    pub(crate) async fn fill_lagging(&mut self, socket: &mut WebSocket) -> Result<(), Close> {
-        for topic in self.control.take_lagging() {
-            self.fill(socket, &topic).await?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subscription_map_finds_inserts_and_removes_by_topic() {
+        let at = |seq| {
+            SubState::at(Position {
+                seq,
+                epoch: Epoch::generate(),
+            })
+        };
+        let mut subs = SubMap::default();
+        for (name, seq) in [("m", 1), ("a", 2), ("z", 3), ("a", 4)] {
+            subs.insert(Topic::new(name).unwrap(), at(seq));
         }
-        Ok(())
+        assert_eq!(subs.len(), 3);
+        let names: Vec<&str> = subs.keys().map(|t| t.as_str()).collect();
+        assert_eq!(names, ["a", "m", "z"]);
+        assert_eq!(subs.get(&Topic::new("a").unwrap()).unwrap().fed, 4);
+        subs.get_mut(&Topic::new("z").unwrap()).unwrap().fed = 9;
+        assert_eq!(
+            subs.iter().map(|(_, s)| s.fed).collect::<Vec<_>>(),
+            [4, 1, 9]
+        );
+        assert!(subs.remove(&Topic::new("m").unwrap()).is_some());
+        assert!(subs.remove(&Topic::new("m").unwrap()).is_none());
+        assert!(subs.get(&Topic::new("q").unwrap()).is_none());
+        assert_eq!(subs.len(), 2);
     }
 }

@@ -17,7 +17,7 @@ impl Conn {
         socket: &mut WebSocket,
         topic: Topic,
     ) -> Result<(), Close> {
-        if self.subs.contains_key(&topic) {
+        if self.subs.get(&topic).is_some() {
             return Ok(());
         }
         if self.subs.len() >= self.shared.config.max_subscriptions {

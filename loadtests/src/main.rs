@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use loadtests::report;
-use loadtests::scenario::{connect, drain, fanout, rebalance, storm};
+use loadtests::scenario::{compare, connect, drain, fanout, rebalance, storm};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +28,9 @@ enum Command {
     Rebalance(rebalance::RebalanceArgs),
     /// Every client reconnects at once: accept rate, time to welcome.
     Storm(storm::StormArgs),
+    /// A run against its reference run (baseline, or embedded for the cluster): the ratio and
+    /// whether the target is met, from their JSON reports.
+    Compare(compare::CompareArgs),
     /// The raw tokio-tungstenite broadcast server the figures are compared with.
     BaselineServer {
         /// Loopback address to listen on.
@@ -50,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
             }
             (path, r)
         }
+        Command::Compare(a) => (a.json.clone(), compare::run(&a)?),
         Command::Fanout(a) => (a.common.json.clone(), fanout::run(a).await?),
         Command::Drain(a) => (a.common.json.clone(), drain::run(a).await?),
         Command::Rebalance(a) => (a.common.json.clone(), rebalance::run(a).await?),

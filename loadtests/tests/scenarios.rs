@@ -100,6 +100,32 @@ async fn fanout_step_mode_records_steps() {
     assert_clean(&report);
 }
 
+/// The overload run: its rate is twice the best an earlier step report held within its bound;
+/// with `--gateway-pid` (here this process, which runs the pod) the server's CPU per delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_takes_its_rate_from_a_step_report_and_reads_server_cpu() {
+    let pod = Pod::start(|_| {}).await;
+    let earlier = serde_json::json!({"max_p99_ms": 50.0, "steps": [
+        {"publish_rate": 10.0, "latency": {"p99_ms": 5.0}},
+        {"publish_rate": 20.0, "latency": {"p99_ms": 500.0}},
+    ]});
+    let path = std::env::temp_dir().join(format!("wsload-steps-{}.json", std::process::id()));
+    std::fs::write(&path, earlier.to_string()).unwrap();
+    let pid = std::process::id().to_string();
+    let report = fanout_via(
+        &pod.ws_url(),
+        &["--rate-from", path.to_str().unwrap(), "--gateway-pid", &pid],
+    )
+    .await;
+    std::fs::remove_file(&path).unwrap();
+    assert_clean(&report);
+    assert_eq!(report["steps"][0]["publish_rate"], 20.0, "{report}");
+    assert!(
+        report["server_cpu_ns_per_delivery"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_message_is_reported_lost() {
     let pod = Pod::start(|_| {}).await;

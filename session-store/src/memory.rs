@@ -36,9 +36,57 @@ struct Inner {
 
 #[derive(Debug)]
 struct SessionEntry {
-    record: Option<SessionRecord>,
+    record: Option<Box<StoredRecord>>,
     owner: Owner,
     expires: Instant,
+}
+
+/// A [`SessionRecord`] as kept here: its positions in a boxed slice rather than a `BTreeMap`,
+/// whose first node has room for eleven entries. Every session of an embedded pod has one,
+/// so this is a part of each idle session's footprint.
+#[derive(Debug)]
+struct StoredRecord {
+    id: SessionId,
+    secret: String,
+    user: Option<String>,
+    subscriptions: Box<[(Topic, Position)]>,
+    confirmed: bool,
+    created_ms: u64,
+    last_pod: String,
+    /// Boxed: only sessions admitted by a connect hook have one.
+    granted: Option<Box<crate::HookGrant>>,
+}
+
+impl StoredRecord {
+    fn new(r: &SessionRecord) -> Box<Self> {
+        Box::new(Self {
+            id: r.id.clone(),
+            secret: r.secret.clone(),
+            user: r.user.clone(),
+            subscriptions: r
+                .subscriptions
+                .iter()
+                .map(|(t, p)| (t.clone(), p.clone()))
+                .collect(),
+            confirmed: r.confirmed,
+            created_ms: r.created_ms,
+            last_pod: r.last_pod.clone(),
+            granted: r.granted.clone().map(Box::new),
+        })
+    }
+
+    fn record(&self) -> SessionRecord {
+        SessionRecord {
+            id: self.id.clone(),
+            secret: self.secret.clone(),
+            user: self.user.clone(),
+            subscriptions: self.subscriptions.iter().cloned().collect(),
+            confirmed: self.confirmed,
+            created_ms: self.created_ms,
+            last_pod: self.last_pod.clone(),
+            granted: self.granted.as_deref().cloned(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -334,7 +382,7 @@ impl SessionStore for MemoryStore {
             pod: session.last_pod.clone(),
             generation,
         };
-        entry.record = Some(session.clone());
+        entry.record = Some(StoredRecord::new(session));
         entry.expires = now + ttl;
         Ok(true)
     }
@@ -342,7 +390,9 @@ impl SessionStore for MemoryStore {
     async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let mut sessions = self.inner.sessions.lock().expect("sessions lock");
         match sessions.get(id) {
-            Some(entry) if entry.expires > Instant::now() => Ok(entry.record.clone()),
+            Some(entry) if entry.expires > Instant::now() => {
+                Ok(entry.record.as_ref().map(|r| r.record()))
+            }
             Some(_) => {
                 sessions.remove(id);
                 Ok(None)

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use backplane::{Backplane, Subject, Subscription};
 use futures_util::StreamExt;
 use protocol::Topic;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Duration;
 
 use super::{Delivery, HubInner, Readiness, TopicEntry};
 use crate::envelope::Envelope;
+use crate::outbound::Offer;
 
 /// Runs the topic until its last subscriber leaves or the pod shuts down.
 pub(super) async fn run(
@@ -86,21 +87,11 @@ fn release(topic: &Topic, entry: &TopicEntry, hub: &HubInner, env: Envelope) {
         env.data,
         env.published_us,
     ));
-    let size = delivery.data.len();
-    let limit = hub.config.queue_bytes;
+    let limits = hub.config.queue;
     let subs = entry.subscribers.read().expect("subscribers lock");
     for sub in subs.values() {
-        if !sub.control.reserve(size, limit) {
+        if let Offer::Full = sub.control.offer_ephemeral(&delivery, limits) {
             hub.metrics.hub.drop("ephemeral_queue_full");
-            continue;
-        }
-        match sub.tx.try_send(delivery.clone()) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                sub.control.release(size);
-                hub.metrics.hub.drop("ephemeral_queue_full");
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => sub.control.release(size),
         }
     }
 }

@@ -25,11 +25,12 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use protocol::{Epoch, Payload, Position, Topic, encode_ephemeral_message, encode_message};
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::ConnControl;
 use crate::metrics::Metrics;
+use crate::outbound::QueueLimits;
 use crate::{Bus, Store};
 
 mod ephemeral;
@@ -94,10 +95,10 @@ impl Delivery {
     }
 }
 
-/// A connection's place in a topic's subscriber list.
+/// A connection's place in a topic's subscriber list: its control, which holds its outbound
+/// queue.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
-    pub tx: mpsc::Sender<Arc<Delivery>>,
     pub control: Arc<ConnControl>,
 }
 
@@ -131,8 +132,8 @@ struct TopicEntry {
 pub struct HubConfig {
     pub gap_timeout: Duration,
     pub resync_interval: Duration,
-    /// The byte bound of each subscriber's queue.
-    pub queue_bytes: usize,
+    /// The bounds of each subscriber's queue.
+    pub queue: QueueLimits,
     /// Which topics are ephemeral.
     pub namespaces: crate::Namespaces,
 }
@@ -142,7 +143,10 @@ impl HubConfig {
         Self {
             gap_timeout: config.gap_timeout,
             resync_interval: config.topic_resync_interval,
-            queue_bytes: config.outbound_queue_bytes,
+            queue: QueueLimits {
+                messages: config.outbound_queue,
+                bytes: config.outbound_queue_bytes,
+            },
             namespaces: namespaces.clone(),
         }
     }

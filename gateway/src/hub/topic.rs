@@ -18,11 +18,12 @@ use backplane::{Backplane, Subject, Subscription};
 use futures_util::StreamExt;
 use protocol::{Payload, Position, Topic};
 use session_store::SessionStore;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{Duration, Instant, sleep_until};
 
 use super::{Delivery, HubInner, Readiness, TopicEntry};
 use crate::envelope::Envelope;
+use crate::outbound::Offer;
 use crate::sequencer::{Arrival, Sequencer};
 
 /// Messages per history page read by a catch-up.
@@ -59,9 +60,10 @@ pub(super) async fn run(
         let top = hub.store.top(&topic).await.map_err(|e| e.to_string())?;
         Ok::<_, String>((sub, top))
     };
+    // Boxed: it is done once the topic runs, and inlined it would take room in the task.
     let (sub, top) = tokio::select! {
         _ = entry.stop.cancelled() => return,
-        started = started => match started {
+        started = Box::pin(started) => match started {
             Ok(ok) => ok,
             Err(why) => {
                 tracing::warn!(%topic, %why, "cannot open topic");
@@ -92,13 +94,11 @@ impl TopicTask {
                 msg = sub.next() => {
                     let Some(bytes) = msg else {
                         // The backplane ended the subscription (it should not): open a new one
-                        // and catch up from history.
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        match self.hub.backplane.subscribe(&subject).await {
-                            Ok(s) => sub = s,
-                            Err(e) => tracing::warn!(topic = %self.topic, error = %e, "resubscribe failed"),
+                        // and catch up from history. Boxed, like the catch-up.
+                        if let Some(s) = Box::pin(self.resubscribe(&subject)).await {
+                            sub = s;
                         }
-                        self.catch_up().await;
+                        self.catch_up_boxed().await;
                         continue;
                     };
                     match Envelope::decode(&bytes) {
@@ -114,7 +114,7 @@ impl TopicTask {
                                 Arrival::Duplicate => self.hub.metrics.hub.drop("duplicate"),
                                 Arrival::Held => {}
                                 // The hold is at its bound: fill the gap now.
-                                Arrival::Full => self.catch_up().await,
+                                Arrival::Full => self.catch_up_boxed().await,
                                 // A straggler from an older epoch, or the store moved on while
                                 // this pod missed it: check against the store soon.
                                 Arrival::Stale => {
@@ -137,11 +137,28 @@ impl TopicTask {
                     if self.seq.has_gap() {
                         self.hub.metrics.hub.gap_fills.inc();
                     }
-                    self.catch_up().await;
+                    self.catch_up_boxed().await;
                 }
-                _ = self.entry.behind.notified() => self.catch_up().await,
+                _ = self.entry.behind.notified() => self.catch_up_boxed().await,
             }
         }
+    }
+
+    async fn resubscribe(&self, subject: &Subject) -> Option<Subscription> {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match self.hub.backplane.subscribe(subject).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "resubscribe failed");
+                None
+            }
+        }
+    }
+
+    /// [`TopicTask::catch_up`] on the heap: inlined, its history reads would be reserved in
+    /// every topic task (about 14 KiB each) for something that runs now and then.
+    async fn catch_up_boxed(&mut self) {
+        Box::pin(self.catch_up()).await;
     }
 
     /// Reads history after the last released `seq`, page by page, and releases what was
@@ -256,7 +273,7 @@ impl TopicTask {
             return;
         }
         let epoch = self.seq.epoch();
-        let limit = self.hub.config.queue_bytes;
+        let limits = self.hub.config.queue;
         let subs = self.entry.subscribers.read().expect("subscribers lock");
         for (s, (data, published_us)) in items {
             let delivery = Arc::new(Delivery::new(
@@ -266,28 +283,13 @@ impl TopicTask {
                 data,
                 published_us,
             ));
-            let size = delivery.data.len();
             for sub in subs.values() {
-                if !sub.control.reserve(size, limit) {
-                    self.lag(sub);
-                    continue;
-                }
-                match sub.tx.try_send(delivery.clone()) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        sub.control.release(size);
-                        self.lag(sub);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => sub.control.release(size),
+                if let Offer::Full = sub.control.offer(&delivery, limits) {
+                    self.hub.metrics.hub.lagged.inc();
                 }
             }
         }
         drop(subs);
         self.note_released();
-    }
-
-    fn lag(&self, sub: &super::Subscriber) {
-        self.hub.metrics.hub.lagged.inc();
-        sub.control.mark_lagging(&self.topic);
     }
 }

@@ -46,6 +46,30 @@ pub struct FanoutArgs {
     pub max_p99_ms: f64,
     #[arg(long, default_value_t = 100_000.0)]
     pub max_rate: f64,
+    /// Take the rate from an earlier `fanout --step` report instead: --rate-factor times the
+    /// best publish rate it held within its p99 bound (e.g. twice the baseline's capacity).
+    #[arg(long)]
+    pub rate_from: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 2.0)]
+    pub rate_factor: f64,
+    /// PID of the server: its CPU time while publishing (and delivering what was published)
+    /// is read from /proc, and reported per delivery.
+    #[arg(long)]
+    pub gateway_pid: Option<u32>,
+}
+
+/// The best publish rate of a `fanout --step` report within its p99 bound.
+pub fn best_rate(report: &serde_json::Value) -> anyhow::Result<f64> {
+    let bound = report["max_p99_ms"].as_f64().unwrap_or(f64::INFINITY);
+    let best = report["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["latency"]["p99_ms"].as_f64().is_some_and(|p| p <= bound))
+        .filter_map(|s| s["publish_rate"].as_f64())
+        .fold(0.0, f64::max);
+    anyhow::ensure!(best > 0.0, "the report has no step within its p99 bound");
+    Ok(best)
 }
 
 /// One rate step.
@@ -59,7 +83,17 @@ pub struct Step {
 }
 
 /// Runs the scenario, prints a summary, and returns the JSON report.
-pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
+pub async fn run(mut args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
+    if let Some(path) = &args.rate_from {
+        let text = std::fs::read_to_string(path)?;
+        args.rate = args.rate_factor * best_rate(&serde_json::from_str(&text)?)?;
+        println!(
+            "rate {:.1} msg/s: {}x the best of {}",
+            args.rate,
+            args.rate_factor,
+            path.display()
+        );
+    }
     anyhow::ensure!(
         args.rate > 0.0 && args.duration > 0,
         "--rate and --duration must be > 0"
@@ -81,6 +115,11 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         args.rate,
     );
     let mut steps = Vec::new();
+    let cpu_before = args
+        .gateway_pid
+        .map(crate::admin::cpu_seconds)
+        .transpose()?;
+    let deliveries_before = run.deliveries();
     let publishing = Instant::now();
     let mut rate = args.rate;
     loop {
@@ -109,6 +148,14 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     // Each step resets the histogram: this is the last step's latency.
     let last_latency = run.delivery.summary();
     let outcome = common::finish(&run, c, &topics, &reports, started.handles).await?;
+    // Everything published was delivered (or counted lost) by now: the server's CPU time for
+    // the whole publishing phase, per delivery.
+    let cpu = match (cpu_before, args.gateway_pid) {
+        (Some(before), Some(pid)) => Some(crate::admin::cpu_seconds(pid)? - before),
+        _ => None,
+    };
+    let delivered = run.deliveries().saturating_sub(deliveries_before);
+    let cpu_ns_per_delivery = cpu.map(|s| r3(s * 1e9 / delivered.max(1) as f64));
     // Best sustained throughput within the latency bound (the step comparison's figure).
     let best = steps
         .iter()
@@ -133,7 +180,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         best
     );
     common::print_outcome(&outcome);
+    if let (Some(s), Some(ns)) = (cpu, cpu_ns_per_delivery) {
+        println!("  server CPU {s:.2} s for {delivered} deliveries: {ns:.0} ns per delivery");
+    }
     Ok(json!({
+        "server_cpu_seconds": cpu.map(r3),
+        "server_cpu_ns_per_delivery": cpu_ns_per_delivery,
         "scenario": "fanout",
         "target": c.target,
         "subscribers": started.ready,

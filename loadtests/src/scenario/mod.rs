@@ -1,6 +1,7 @@
 //! The scenarios, one module each, sharing [`common`].
 
 pub mod common;
+pub mod compare;
 pub mod connect;
 pub mod drain;
 pub mod fanout;
