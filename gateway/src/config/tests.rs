@@ -12,7 +12,8 @@ fn defaults_are_valid() {
 }
 
 /// Every flag has its `GATEWAY_*` variable and is documented (operations.md or, for the
-/// security flags, security.md), so the docs cannot fall behind a new flag.
+/// security flags, security.md, or, for namespaces and hooks, backend.md), so the docs cannot
+/// fall behind a new flag.
 #[test]
 fn every_flag_has_its_env_and_is_documented() {
     #[derive(clap::Parser)]
@@ -23,6 +24,7 @@ fn every_flag_has_its_env_and_is_documented() {
     let docs = [
         include_str!("../../../docs/operations.md"),
         include_str!("../../../docs/security.md"),
+        include_str!("../../../docs/backend.md"),
     ]
     .concat();
     let mentioned = |flag: &str| {
@@ -40,7 +42,7 @@ fn every_flag_has_its_env_and_is_documented() {
         }
         if !mentioned(&format!("--{long}")) {
             problems.push(format!(
-                "--{long} is not in docs/operations.md or docs/security.md"
+                "--{long} is not in docs/operations.md, docs/security.md or docs/backend.md"
             ));
         }
     }
