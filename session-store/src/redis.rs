@@ -74,7 +74,7 @@
 //! id's key, so `WAIT` covers the stream up to the first append even when that ran on another
 //! connection or pod.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{
@@ -85,6 +85,7 @@ use fred::types::ConnectHandle;
 use fred::types::config::UnresponsiveConfig;
 use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic, redact_url};
 
+mod ordered;
 mod tls;
 
 pub use tls::RedisTls;
@@ -172,12 +173,13 @@ impl std::fmt::Debug for RedisConfig {
 }
 
 /// A Lua script run with EVALSHA, falling back to EVAL when the server does not know it (after a
-/// restart or failover, or on another cluster node). The SHA is learnt from `SCRIPT LOAD` on first
-/// use, which spares a SHA-1 dependency.
+/// restart or failover, or on another cluster node). The SHA is computed here rather than
+/// learnt from `SCRIPT LOAD`, so the first call is one command too: a pipelined append must be
+/// sent the moment it is issued (see [`ordered`]).
 #[derive(Debug)]
 struct Script {
     source: String,
-    sha: OnceLock<String>,
+    sha: String,
 }
 
 impl Script {
@@ -187,9 +189,11 @@ impl Script {
     }
 
     fn standalone(source: &str) -> Self {
+        use sha1::Digest;
+        let digest = sha1::Sha1::digest(source.as_bytes());
         Self {
             source: source.to_owned(),
-            sha: OnceLock::new(),
+            sha: digest.iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
 }
@@ -214,6 +218,8 @@ struct Inner {
     ack: Script,
     claim_session: Script,
     save_session: Script,
+    /// Per pool client: whether its server is known to hold the scripts (see [`ordered`]).
+    scripts_loaded: Vec<Arc<std::sync::atomic::AtomicBool>>,
     tasks: Vec<ConnectHandle>,
 }
 
@@ -269,6 +275,7 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(format!("redis client: {}", e.details())))?;
         let mut tasks = pool.connect_pool();
         tasks.extend(log_connection_errors(&pool, &config.url));
+        let scripts_loaded = ordered::track_script_cache(&pool, &mut tasks);
 
         if tokio::time::timeout(call_timeout, pool.wait_for_connect())
             .await
@@ -295,6 +302,7 @@ impl RedisStore {
                 ack: Script::new(ACK_LUA),
                 claim_session: Script::standalone(CLAIM_SESSION_LUA),
                 save_session: Script::standalone(SAVE_SESSION_LUA),
+                scripts_loaded,
                 tasks,
             }),
         })
@@ -364,7 +372,7 @@ impl RedisStore {
         let keys = self.script_keys(topic);
         let client = self.inner.pool.next();
         match self
-            .eval_on(client, script, keys, args, Retry::Redirected)
+            .eval_on(client, script, keys, args, Retry::Redirected, &NoScript::Eval)
             .await?
         {
             Value::Array(items) => Ok(items),
@@ -381,16 +389,76 @@ impl RedisStore {
         keys: Vec<String>,
         args: Vec<String>,
         retry: Retry,
+        noscript: &NoScript,
     ) -> Result<Value, StoreError> {
         self.bounded(async {
-            match eval_once(client, script, keys.clone(), args.clone()).await {
+            match eval_once(client, script, keys.clone(), args.clone(), noscript).await {
                 Err(e) if retry == Retry::Redirected && gave_up(&e) => {
-                    eval_once(client, script, keys, args).await
+                    eval_once(client, script, keys, args, noscript).await
                 }
                 other => other,
             }
         })
         .await
+    }
+
+    /// The keys and args of an append.
+    fn append_call(&self, topic: &Topic, data: &Payload, id: Option<&PublishId>) -> ScriptCall {
+        let mut args = self.base_args();
+        args.push(data.as_str().to_owned());
+        args.push(self.inner.limits.max_len.to_string());
+        args.push(id.map(|id| id.as_str().to_owned()).unwrap_or_default());
+        args.push(millis(self.inner.limits.dedup_window).to_string());
+        let mut keys = self.script_keys(topic);
+        // Without an id the fifth key is never touched, but keeps one key list for the script.
+        keys.push(self.publish_id_key(topic, id.map_or("-", PublishId::as_str)));
+        ScriptCall { keys, args }
+    }
+
+    /// Runs an append on `client`: the script, and with `min_replicas` the WAIT after it (on
+    /// the same connection: WAIT counts this connection's writes) and the acknowledgement.
+    async fn append_on(
+        &self,
+        client: &fred::prelude::Client,
+        topic: &Topic,
+        call: ScriptCall,
+        noscript: NoScript,
+    ) -> Result<Appended, StoreError> {
+        let ScriptCall { keys, args } = call;
+        let reply = self.eval_on(client, &self.inner.append, keys, args, Retry::Never, &noscript);
+        let items = match reply.await? {
+            Value::Array(items) => items,
+            other => return Err(corrupt(format!("script returned {:?}", other.kind()))),
+        };
+        let mut items = items.into_iter();
+        let top = parse_top(&mut items)?;
+        let duplicate = items.next().and_then(|v| v.as_u64()) == Some(1);
+        let min = self.inner.min_replicas;
+        if min > 0 {
+            // A duplicate waits too: its first attempt may be the one that timed out. WAIT gives
+            // up a little before the call timeout, so a missing replica is reported as such.
+            let wait_ms = (millis(self.inner.call_timeout) * 3 / 4).max(1);
+            let timeout = i64::try_from(wait_ms).unwrap_or(i64::MAX);
+            let acked: i64 = self.bounded(client.wait(i64::from(min), timeout)).await?;
+            if acked < i64::from(min) {
+                return Err(StoreError::Unavailable(format!(
+                    "only {acked} of {min} replicas acknowledged seq {} (it is stored: retry with the same publish id)",
+                    top.seq
+                )));
+            }
+            // Now readers may see it (and a failover keeps it). The acknowledgement only ever
+            // raises the acknowledged seq, so acknowledgements of pipelined appends may run in
+            // any order.
+            let mut args = self.base_args();
+            args.push(top.seq.to_string());
+            args.push(top.epoch.as_str().to_owned());
+            self.eval(&self.inner.ack, topic, args).await?;
+        }
+        Ok(Appended {
+            seq: top.seq,
+            epoch: top.epoch,
+            duplicate,
+        })
     }
 
     /// The common args of every topic script: a fresh epoch (used only for a new history), the
@@ -409,6 +477,13 @@ impl RedisStore {
             mode.to_owned(),
         ]
     }
+}
+
+/// A script's keys and args.
+#[derive(Debug)]
+struct ScriptCall {
+    keys: Vec<String>,
+    args: Vec<String>,
 }
 
 /// Whether a failed call may be sent again.
@@ -430,24 +505,48 @@ fn gave_up(e: &FredError) -> bool {
     e.details() == "Too many failed write attempts."
 }
 
-/// One EVALSHA (loading the script first if its SHA is unknown), with EVAL on `NOSCRIPT`.
+/// What a call does when the server does not know the script (`NOSCRIPT`: nothing ran).
+#[derive(Debug)]
+enum NoScript {
+    /// Sends the script itself (EVAL), which also loads it.
+    Eval,
+    /// The `ticket`-th append of an ordered lane: EVAL only if nothing was issued on the lane
+    /// after it, else fail (nothing was stored; a retry is safe). Sending it again behind later
+    /// appends would store it out of issue order.
+    InOrder {
+        lane: Arc<crate::ordered::LaneState>,
+        ticket: u64,
+        /// Whether the connection's server is known to hold the script; when not, the script
+        /// goes in its first send (EVAL), so a cold server never answers `NOSCRIPT`.
+        loaded: Arc<std::sync::atomic::AtomicBool>,
+    },
+}
+
+/// One EVALSHA, with EVAL on `NOSCRIPT` as `noscript` allows.
 async fn eval_once(
     client: &fred::prelude::Client,
     script: &Script,
     keys: Vec<String>,
     args: Vec<String>,
+    noscript: &NoScript,
 ) -> Result<Value, FredError> {
-    let sha = match script.sha.get() {
-        Some(sha) => sha.clone(),
-        None => {
-            let sha: String = client.script_load(script.source.as_str()).await?;
-            script.sha.get_or_init(|| sha).clone()
+    if let NoScript::InOrder { loaded, .. } = noscript {
+        if !loaded.load(std::sync::atomic::Ordering::Relaxed) {
+            return client.eval(script.source.as_str(), keys, args).await;
         }
-    };
-    match client.evalsha(sha, keys.clone(), args.clone()).await {
-        Err(e) if e.details().starts_with("NOSCRIPT") => {
-            client.eval(script.source.as_str(), keys, args).await
-        }
+    }
+    match client
+        .evalsha(script.sha.as_str(), keys.clone(), args.clone())
+        .await
+    {
+        Err(e) if e.details().starts_with("NOSCRIPT") => match noscript {
+            NoScript::Eval => client.eval(script.source.as_str(), keys, args).await,
+            NoScript::InOrder {
+                lane,
+                ticket,
+                loaded,
+            } => ordered::eval_if_last(client, script, (keys, args), lane, *ticket, loaded).await,
+        },
         other => other,
     }
 }
@@ -533,49 +632,9 @@ impl SessionStore for RedisStore {
         data: &Payload,
         id: Option<&PublishId>,
     ) -> Result<Appended, StoreError> {
-        let mut args = self.base_args();
-        args.push(data.as_str().to_owned());
-        args.push(self.inner.limits.max_len.to_string());
-        args.push(id.map(|id| id.as_str().to_owned()).unwrap_or_default());
-        args.push(millis(self.inner.limits.dedup_window).to_string());
-        let mut keys = self.script_keys(topic);
-        // Without an id the fifth key is never touched, but keeps one key list for the script.
-        keys.push(self.publish_id_key(topic, id.map_or("-", PublishId::as_str)));
-        // One connection for the script and the WAIT after it: WAIT counts this connection's
-        // writes.
-        let client = self.inner.pool.next();
-        let reply = self.eval_on(client, &self.inner.append, keys, args, Retry::Never);
-        let items = match reply.await? {
-            Value::Array(items) => items,
-            other => return Err(corrupt(format!("script returned {:?}", other.kind()))),
-        };
-        let mut items = items.into_iter();
-        let top = parse_top(&mut items)?;
-        let duplicate = items.next().and_then(|v| v.as_u64()) == Some(1);
-        let min = self.inner.min_replicas;
-        if min > 0 {
-            // A duplicate waits too: its first attempt may be the one that timed out. WAIT gives
-            // up a little before the call timeout, so a missing replica is reported as such.
-            let wait_ms = (millis(self.inner.call_timeout) * 3 / 4).max(1);
-            let timeout = i64::try_from(wait_ms).unwrap_or(i64::MAX);
-            let acked: i64 = self.bounded(client.wait(i64::from(min), timeout)).await?;
-            if acked < i64::from(min) {
-                return Err(StoreError::Unavailable(format!(
-                    "only {acked} of {min} replicas acknowledged seq {} (it is stored: retry with the same publish id)",
-                    top.seq
-                )));
-            }
-            // Now readers may see it (and a failover keeps it).
-            let mut args = self.base_args();
-            args.push(top.seq.to_string());
-            args.push(top.epoch.as_str().to_owned());
-            self.eval(&self.inner.ack, topic, args).await?;
-        }
-        Ok(Appended {
-            seq: top.seq,
-            epoch: top.epoch,
-            duplicate,
-        })
+        let call = self.append_call(topic, data, id);
+        self.append_on(self.inner.pool.next(), topic, call, NoScript::Eval)
+            .await
     }
 
     async fn top(&self, topic: &Topic) -> Result<Position, StoreError> {
@@ -638,6 +697,7 @@ impl SessionStore for RedisStore {
                 keys,
                 args,
                 Retry::Never,
+                &NoScript::Eval,
             )
             .await?;
         let Value::Array(items) = reply else {
@@ -685,6 +745,7 @@ impl SessionStore for RedisStore {
                 keys,
                 args,
                 Retry::Redirected,
+                &NoScript::Eval,
             )
             .await?;
         Ok(reply.as_u64() == Some(1))
