@@ -34,6 +34,7 @@ impl Conn {
         match verdict {
             Verdict::Allow => Ok(true),
             Verdict::Limited => {
+                self.settle_publishes(socket).await?;
                 let reply = ServerFrame::error(
                     ErrorCode::RateLimited,
                     "slow down: frame dropped",
@@ -46,6 +47,8 @@ impl Conn {
         }
     }
 
+    /// Checks a `publish` frame and issues it; a refused one is answered in frame order, after
+    /// the publishes in flight before it.
     pub(crate) async fn publish(
         &mut self,
         socket: &mut WebSocket,
@@ -60,39 +63,21 @@ impl Conn {
                 format!("may not publish to {topic}"),
                 reference,
             );
+            self.settle_publishes(socket).await?;
             return self.reply(socket, &reply).await;
         }
         // Before the byte budget: a payload above the limit is refused, not rate limited (it
         // could exceed the burst and never pass).
         if let Err(e) = self.shared.check_publishable(&topic, &data) {
-            return self
-                .reply(
-                    socket,
-                    &ServerFrame::error(e.code(), e.to_string(), reference),
-                )
-                .await;
+            self.settle_publishes(socket).await?;
+            let reply = ServerFrame::error(e.code(), e.to_string(), reference);
+            return self.reply(socket, &reply).await;
         }
         let verdict = self.limiter.check_publish(data.len());
         if !self.rate_verdict(socket, verdict, reference).await? {
             return Ok(());
         }
-        let reply = match self.shared.publish(&topic, data, id.as_ref()).await {
-            Ok(appended) => ServerFrame::Published {
-                topic,
-                seq: appended.seq,
-                reference,
-            },
-            // The append may have run before an `unavailable` (e.g. a replica acknowledgement
-            // timed out): only a retry with the same id is safe from storing it twice.
-            Err(e) => {
-                let message = match e.code() {
-                    ErrorCode::Unavailable => format!("{e}; retry with the same publish id"),
-                    _ => e.to_string(),
-                };
-                ServerFrame::error(e.code(), message, reference)
-            }
-        };
-        self.reply(socket, &reply).await
+        self.issue_publish(socket, topic, data, id, reference).await
     }
 
     /// `refresh`: a new token for the same user; grants and expiry follow it.

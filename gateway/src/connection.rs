@@ -121,6 +121,8 @@ pub struct Conn {
     pub limiter: FrameLimiter,
     /// Held from the upgrade until `welcome`: bounds handshakes in flight.
     pub handshake: Option<HandshakePermit>,
+    /// Publishes in flight, oldest first (see `publish`); `None` until the first publish.
+    pub publishes: Option<Box<crate::publish::Pipeline>>,
 }
 
 /// Serves one upgraded socket until it closes.
@@ -149,6 +151,7 @@ pub async fn serve(
                 .frame_limits(shared.config.max_message_size),
         ),
         handshake: Some(handshake),
+        publishes: None,
     };
     let close = conn.run(&mut socket, &mut rx).await;
     tracing::debug!(conn = id, %peer, ?close, "connection ending");
@@ -185,7 +188,14 @@ impl Conn {
                         return close;
                     }
                 }
-                frame = socket.next() => {
+                done = crate::publish::next_done(&mut self.publishes) => {
+                    if let Err(close) = Box::pin(self.published(socket, done)).await {
+                        return close;
+                    }
+                }
+                // At the bound of publishes in flight, frames wait in the socket (and TCP
+                // pushes back on the client) until the oldest publish completes.
+                frame = socket.next(), if !self.publishing_full() => {
                     last_seen = Instant::now();
                     let message = match frame {
                         None => return Close::Gone,
@@ -230,6 +240,11 @@ impl Conn {
                     Ok(frame) => reference_of(frame),
                     Err(e) => e.reference(),
                 };
+                // Replies go out in frame order: anything but a publish, which joins the
+                // publishes in flight, waits for them.
+                if !matches!(decoded, Ok(client::ClientFrame::Publish { .. })) {
+                    self.settle_publishes(socket).await?;
+                }
                 if !self.admit_frame(socket, reference).await? {
                     return Ok(());
                 }
@@ -244,6 +259,7 @@ impl Conn {
             }
             Message::Binary(_) => {
                 self.shared.metrics.conn.received.inc();
+                self.settle_publishes(socket).await?;
                 if !self.admit_frame(socket, None).await? {
                     return Ok(());
                 }
@@ -372,7 +388,9 @@ impl Conn {
     async fn finish(&mut self, socket: &mut WebSocket, close: Close) {
         // Written but not flushed is not sent: a flush failure leaves the positions where
         // the last successful flush put them.
-        if !matches!(close, Close::Gone) {
+        let answer = !matches!(close, Close::Gone);
+        self.settle_publishes_on_close(socket, answer).await;
+        if answer {
             let _ = timeout(self.shared.config.close_grace, self.flush(socket)).await;
         }
         self.save_session().await;

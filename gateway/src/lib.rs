@@ -8,6 +8,7 @@
 //! - `connection`: one task per socket: reads frames, writes replies and batched deliveries.
 //! - `session`: `hello`, resume and per-topic recovery for a connection.
 //! - [`sizes`]: the message size limit, checked at the door, and the buffers derived from it.
+//! - `publish`: append then fan out; a connection's publishes in flight, in frame order.
 //! - `hub`: topic → local subscribers, restoring `seq` order with `sequencer`.
 //! - `envelope`: the payload of topic messages on the backplane.
 //! - `control`: closing a connection from outside its task; the pod's connection table.
@@ -27,8 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use backplane::{Backplane, Subject};
-use protocol::{Payload, PublishId, Topic};
-use session_store::{Appended, HistoryLimits, SessionStore};
+use session_store::{HistoryLimits, SessionStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,6 +49,7 @@ mod http;
 mod hub;
 mod metrics;
 pub mod ops;
+mod publish;
 mod replay;
 mod sequencer;
 mod session;
@@ -58,7 +59,6 @@ pub use config::{Config, ConfigError};
 
 use crate::control::Connections;
 use crate::drain::Drain;
-use crate::envelope::Envelope;
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 
@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     pub handshakes: abuse::HandshakeLimiter,
     /// Connections admitted (upgrades in flight included), bounded by `--max-connections`.
     pub slots: AtomicUsize,
+    /// Publishes in flight on this pod, WebSocket and HTTP (`--max-pod-publishes-in-flight`).
+    pub publish_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a publish failed.
@@ -199,67 +201,12 @@ impl Shared {
             ip_limiter: abuse::IpLimiter::new(config.security.ip_limits()),
             handshakes: abuse::HandshakeLimiter::new(config.security.max_handshakes),
             public_addr,
+            publish_permits: Arc::new(tokio::sync::Semaphore::new(
+                config.max_pod_publishes_in_flight,
+            )),
             cluster: cluster::ClusterView::default(),
             config,
         })
-    }
-
-    /// Publishes on `topic`: appends to history (which assigns `seq`), then publishes on the
-    /// backplane. A backplane failure is not an error for the publisher: the message is in
-    /// history, and every pod's topic task re-reads history to catch up. A retry with the same
-    /// `id` returns the first publish's result and stores nothing; it fans out again the first
-    /// one's message as history has it.
-    pub async fn publish(
-        &self,
-        topic: &Topic,
-        data: Payload,
-        id: Option<&PublishId>,
-    ) -> Result<Appended, PublishError> {
-        self.check_publishable(topic, &data)?;
-        let started = std::time::Instant::now();
-        let appended = self.store.append(topic, &data, id).await?;
-        self.metrics.store.observe("append", started);
-        let data = if appended.duplicate {
-            // A retry. Its first attempt may never have reached the backplane (it failed after
-            // the append, or waited for replicas in vain), so fan out again what history holds
-            // under that seq (not the retry's data, which may differ); subscribers that have it
-            // drop the repeat by `seq`.
-            match self.store.history(topic, appended.seq - 1, 1).await {
-                Ok(page) => match page.messages.into_iter().next() {
-                    Some(stored)
-                        if stored.seq == appended.seq && page.top.epoch == appended.epoch =>
-                    {
-                        stored.data
-                    }
-                    _ => return Ok(appended),
-                },
-                Err(e) => {
-                    tracing::debug!(%topic, seq = appended.seq, error = %e, "duplicate not fanned out again; subscribers catch up from history");
-                    return Ok(appended);
-                }
-            }
-        } else {
-            data
-        };
-        let envelope = Envelope {
-            seq: appended.seq,
-            epoch: appended.epoch.clone(),
-            published_us: envelope::now_us(),
-            data,
-        };
-        let started = std::time::Instant::now();
-        if let Err(e) = self
-            .backplane
-            .publish(&Subject::Topic(topic.clone()), envelope.encode())
-            .await
-        {
-            tracing::warn!(%topic, seq = appended.seq, error = %e, "backplane publish failed; subscribers catch up from history");
-        }
-        self.metrics
-            .hub
-            .backplane_publish
-            .observe(started.elapsed().as_secs_f64());
-        Ok(appended)
     }
 }
 

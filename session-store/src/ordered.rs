@@ -127,7 +127,11 @@ mod tests {
             log.lock().unwrap().push("sent");
             rx.await.unwrap()
         });
-        assert_eq!(*sent.lock().unwrap(), ["sent"], "the call ran before any await");
+        assert_eq!(
+            *sent.lock().unwrap(),
+            ["sent"],
+            "the call ran before any await"
+        );
         tx.send(7).unwrap();
         assert_eq!(issued.await, 7);
         assert_eq!(Issued::now(async { 3 }).await, 3);

@@ -372,7 +372,14 @@ impl RedisStore {
         let keys = self.script_keys(topic);
         let client = self.inner.pool.next();
         match self
-            .eval_on(client, script, keys, args, Retry::Redirected, &NoScript::Eval)
+            .eval_on(
+                client,
+                script,
+                keys,
+                args,
+                Retry::Redirected,
+                &NoScript::Eval,
+            )
             .await?
         {
             Value::Array(items) => Ok(items),
@@ -425,7 +432,14 @@ impl RedisStore {
         noscript: NoScript,
     ) -> Result<Appended, StoreError> {
         let ScriptCall { keys, args } = call;
-        let reply = self.eval_on(client, &self.inner.append, keys, args, Retry::Never, &noscript);
+        let reply = self.eval_on(
+            client,
+            &self.inner.append,
+            keys,
+            args,
+            Retry::Never,
+            &noscript,
+        );
         let items = match reply.await? {
             Value::Array(items) => items,
             other => return Err(corrupt(format!("script returned {:?}", other.kind()))),

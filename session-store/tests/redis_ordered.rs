@@ -42,7 +42,11 @@ async fn appends_in_flight_on_one_lane_keep_issue_order() {
         let t = n % topics.len();
         let lane = if n % 2 == 0 { &mut first } else { &mut second };
         let id = PublishId::new(&format!("p{n}")).expect("id");
-        issued.push((n % 2, t, store.issue_append(lane, &topics[t], &payload(n), Some(&id))));
+        issued.push((
+            n % 2,
+            t,
+            store.issue_append(lane, &topics[t], &payload(n), Some(&id)),
+        ));
     }
     let mut last = [[0u64; 3]; 2];
     let mut seen = [Vec::new(), Vec::new(), Vec::new()];
@@ -60,7 +64,11 @@ async fn appends_in_flight_on_one_lane_keep_issue_order() {
     }
     for (t, mut seqs) in seen.into_iter().enumerate() {
         seqs.sort_unstable();
-        assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "topic {t}: every seq once");
+        assert_eq!(
+            seqs,
+            (1..=200).collect::<Vec<_>>(),
+            "topic {t}: every seq once"
+        );
         let page = store.history(&topics[t], 0, 1_000).await.expect("history");
         assert_eq!(page.messages.len(), 200);
     }
@@ -88,7 +96,8 @@ async fn a_lost_script_cache_never_stores_a_lane_out_of_order() {
         for n in 0..50 {
             issued.push(store.issue_append(&mut lane, &t, &payload(n), None));
             if n == 3 {
-                let loading = other.issue_append(&mut loader, &topic("elsewhere"), &payload(n), None);
+                let loading =
+                    other.issue_append(&mut loader, &topic("elsewhere"), &payload(n), None);
                 tokio::spawn(loading);
             }
         }
