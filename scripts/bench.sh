@@ -3,7 +3,7 @@
 # loopback. Every run is bounded (wsload --max-duration, each < 5 min); every server started
 # here is stopped by PID on exit.
 #
-#   scripts/bench.sh [all|memory|handshakes|fanout|crosspod|drain|rebalance|storm]...
+#   scripts/bench.sh [all|memory|handshakes|fanout|crosspod|drain|rebalance|storm|throughput]...
 #
 # Results (one JSON per run) go to $BENCH_OUT (default target/bench). Servers: redis-server
 # from PATH (or $REDIS_SERVER_BIN), nats-server from $NATS_SERVER_BIN, .venv/bin, or PATH.
@@ -202,13 +202,16 @@ storm() {
   cleanup
 }
 
+# shellcheck source=scripts/bench_throughput.sh
+. "$ROOT/scripts/bench_throughput.sh"
+
 build
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(all)
 for r in "${runs[@]}"; do
   case $r in
-    all) memory; handshakes; fanout; crosspod; drain; rebalance; storm ;;
-    memory|handshakes|fanout|crosspod|drain|rebalance|storm) "$r" ;;
+    all) memory; handshakes; fanout; crosspod; drain; rebalance; storm; throughput ;;
+    memory|handshakes|fanout|crosspod|drain|rebalance|storm|throughput) "$r" ;;
     *) echo "unknown benchmark: $r" >&2; exit 2 ;;
   esac
 done
