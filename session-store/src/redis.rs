@@ -218,8 +218,8 @@ struct Inner {
     ack: Script,
     claim_session: Script,
     save_session: Script,
-    /// Per pool client: whether its server is known to hold the scripts (see [`ordered`]).
-    scripts_loaded: Vec<Arc<std::sync::atomic::AtomicBool>>,
+    /// Per pool client: the servers known to hold the append script (see [`ordered`]).
+    script_caches: Vec<Arc<ordered::ScriptCache>>,
     tasks: Vec<ConnectHandle>,
 }
 
@@ -275,7 +275,7 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(format!("redis client: {}", e.details())))?;
         let mut tasks = pool.connect_pool();
         tasks.extend(log_connection_errors(&pool, &config.url));
-        let scripts_loaded = ordered::track_script_cache(&pool, &mut tasks);
+        let script_caches = ordered::track_script_caches(&pool, &mut tasks);
 
         if tokio::time::timeout(call_timeout, pool.wait_for_connect())
             .await
@@ -302,7 +302,7 @@ impl RedisStore {
                 ack: Script::new(ACK_LUA),
                 claim_session: Script::standalone(CLAIM_SESSION_LUA),
                 save_session: Script::standalone(SAVE_SESSION_LUA),
-                scripts_loaded,
+                script_caches,
                 tasks,
             }),
         })
@@ -530,9 +530,10 @@ enum NoScript {
     InOrder {
         lane: Arc<crate::ordered::LaneState>,
         ticket: u64,
-        /// Whether the connection's server is known to hold the script; when not, the script
-        /// goes in its first send (EVAL), so a cold server never answers `NOSCRIPT`.
-        loaded: Arc<std::sync::atomic::AtomicBool>,
+        /// Whether the server the append goes to is known to hold the script; when not, the
+        /// script goes in its first send (EVAL), so a cold server never answers `NOSCRIPT`.
+        cache: Arc<ordered::ScriptCache>,
+        node: ordered::Node,
     },
 }
 
@@ -544,8 +545,8 @@ async fn eval_once(
     args: Vec<String>,
     noscript: &NoScript,
 ) -> Result<Value, FredError> {
-    if let NoScript::InOrder { loaded, .. } = noscript {
-        if !loaded.load(std::sync::atomic::Ordering::Relaxed) {
+    if let NoScript::InOrder { cache, node, .. } = noscript {
+        if !cache.holds(node) {
             return client.eval(script.source.as_str(), keys, args).await;
         }
     }
@@ -558,8 +559,12 @@ async fn eval_once(
             NoScript::InOrder {
                 lane,
                 ticket,
-                loaded,
-            } => ordered::eval_if_last(client, script, (keys, args), lane, *ticket, loaded).await,
+                cache,
+                node,
+            } => {
+                cache.forget(node);
+                ordered::eval_if_last(client, script, (keys, args), lane, *ticket).await
+            }
         },
         other => other,
     }

@@ -132,3 +132,37 @@ async fn a_lost_script_cache_never_stores_a_lane_out_of_order() {
         "gap-free"
     );
 }
+
+#[tokio::test]
+async fn a_cluster_keeps_each_topic_in_issue_order_across_masters() {
+    let cluster = test_support::RedisCluster::start();
+    let store = store(&cluster.url()).await;
+    // Topics on every master; each master first sees the script in flight (EVAL), then by SHA.
+    let topics: Vec<Topic> = (0..12).map(|n| topic(&format!("spread-{n}"))).collect();
+    let masters: std::collections::HashSet<usize> = topics
+        .iter()
+        .map(|t| cluster.master_for_key(&format!("{{{t}}}")))
+        .collect();
+    assert_eq!(masters.len(), 3, "the topics cover every master");
+    let mut lane = Lane::new(0);
+    // One master learns the script first: the others must still get it sent in full.
+    let first = store.issue_append(&mut lane, &topics[0], &payload(0), None);
+    assert_eq!(first.await.expect("first append").seq, 1);
+    let mut last = vec![0u64; topics.len()];
+    last[0] = 1;
+    let mut issued = Vec::new();
+    for n in 0..360 {
+        let t = n % topics.len();
+        issued.push((
+            t,
+            store.issue_append(&mut lane, &topics[t], &payload(n), None),
+        ));
+    }
+    for (t, append) in issued {
+        let appended = append.await.expect("every append succeeds, none refused");
+        assert_eq!(appended.seq, last[t] + 1, "topic {t} in issue order");
+        last[t] = appended.seq;
+    }
+    assert_eq!(last[0], 31);
+    assert!(last[1..].iter().all(|&seq| seq == 30));
+}

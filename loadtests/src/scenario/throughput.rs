@@ -76,12 +76,18 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
     for url in &args.urls {
         crate::net::Target::parse(url)?;
     }
-    anyhow::ensure!(args.publishers > 0 && args.window > 0, "--publishers and --window must be > 0");
+    anyhow::ensure!(
+        args.publishers > 0 && args.window > 0,
+        "--publishers and --window must be > 0"
+    );
     anyhow::ensure!(args.topics > 0, "--topics must be > 0");
     let duration = Duration::from_secs(args.duration).min(HARD_MAX_DURATION);
     let run_id = format!("{:x}", rand::random::<u32>());
-    let topics: Arc<Vec<String>> =
-        Arc::new((0..args.topics).map(|n| format!("tp-{run_id}-{n}")).collect());
+    let topics: Arc<Vec<String>> = Arc::new(
+        (0..args.topics)
+            .map(|n| format!("tp-{run_id}-{n}"))
+            .collect(),
+    );
     let payload: Arc<str> = serde_json::to_string(&"x".repeat(args.payload))?.into();
     let counts = Arc::new(Counts::default());
 
@@ -109,8 +115,12 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
     let quota = Arc::new(AtomicU64::new(args.messages));
     let mut tasks = Vec::new();
     for (i, ws) in sockets.into_iter().enumerate() {
-        let (topics, payload, counts, quota) =
-            (topics.clone(), payload.clone(), counts.clone(), quota.clone());
+        let (topics, payload, counts, quota) = (
+            topics.clone(),
+            payload.clone(),
+            counts.clone(),
+            quota.clone(),
+        );
         let window = args.window;
         tasks.push(tokio::spawn(async move {
             publish(ws, i, window, deadline, &topics, &payload, &counts, &quota).await
@@ -125,7 +135,13 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
     let acked = counts.acked.load(Ordering::Relaxed);
     let errors = counts.errors.load(Ordering::Relaxed);
     let rate = acked as f64 / elapsed.max(1e-9);
-    let per_publish_us = |cpu: f64| if acked > 0 { cpu * 1e6 / acked as f64 } else { 0.0 };
+    let per_publish_us = |cpu: f64| {
+        if acked > 0 {
+            cpu * 1e6 / acked as f64
+        } else {
+            0.0
+        }
+    };
     let ratio = args.store_limit.map(|limit| rate / limit.max(1e-9));
     println!(
         "throughput [{}]: {} pods, {} topics, {} publishers x {} in flight: {acked} acked in {elapsed:.2} s = {rate:.0} publishes/s, {errors} errors",
@@ -231,7 +247,10 @@ async fn publish(
 async fn redis_cpu(nodes: &[SocketAddr]) -> anyhow::Result<f64> {
     let mut total = 0.0;
     for node in nodes {
-        anyhow::ensure!(node.ip().is_loopback(), "--redis {node} is not a loopback address");
+        anyhow::ensure!(
+            node.ip().is_loopback(),
+            "--redis {node} is not a loopback address"
+        );
         let mut conn = tokio::net::TcpStream::connect(node)
             .await
             .with_context(|| format!("connecting to redis {node}"))?;

@@ -6,20 +6,24 @@
 //! and are ordered only per topic, which is all `seq` order is.
 //!
 //! Scripts: an append must be a single command from the start, so a re-send never has to
-//! overtake anything. Each pool client knows whether its server holds the scripts: not at
-//! first, and not again after every reconnect (a restart or a failover empties the cache);
-//! until an append succeeds on it, appends send the script itself (EVAL, which also loads
-//! it), then its SHA (EVALSHA). A `NOSCRIPT` can still come back in a narrow window (a
+//! overtake anything. Each pool client knows which servers hold the append script: none at
+//! first, and none again after every reconnect (a restart or a failover empties a server's
+//! cache); in a Cluster the server is the one owning the topic's slot. Until an append
+//! succeeded on a server, appends to it send the script itself (EVAL, which also loads it),
+//! then its SHA (EVALSHA). A `NOSCRIPT` can still come back in a narrow window (a
 //! reconnect not yet noticed, `SCRIPT FLUSH`). Nothing ran then, but later appends of the lane
 //! may already be on the wire behind it, and another connection may load the script between
 //! them, so they may succeed: sending this one again would store it after them. It is sent
 //! again only when nothing was issued on the lane after it; otherwise it fails as unavailable
 //! (nothing stored, a retry is safe).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
-use fred::prelude::{Error as FredError, ErrorKind, EventInterface, LuaInterface, Pool, Value};
+use fred::prelude::{
+    ClientLike, ClusterInterface, Error as FredError, ErrorKind, EventInterface, LuaInterface,
+    Pool, Server, Value,
+};
 use fred::types::ConnectHandle;
 use protocol::{Payload, PublishId, Topic};
 
@@ -38,7 +42,8 @@ impl OrderedAppends for RedisStore {
         let clients = self.inner.pool.clients();
         let index = lane.key % clients.len();
         let client = clients[index].clone();
-        let loaded = Arc::clone(&self.inner.scripts_loaded[index]);
+        let cache = Arc::clone(&self.inner.script_caches[index]);
+        let node = Node::of(&client, &call.keys[0]);
         let (store, topic, state) = (self.clone(), topic.clone(), Arc::clone(&lane.state));
         // Held while the append is handed to fred, so a re-send (see `eval_if_last`) sees
         // every append issued before it was itself sent.
@@ -48,12 +53,13 @@ impl OrderedAppends for RedisStore {
         let noscript = NoScript::InOrder {
             lane: state,
             ticket,
-            loaded: Arc::clone(&loaded),
+            cache: Arc::clone(&cache),
+            node: node.clone(),
         };
         Issued::now(async move {
             let appended = store.append_on(&client, &topic, call, noscript).await;
             if appended.is_ok() {
-                loaded.store(true, Ordering::Relaxed);
+                cache.learn(node);
             }
             appended
         })
@@ -68,9 +74,7 @@ pub(super) async fn eval_if_last(
     (keys, args): (Vec<String>, Vec<String>),
     lane: &LaneState,
     ticket: u64,
-    loaded: &AtomicBool,
 ) -> Result<Value, FredError> {
-    loaded.store(false, Ordering::Relaxed);
     let sent = {
         let issued = lane.issued.lock().expect("lane lock");
         if *issued != ticket + 1 {
@@ -86,21 +90,71 @@ pub(super) async fn eval_if_last(
     sent.await
 }
 
-/// One flag per pool client, cleared whenever the client (re)connects: a new connection may be
+/// The server an append goes to, as far as the script cache is concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Node {
+    /// Not a Cluster: the one server the client is connected to.
+    Single,
+    /// The Cluster node owning the key's slot.
+    Cluster(Server),
+    /// A Cluster whose slot table is not known yet: never taken to hold the script.
+    Unknown,
+}
+
+impl Node {
+    fn of(client: &fred::prelude::Client, key: &str) -> Self {
+        if !client.is_clustered() {
+            return Self::Single;
+        }
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        client
+            .cached_cluster_state()
+            .and_then(|state| state.get_server(slot).cloned())
+            .map_or(Self::Unknown, Self::Cluster)
+    }
+}
+
+/// The servers one pool client knows to hold the append script.
+#[derive(Debug, Default)]
+pub(super) struct ScriptCache {
+    holding: Mutex<HashSet<Node>>,
+}
+
+impl ScriptCache {
+    pub(super) fn holds(&self, node: &Node) -> bool {
+        *node != Node::Unknown && self.holding.lock().expect("cache lock").contains(node)
+    }
+
+    fn learn(&self, node: Node) {
+        if node != Node::Unknown {
+            self.holding.lock().expect("cache lock").insert(node);
+        }
+    }
+
+    pub(super) fn forget(&self, node: &Node) {
+        self.holding.lock().expect("cache lock").remove(node);
+    }
+
+    fn forget_all(&self) {
+        self.holding.lock().expect("cache lock").clear();
+    }
+}
+
+/// One cache per pool client, emptied whenever the client (re)connects: a new connection may be
 /// to a server that restarted or was promoted, whose script cache is empty.
-pub(super) fn track_script_cache(
+pub(super) fn track_script_caches(
     pool: &Pool,
     tasks: &mut Vec<ConnectHandle>,
-) -> Vec<Arc<AtomicBool>> {
-    let mut flags = Vec::new();
+) -> Vec<Arc<ScriptCache>> {
+    let mut caches = Vec::new();
     for client in pool.clients() {
-        let loaded = Arc::new(AtomicBool::new(false));
-        let on_reconnect = Arc::clone(&loaded);
+        let cache = Arc::new(ScriptCache::default());
+        let on_reconnect = Arc::clone(&cache);
         tasks.push(client.on_reconnect(move |_| {
-            on_reconnect.store(false, Ordering::Relaxed);
+            on_reconnect.forget_all();
             std::future::ready(Ok(()))
         }));
-        flags.push(loaded);
+        caches.push(cache);
     }
-    flags
+    caches
 }
