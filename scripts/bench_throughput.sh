@@ -4,11 +4,13 @@
 # limit: redis-benchmark running the same append script (EVALSHA, same keys and args) on the
 # same Redis in the same sitting. Each figure is repeated $THROUGHPUT_REPEATS times.
 #
-# Many topics in redis-benchmark: it replaces every `__rand_int__` with its own random number,
-# so one call's five keys name different topics. On a single Redis that costs what one topic's
-# five keys cost (same commands, same key count, similar keyspace); a Cluster refuses it
-# (CROSSSLOT), so there each master is benchmarked on its own with one topic it owns, all
-# masters at once, and the limit is their sum.
+# Many topics in redis-benchmark: it replaces every `__rand_int__` with a random number of its
+# own, so one call's keys cannot all name one random topic. The history stream (the key that
+# grows with the topic count: a capped stream per topic) is the random one; the seq, epoch and
+# ack keys are shared, one counter for all, so the ids XADD writes keep increasing in every
+# stream. Same commands, same key count, the same number of streams as topics. A Cluster
+# refuses keys of different slots (CROSSSLOT), so there each master is benchmarked on its own
+# with one topic it owns, all masters at once, and the limit is their sum.
 
 THROUGHPUT_REPEATS=${THROUGHPUT_REPEATS:-2}
 THROUGHPUT_SECONDS=${THROUGHPUT_SECONDS:-8}
@@ -30,18 +32,21 @@ load_append_script() { # PORT: the SHA of prelude + append, as the store builds 
   redis-cli -p "$1" SCRIPT LOAD "$source"
 }
 
-# store_limit PORT TOPICS TAG: appends/s redis-benchmark gets with the append script on the
-# node at PORT (pipelined -P 32 over 50 connections), topics `{TAG__rand_int__}`; also appends
-# "cpu_us_per_append" for the record. Prints "RPS CPU_US".
+# store_limit PORT TOPICS TAG [N]: appends/s redis-benchmark gets with the append script on the
+# node at PORT (-P 32 over 50 connections; TOPICS history streams), and the Redis CPU
+# microseconds each cost. Prints "RPS CPU_US".
 store_limit() {
-  local port=$1 topics=$2 tag=$3 n=${4:-300000} sha epoch before after rps
+  local port=$1 topics=$2 tag=$3 n=${4:-300000} sha epoch before after rps hist=$3 cpu
   sha=$(load_append_script "$port")
   epoch=$(printf '%012x%04x' "$(date +%s%3N)" 1)
   local r=()
-  [ "$topics" -gt 1 ] && r=(-r "$topics") && tag="${tag}__rand_int__"
+  if [ "$topics" -gt 1 ]; then
+    r=(-r "$topics")
+    hist="${tag}__rand_int__"
+  fi
   before=$(redis_cpu "$port")
   rps=$(redis-benchmark -p "$port" -c 50 -P 32 -n "$n" "${r[@]}" --csv \
-    EVALSHA "$sha" 5 "bench:seq:{$tag}" "bench:hist:{$tag}" "bench:epoch:{$tag}" \
+    EVALSHA "$sha" 5 "bench:seq:{$tag}" "bench:hist:{$hist}" "bench:epoch:{$tag}" \
     "bench:ack:{$tag}" "bench:pid:{$tag}:-" "$epoch" 600000 strict "$PAYLOAD" 1000 "" 120000 |
     tail -1 | cut -d, -f2 | tr -d '"')
   after=$(redis_cpu "$port")
@@ -62,7 +67,7 @@ owned_tag() {
 
 # cluster_limit PORTS...: every master benchmarked at once on a topic it owns; the sum.
 cluster_limit() {
-  local port files=() f total=0
+  local port files=() f total=0 cpu=0
   for port in "$@"; do
     f="$OUT/limit-$port.txt"
     files+=("$f")
@@ -71,8 +76,9 @@ cluster_limit() {
   wait
   for f in "${files[@]}"; do
     total=$(awk -v t="$total" '{print t + $1}' "$f")
+    cpu=$(awk -v c="$cpu" -v n="$#" '{printf "%.2f", c + $2 / n}' "$f")
   done
-  echo "$total"
+  echo "$total $cpu"
 }
 
 # throughput_runs LABEL REDIS_URL "REDIS_PORTS" LIMIT_FN: 1 and 3 pods x the topic counts.
@@ -89,11 +95,11 @@ throughput_runs() {
     sleep 2
     for topics in $THROUGHPUT_TOPICS; do
       for rep in $(seq 1 "$THROUGHPUT_REPEATS"); do
-        limit=$($limit_fn "$topics")
-        echo "store limit [$label, $topics topics]: $limit appends/s (redis-benchmark)"
+        read -r limit cpu <<<"$($limit_fn "$topics")"
+        echo "store limit [$label, $topics topics]: $limit appends/s, $cpu us Redis CPU each (redis-benchmark)"
         "$WSLOAD" throughput "${urls[@]}" "${pids[@]}" $(printf -- '--redis 127.0.0.1:%s ' $ports) \
           --topics "$topics" --publishers 32 --window 32 --duration "$THROUGHPUT_SECONDS" \
-          --store-limit "$limit" --label "$label" \
+          --store-limit "$limit" --store-cpu-us "$cpu" --label "$label" \
           --json "$OUT/throughput-$label-${pods}pods-${topics}topics-r$rep.json"
       done
     done
@@ -108,7 +114,25 @@ throughput_runs() {
   done
 }
 
-single_limit() { store_limit 16379 "$1" "b" | cut -d' ' -f1; }
+# One publishing connection, 1 vs 32 publishes in flight (`--window`): what pipelining buys a
+# single connection (before it, every publish waited for its round trips).
+single_connection_runs() {
+  local window rep
+  start_gateway tp0 18080 19090 --redis-url redis://127.0.0.1:16379 \
+    --nats-url nats://127.0.0.1:14222 --rebalance-rate 0
+  sleep 2
+  for rep in $(seq 1 "$THROUGHPUT_REPEATS"); do
+    for window in 1 32; do
+      "$WSLOAD" throughput --url ws://127.0.0.1:18080/ws --gateway-pid "$GW_PID" \
+        --redis 127.0.0.1:16379 --topics 100 --publishers 1 --window "$window" \
+        --duration "$THROUGHPUT_SECONDS" --label "one-connection-window-$window" \
+        --json "$OUT/throughput-one-connection-window$window-r$rep.json"
+    done
+  done
+  kill "$GW_PID" 2>/dev/null && wait "$GW_PID" 2>/dev/null || true
+}
+
+single_limit() { store_limit 16379 "$1" "b"; }
 cluster3_limit() { cluster_limit 16401 16402 16403; }
 
 throughput() {
@@ -131,6 +155,7 @@ throughput() {
     --cluster-replicas 0 --cluster-yes >"$OUT/cluster-create.log"
   until [[ $(redis-cli -p 16401 CLUSTER INFO) == *cluster_state:ok* ]]; do sleep 0.2; done
   sleep 1
+  single_connection_runs
   throughput_runs single redis://127.0.0.1:16379 "16379" single_limit
   THROUGHPUT_TOPICS=${THROUGHPUT_CLUSTER_TOPICS:-$THROUGHPUT_TOPICS} throughput_runs cluster3 \
     "redis-cluster://127.0.0.1:16401?node=127.0.0.1:16402&node=127.0.0.1:16403" \

@@ -60,6 +60,9 @@ pub struct ThroughputArgs {
     /// on the same Redis, in the same sitting), to report the ratio to it.
     #[arg(long)]
     pub store_limit: Option<f64>,
+    /// Redis CPU microseconds per append that run of `redis-benchmark` cost, for the record.
+    #[arg(long)]
+    pub store_cpu_us: Option<f64>,
     /// A label for the report (e.g. `single` or `cluster-3`).
     #[arg(long, default_value = "")]
     pub label: String,
@@ -158,7 +161,11 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         per_publish_us(gateway_cpu_s)
     );
     if let (Some(limit), Some(ratio)) = (args.store_limit, ratio) {
-        println!("  store limit (redis-benchmark, same script): {limit:.0}/s; ratio {ratio:.2}x");
+        let cpu = args
+            .store_cpu_us
+            .map(|us| format!(", {us:.1} us Redis CPU/append"))
+            .unwrap_or_default();
+        println!("  store limit (redis-benchmark, same script): {limit:.0}/s{cpu}; ratio {ratio:.2}x");
     }
     Ok(json!({
         "scenario": "throughput",
@@ -179,6 +186,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         "gateway_cpu_s": r3(gateway_cpu_s),
         "gateway_cpu_us_per_publish": r3(per_publish_us(gateway_cpu_s)),
         "store_limit_per_s": args.store_limit,
+        "store_limit_redis_cpu_us": args.store_cpu_us,
         "ratio_to_store_limit": ratio.map(r3),
     }))
 }
