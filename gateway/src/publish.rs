@@ -163,10 +163,10 @@ impl Shared {
 pub(crate) async fn next_done(pipeline: &mut Option<Box<Pipeline>>) -> Done {
     if let Some(p) = pipeline {
         let in_flight = p.in_flight.get_mut();
-        if !in_flight.is_empty() {
-            if let Some(done) = in_flight.next().await {
-                return done;
-            }
+        if !in_flight.is_empty()
+            && let Some(done) = in_flight.next().await
+        {
+            return done;
         }
     }
     std::future::pending().await

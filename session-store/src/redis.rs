@@ -545,10 +545,10 @@ async fn eval_once(
     args: Vec<String>,
     noscript: &NoScript,
 ) -> Result<Value, FredError> {
-    if let NoScript::InOrder { cache, node, .. } = noscript {
-        if !cache.holds(node) {
-            return client.eval(script.source.as_str(), keys, args).await;
-        }
+    if let NoScript::InOrder { cache, node, .. } = noscript
+        && !cache.holds(node)
+    {
+        return client.eval(script.source.as_str(), keys, args).await;
     }
     match client
         .evalsha(script.sha.as_str(), keys.clone(), args.clone())

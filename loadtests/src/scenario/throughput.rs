@@ -165,7 +165,9 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
             .store_cpu_us
             .map(|us| format!(", {us:.1} us Redis CPU/append"))
             .unwrap_or_default();
-        println!("  store limit (redis-benchmark, same script): {limit:.0}/s{cpu}; ratio {ratio:.2}x");
+        println!(
+            "  store limit (redis-benchmark, same script): {limit:.0}/s{cpu}; ratio {ratio:.2}x"
+        );
     }
     Ok(json!({
         "scenario": "throughput",
