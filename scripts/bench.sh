@@ -4,7 +4,7 @@
 # here is stopped by PID on exit.
 #
 #   scripts/bench.sh [all|memory|memory-cluster|handshakes|fanout|overload|cluster-fanout|
-#                     crosspod|drain|rebalance|storm|hooks]...
+#                     crosspod|drain|rebalance|storm|hooks|throughput]...
 #
 # The targets of docs/benchmarks.md are printed by `wsload compare` as a ratio to the reference
 # run of the same sitting (the raw baseline; the embedded gateway for cluster-fanout). overload
@@ -303,16 +303,19 @@ hooks() {
   done
 }
 
+# shellcheck source=scripts/bench_throughput.sh
+. "$ROOT/scripts/bench_throughput.sh"
+
 build
 runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(all)
 for r in "${runs[@]}"; do
   case $r in
     all) memory; memory_cluster; handshakes; fanout; overload; cluster_fanout; crosspod; drain
-      rebalance; storm ;;
+      rebalance; storm; throughput ;;
     memory-cluster) memory_cluster ;;
     cluster-fanout) cluster_fanout ;;
-    memory|handshakes|fanout|overload|crosspod|drain|rebalance|storm|hooks) "$r" ;;
+    memory|handshakes|fanout|overload|crosspod|drain|rebalance|storm|hooks|throughput) "$r" ;;
     *) echo "unknown benchmark: $r" >&2; exit 2 ;;
   esac
 done

@@ -89,6 +89,7 @@ impl Conn {
         match verdict {
             Verdict::Allow => Ok(true),
             Verdict::Limited => {
+                self.settle_publishes(socket).await?;
                 let reply = ServerFrame::error(
                     ErrorCode::RateLimited,
                     "slow down: frame dropped",
@@ -101,6 +102,8 @@ impl Conn {
         }
     }
 
+    /// Checks a `publish` frame and issues it; a refused one is answered in frame order, after
+    /// the publishes in flight before it.
     pub(crate) async fn publish(
         &mut self,
         socket: &mut WebSocket,
@@ -110,9 +113,10 @@ impl Conn {
         reference: Option<Ref>,
     ) -> Result<(), Close> {
         let namespace = self.shared.namespaces.of(&topic);
-        let (ephemeral, server_only) = (
+        let (ephemeral, server_only, hooked) = (
             namespace.is_ephemeral(),
             namespace.publish == PublishPolicy::Server,
+            namespace.publish_hook && self.shared.hooks.is_some(),
         );
         if !self.grants.can_publish(&topic) || server_only {
             let why = if server_only {
@@ -125,21 +129,24 @@ impl Conn {
                 format!("may not publish to {topic}{why}"),
                 reference,
             );
+            self.settle_publishes(socket).await?;
             return self.reply(socket, &reply).await;
         }
         // Before the byte budget: a payload above the limit is refused, not rate limited (it
         // could exceed the burst and never pass).
         if let Err(e) = self.shared.check_publishable(&topic, &data) {
-            return self
-                .reply(
-                    socket,
-                    &ServerFrame::error(e.code(), e.to_string(), reference),
-                )
-                .await;
+            self.settle_publishes(socket).await?;
+            let reply = ServerFrame::error(e.code(), e.to_string(), reference);
+            return self.reply(socket, &reply).await;
         }
         let verdict = self.limiter.check_publish(data.len());
         if !self.rate_verdict(socket, verdict, reference).await? {
             return Ok(());
+        }
+        // The application's answer, and an ephemeral publish (no append to pipeline), come
+        // after the publishes in flight before them: replies stay in frame order.
+        if ephemeral || hooked {
+            self.settle_publishes(socket).await?;
         }
         // The application approves (or rewrites) the message before anything is stored.
         let Some(data) = self.publish_hook(socket, &topic, data, reference).await? else {
@@ -156,23 +163,7 @@ impl Conn {
             };
             return self.reply(socket, &reply).await;
         }
-        let reply = match self.shared.publish(&topic, data, id.as_ref()).await {
-            Ok(appended) => ServerFrame::Published {
-                topic,
-                seq: Some(appended.seq),
-                reference,
-            },
-            // The append may have run before an `unavailable` (e.g. a replica acknowledgement
-            // timed out): only a retry with the same id is safe from storing it twice.
-            Err(e) => {
-                let message = match e.code() {
-                    ErrorCode::Unavailable => format!("{e}; retry with the same publish id"),
-                    _ => e.to_string(),
-                };
-                ServerFrame::error(e.code(), message, reference)
-            }
-        };
-        self.reply(socket, &reply).await
+        self.issue_publish(socket, topic, data, id, reference).await
     }
 
     /// `refresh`: a new token for the same user; grants and expiry follow it.

@@ -137,6 +137,8 @@ pub struct Conn {
     pub upgrade: Option<Box<UpgradeInfo>>,
     /// What the connect hook granted: saved with the session so a resume restores it.
     pub granted: Option<session_store::HookGrant>,
+    /// Publishes in flight, oldest first (see `publish`); `None` until the first publish.
+    pub publishes: Option<Box<crate::publish::Pipeline>>,
 }
 
 /// Serves one upgraded socket until it closes.
@@ -171,6 +173,7 @@ pub fn serve(
         peer,
         upgrade,
         granted: None,
+        publishes: None,
     };
     async move {
         let close = conn.run(&mut socket).await;
@@ -236,7 +239,14 @@ impl Conn {
                         return close;
                     }
                 }
-                frame = socket.next() => {
+                done = crate::publish::next_done(&mut self.publishes) => {
+                    if let Err(close) = Box::pin(self.published(socket, done)).await {
+                        return close;
+                    }
+                }
+                // At the bound of publishes in flight, frames wait in the socket (and TCP
+                // pushes back on the client) until the oldest publish completes.
+                frame = socket.next(), if !self.publishing_full() => {
                     last_seen = Instant::now();
                     let message = match frame {
                         None => return Close::Gone,
@@ -297,6 +307,11 @@ impl Conn {
                     Ok(frame) => reference_of(frame),
                     Err(e) => e.reference(),
                 };
+                // Replies go out in frame order: anything but a publish, which joins the
+                // publishes in flight, waits for them.
+                if !matches!(decoded, Ok(client::ClientFrame::Publish { .. })) {
+                    self.settle_publishes(socket).await?;
+                }
                 if !self.admit_frame(socket, reference).await? {
                     return Ok(());
                 }
@@ -311,6 +326,7 @@ impl Conn {
             }
             Message::Binary(_) => {
                 self.shared.metrics.conn.received.inc();
+                self.settle_publishes(socket).await?;
                 if !self.admit_frame(socket, None).await? {
                     return Ok(());
                 }
@@ -464,7 +480,9 @@ impl Conn {
     async fn finish(&mut self, socket: &mut WebSocket, close: Close) {
         // Written but not flushed is not sent: a flush failure leaves the positions where
         // the last successful flush put them.
-        if !matches!(close, Close::Gone) {
+        let answer = !matches!(close, Close::Gone);
+        self.settle_publishes_on_close(socket, answer).await;
+        if answer {
             let _ = timeout(self.shared.config.close_grace, self.flush(socket)).await;
         }
         self.save_session().await;

@@ -20,6 +20,7 @@
 //! - `census`: connected subscribers per topic, fleet-wide, reported once per heartbeat.
 //! - `presence`: members of topics keyed on the session, surviving drains; `presence` frames.
 //! - [`sizes`]: the message size limit, checked at the door, and the buffers derived from it.
+//! - `publish`: append then fan out; a connection's publishes in flight, in frame order.
 //! - `hub`: topic → local subscribers, restoring `seq` order with `sequencer`.
 //! - `envelope`: the payload of topic messages on the backplane.
 //! - `control`: closing a connection from outside its task; the pod's connection table.
@@ -40,8 +41,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use backplane::{Backplane, Subject};
-use protocol::{Payload, PublishId, Topic};
-use session_store::{Appended, HistoryLimits, SessionStore};
+use protocol::{Payload, Topic};
+use session_store::{HistoryLimits, SessionStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -71,6 +72,7 @@ mod metrics;
 pub mod ops;
 mod outbound;
 mod presence;
+mod publish;
 mod replay;
 mod saving;
 mod sequencer;
@@ -84,7 +86,6 @@ pub use config::{Config, ConfigError, Namespaces};
 
 use crate::control::Connections;
 use crate::drain::Drain;
-use crate::envelope::Envelope;
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 
@@ -185,6 +186,8 @@ pub(crate) struct Shared {
     pub handshakes: abuse::HandshakeLimiter,
     /// Connections admitted (upgrades in flight included), bounded by `--max-connections`.
     pub slots: AtomicUsize,
+    /// Publishes in flight on this pod, WebSocket and HTTP (`--max-pod-publishes-in-flight`).
+    pub publish_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// The application's side of a pod: namespaces and, when configured, how to call its hooks.
@@ -302,69 +305,14 @@ impl Shared {
             ip_limiter: abuse::IpLimiter::new(config.security.ip_limits()),
             handshakes: abuse::HandshakeLimiter::new(config.security.max_handshakes),
             public_addr,
+            publish_permits: Arc::new(tokio::sync::Semaphore::new(
+                config.max_pod_publishes_in_flight,
+            )),
             cluster: cluster::ClusterView::default(),
             config,
             namespaces,
             hooks,
         })
-    }
-
-    /// Publishes on `topic`: appends to history (which assigns `seq`), then publishes on the
-    /// backplane. A backplane failure is not an error for the publisher: the message is in
-    /// history, and every pod's topic task re-reads history to catch up. A retry with the same
-    /// `id` returns the first publish's result and stores nothing; it fans out again the first
-    /// one's message as history has it.
-    pub async fn publish(
-        &self,
-        topic: &Topic,
-        data: Payload,
-        id: Option<&PublishId>,
-    ) -> Result<Appended, PublishError> {
-        self.check_publishable(topic, &data)?;
-        let started = std::time::Instant::now();
-        let appended = self.store.append(topic, &data, id).await?;
-        self.metrics.store.observe("append", started);
-        let data = if appended.duplicate {
-            // A retry. Its first attempt may never have reached the backplane (it failed after
-            // the append, or waited for replicas in vain), so fan out again what history holds
-            // under that seq (not the retry's data, which may differ); subscribers that have it
-            // drop the repeat by `seq`.
-            match self.store.history(topic, appended.seq - 1, 1).await {
-                Ok(page) => match page.messages.into_iter().next() {
-                    Some(stored)
-                        if stored.seq == appended.seq && page.top.epoch == appended.epoch =>
-                    {
-                        stored.data
-                    }
-                    _ => return Ok(appended),
-                },
-                Err(e) => {
-                    tracing::debug!(%topic, seq = appended.seq, error = %e, "duplicate not fanned out again; subscribers catch up from history");
-                    return Ok(appended);
-                }
-            }
-        } else {
-            data
-        };
-        let envelope = Envelope {
-            seq: appended.seq,
-            epoch: appended.epoch.clone(),
-            published_us: envelope::now_us(),
-            data,
-        };
-        let started = std::time::Instant::now();
-        if let Err(e) = self
-            .backplane
-            .publish(&Subject::Topic(topic.clone()), envelope.encode())
-            .await
-        {
-            tracing::warn!(%topic, seq = appended.seq, error = %e, "backplane publish failed; subscribers catch up from history");
-        }
-        self.metrics
-            .hub
-            .backplane_publish
-            .observe(started.elapsed().as_secs_f64());
-        Ok(appended)
     }
 }
 
@@ -384,7 +332,7 @@ impl Shared {
             .backplane
             .publish(
                 &Subject::Topic(topic.clone()),
-                Envelope::ephemeral(data).encode(),
+                envelope::Envelope::ephemeral(data).encode(),
             )
             .await;
         self.metrics

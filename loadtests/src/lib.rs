@@ -13,8 +13,8 @@
 //! - [`report`]: HDR histograms, peak rates, the progress bar, JSON output.
 //! - [`admin`]: the gateway's admin endpoints and `/proc` readings (RSS, CPU time).
 //! - [`baseline`]: `baseline-server`, the raw tokio-tungstenite broadcast server.
-//! - [`scenario`]: `connect`, `fanout`, `drain`, `rebalance`, `storm`, and `compare` (the
-//!   ratio of two reports of one sitting against the benchmark targets).
+//! - [`scenario`]: `connect`, `fanout`, `drain`, `rebalance`, `storm`, `throughput`, and
+//!   `compare` (the ratio of two reports of one sitting against the benchmark targets).
 //!
 //! Every scenario is bounded: a count of clients (at most 18,000 per process, more through
 //! worker processes for `connect`), and a hard deadline (`--max-duration`, at most 300 s).

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use loadtests::report;
-use loadtests::scenario::{compare, connect, drain, fanout, rebalance, storm};
+use loadtests::scenario::{compare, connect, drain, fanout, rebalance, storm, throughput};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +31,9 @@ enum Command {
     /// A run against its reference run (baseline, or embedded for the cluster): the ratio and
     /// whether the target is met, from their JSON reports.
     Compare(compare::CompareArgs),
+    /// Publishers with many publishes in flight: publishes/s into the system, Redis CPU per
+    /// publish, ratio to the store's own limit.
+    Throughput(throughput::ThroughputArgs),
     /// The raw tokio-tungstenite broadcast server the figures are compared with.
     BaselineServer {
         /// Loopback address to listen on.
@@ -58,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Drain(a) => (a.common.json.clone(), drain::run(a).await?),
         Command::Rebalance(a) => (a.common.json.clone(), rebalance::run(a).await?),
         Command::Storm(a) => (a.common.json.clone(), storm::run(a).await?),
+        Command::Throughput(a) => (a.json.clone(), throughput::run(a).await?),
     };
     report::write_json(json_path.as_deref(), &report)
 }

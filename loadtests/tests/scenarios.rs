@@ -3,7 +3,7 @@
 
 mod support;
 
-use loadtests::scenario::{connect, drain, fanout, rebalance, storm};
+use loadtests::scenario::{connect, drain, fanout, rebalance, storm, throughput};
 use serde_json::Value;
 use support::{Fault, Pod, baseline, faulty_proxy, parse};
 use test_support::{NatsServer, RedisServer};
@@ -228,6 +228,53 @@ async fn storm_brings_every_session_back() {
     let report = storm::run(args).await.unwrap();
     assert_eq!(report["accepted"], 20, "{report}");
     assert_eq!(report["failed_sessions"], 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_counts_every_acknowledged_publish_and_reads_redis_cpu() {
+    let redis = RedisServer::start();
+    let nats = NatsServer::start();
+    let pod = Pod::in_fleet(&redis.url(), &nats.url(), "tp", |_| {}).await;
+    let (url, node) = (pod.ws_url(), redis.addr().to_string());
+    let args: throughput::ThroughputArgs = parse(&[
+        "--url",
+        &url,
+        "--redis",
+        &node,
+        "--publishers",
+        "3",
+        "--window",
+        "8",
+        "--topics",
+        "5",
+        "--messages",
+        "600",
+        "--duration",
+        "60",
+        "--store-limit",
+        "1000",
+    ]);
+    let report = throughput::run(args).await.unwrap();
+    assert_eq!(report["acked"], 600, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["redis_cpu_s"].as_f64().unwrap() >= 0.0, "{report}");
+    assert!(
+        report["ratio_to_store_limit"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    // Every publish was stored once: the topics' seqs add up to the count.
+    let keys = redis.cmd(&["KEYS", "gw:seq:*"]);
+    let stored: u64 = keys
+        .lines()
+        .map(|key| {
+            redis
+                .cmd(&["GET", key.trim()])
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!((keys.lines().count(), stored), (5, 600));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,8 @@
 //! - [`memory`]: the in-process implementation (embedded default, single node).
 //! - [`redis`]: the Redis implementation shared by a fleet of pods (keys and scripts documented
 //!   there).
+//! - [`ordered`]: [`OrderedAppends`], appends kept in flight at once and applied in issue
+//!   order (a publisher's pipeline).
 //! - [`reverse`]: [`ReverseHistory`], reading a topic's history newest first (the `history`
 //!   API's backward pages), for both stores.
 //! - [`AnyStore`]: either of the two, chosen at runtime by the gateway's configuration.
@@ -35,11 +37,13 @@ use serde::{Deserialize, Serialize};
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod memory;
+pub mod ordered;
 pub mod redis;
 pub mod reverse;
 pub mod users;
 
 pub use memory::MemoryStore;
+pub use ordered::{Issued, IssuedAppend, Lane, OrderedAppends};
 pub use redis::{RedisConfig, RedisStore, RedisTls, RedisUsers};
 pub use reverse::ReverseHistory;
 pub use users::{AnyUsers, MemoryUsers, Revocations, Revoked, UserSessions};
@@ -295,6 +299,21 @@ macro_rules! delegate {
             AnyStore::Redis(store) => store.$method($($arg),*).await,
         }
     };
+}
+
+impl OrderedAppends for AnyStore {
+    fn issue_append(
+        &self,
+        lane: &mut Lane,
+        topic: &Topic,
+        data: &Payload,
+        id: Option<&PublishId>,
+    ) -> IssuedAppend {
+        match self {
+            AnyStore::Memory(store) => store.issue_append(lane, topic, data, id),
+            AnyStore::Redis(store) => store.issue_append(lane, topic, data, id),
+        }
+    }
 }
 
 impl SessionStore for AnyStore {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic};
 use tokio::time::Instant;
 
+use crate::ordered::{Issued, IssuedAppend, Lane, OrderedAppends};
 use crate::{
     Appended, Claim, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, PrefixLimits, SessionRecord,
     SessionStore, StoreError, StoredMessage,
@@ -224,6 +225,20 @@ impl MemoryStore {
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new(HistoryLimits::default())
+    }
+}
+
+/// Appends are applied synchronously, so [`Issued::now`] finishes them in issue order.
+impl OrderedAppends for MemoryStore {
+    fn issue_append(
+        &self,
+        _lane: &mut Lane,
+        topic: &Topic,
+        data: &Payload,
+        id: Option<&PublishId>,
+    ) -> IssuedAppend {
+        let (store, topic, data, id) = (self.clone(), topic.clone(), data.clone(), id.cloned());
+        Issued::now(async move { store.append(&topic, &data, id.as_ref()).await })
     }
 }
 

@@ -74,23 +74,27 @@
 //! id's key, so `WAIT` covers the stream up to the first append even when that ran on another
 //! connection or pod.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{
     Builder, ClientLike, Error as FredError, ErrorKind, EventInterface, HashesInterface,
-    KeysInterface, LuaInterface, Pool, ReconnectPolicy, ServerInterface, Value,
+    KeysInterface, Pool, ReconnectPolicy, ServerInterface, Value,
 };
 use fred::types::ConnectHandle;
 use fred::types::config::UnresponsiveConfig;
 use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic, redact_url};
 
+mod ordered;
+mod scripts;
 mod tls;
 mod users;
 
 pub use users::RedisUsers;
 
 pub use tls::RedisTls;
+
+use scripts::{NoScript, Retry, Script, ScriptCall, eval_once, gave_up};
 
 use crate::{
     Appended, Claim, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, PrefixLimits, SessionRecord,
@@ -179,30 +183,6 @@ impl std::fmt::Debug for RedisConfig {
     }
 }
 
-/// A Lua script run with EVALSHA, falling back to EVAL when the server does not know it (after a
-/// restart or failover, or on another cluster node). The SHA is learnt from `SCRIPT LOAD` on first
-/// use, which spares a SHA-1 dependency.
-#[derive(Debug)]
-struct Script {
-    source: String,
-    sha: OnceLock<String>,
-}
-
-impl Script {
-    /// A topic script: the shared prelude, then `body`.
-    fn new(body: &str) -> Self {
-        Self::standalone(&format!("{PRELUDE}\n{body}"))
-    }
-
-    fn standalone(source: &str) -> Self {
-        Self {
-            source: source.to_owned(),
-            sha: OnceLock::new(),
-        }
-    }
-}
-
-/// [`SessionStore`] over Redis. Cheap to clone; the connections close when the last clone drops.
 #[derive(Debug, Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -224,6 +204,8 @@ struct Inner {
     ack: Script,
     claim_session: Script,
     save_session: Script,
+    /// Per pool client: the servers known to hold the append script (see [`ordered`]).
+    script_caches: Vec<Arc<ordered::ScriptCache>>,
     tasks: Vec<ConnectHandle>,
 }
 
@@ -279,6 +261,7 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(format!("redis client: {}", e.details())))?;
         let mut tasks = pool.connect_pool();
         tasks.extend(log_connection_errors(&pool, &config.url));
+        let script_caches = ordered::track_script_caches(&pool, &mut tasks);
 
         if tokio::time::timeout(call_timeout, pool.wait_for_connect())
             .await
@@ -307,6 +290,7 @@ impl RedisStore {
                 ack: Script::new(ACK_LUA),
                 claim_session: Script::standalone(CLAIM_SESSION_LUA),
                 save_session: Script::standalone(SAVE_SESSION_LUA),
+                script_caches,
                 tasks,
             }),
         })
@@ -398,7 +382,14 @@ impl RedisStore {
         let keys = self.script_keys(topic);
         let client = self.inner.pool.next();
         match self
-            .eval_on(client, script, keys, args, Retry::Redirected)
+            .eval_on(
+                client,
+                script,
+                keys,
+                args,
+                Retry::Redirected,
+                &NoScript::Eval,
+            )
             .await?
         {
             Value::Array(items) => Ok(items),
@@ -415,11 +406,12 @@ impl RedisStore {
         keys: Vec<String>,
         args: Vec<String>,
         retry: Retry,
+        noscript: &NoScript,
     ) -> Result<Value, StoreError> {
         self.bounded(async {
-            match eval_once(client, script, keys.clone(), args.clone()).await {
+            match eval_once(client, script, keys.clone(), args.clone(), noscript).await {
                 Err(e) if retry == Retry::Redirected && gave_up(&e) => {
-                    eval_once(client, script, keys, args).await
+                    eval_once(client, script, keys, args, noscript).await
                 }
                 other => other,
             }
@@ -449,6 +441,73 @@ impl RedisStore {
         Ok(HistoryPage { top, messages })
     }
 
+    /// The keys and args of an append.
+    fn append_call(&self, topic: &Topic, data: &Payload, id: Option<&PublishId>) -> ScriptCall {
+        let mut args = self.base_args(topic);
+        args.push(data.as_str().to_owned());
+        let limits = self.limits_of(topic);
+        args.push(limits.max_len.to_string());
+        args.push(id.map(|id| id.as_str().to_owned()).unwrap_or_default());
+        args.push(millis(limits.dedup_window).to_string());
+        let mut keys = self.script_keys(topic);
+        // Without an id the fifth key is never touched, but keeps one key list for the script.
+        keys.push(self.publish_id_key(topic, id.map_or("-", PublishId::as_str)));
+        ScriptCall { keys, args }
+    }
+
+    /// Runs an append on `client`: the script, and with `min_replicas` the WAIT after it (on
+    /// the same connection: WAIT counts this connection's writes) and the acknowledgement.
+    async fn append_on(
+        &self,
+        client: &fred::prelude::Client,
+        topic: &Topic,
+        call: ScriptCall,
+        noscript: NoScript,
+    ) -> Result<Appended, StoreError> {
+        let ScriptCall { keys, args } = call;
+        let reply = self.eval_on(
+            client,
+            &self.inner.append,
+            keys,
+            args,
+            Retry::Never,
+            &noscript,
+        );
+        let items = match reply.await? {
+            Value::Array(items) => items,
+            other => return Err(corrupt(format!("script returned {:?}", other.kind()))),
+        };
+        let mut items = items.into_iter();
+        let top = parse_top(&mut items)?;
+        let duplicate = items.next().and_then(|v| v.as_u64()) == Some(1);
+        let min = self.inner.min_replicas;
+        if min > 0 {
+            // A duplicate waits too: its first attempt may be the one that timed out. WAIT gives
+            // up a little before the call timeout, so a missing replica is reported as such.
+            let wait_ms = (millis(self.inner.call_timeout) * 3 / 4).max(1);
+            let timeout = i64::try_from(wait_ms).unwrap_or(i64::MAX);
+            let acked: i64 = self.bounded(client.wait(i64::from(min), timeout)).await?;
+            if acked < i64::from(min) {
+                return Err(StoreError::Unavailable(format!(
+                    "only {acked} of {min} replicas acknowledged seq {} (it is stored: retry with the same publish id)",
+                    top.seq
+                )));
+            }
+            // Now readers may see it (and a failover keeps it). The acknowledgement only ever
+            // raises the acknowledged seq, so acknowledgements of pipelined appends may run in
+            // any order.
+            let mut args = self.base_args(topic);
+            args.push(top.seq.to_string());
+            args.push(top.epoch.as_str().to_owned());
+            self.eval(&self.inner.ack, topic, args).await?;
+        }
+        Ok(Appended {
+            seq: top.seq,
+            epoch: top.epoch,
+            duplicate,
+        })
+    }
+
     /// The common args of every topic script: a fresh epoch (used only for a new history), the
     /// ttl, and the incarnation mode: `lineage` when appends wait for replicas (a promoted
     /// replica then has every acknowledged message, so its topics keep their epochs), else
@@ -464,47 +523,6 @@ impl RedisStore {
             self.ttl_ms(topic).to_string(),
             mode.to_owned(),
         ]
-    }
-}
-
-/// Whether a failed call may be sent again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Never: the call is not idempotent (an append without a publish id, a claim).
-    Never,
-    /// Once, when fred gave up after a cluster redirection ([`gave_up`]): for idempotent calls.
-    Redirected,
-}
-
-/// What fred 10 answers when it would have written a command a second time: with
-/// `max_command_attempts` 1, a `MOVED` or `ASK` redirection counts as that second write, so a
-/// command meeting one fails instead of following it (fred has already refreshed its slot
-/// table on `MOVED`, so the next command goes to the right node). A replay after a dropped
-/// connection fails the same way and may follow a write that did run: only idempotent calls
-/// retry on it.
-fn gave_up(e: &FredError) -> bool {
-    e.details() == "Too many failed write attempts."
-}
-
-/// One EVALSHA (loading the script first if its SHA is unknown), with EVAL on `NOSCRIPT`.
-async fn eval_once(
-    client: &fred::prelude::Client,
-    script: &Script,
-    keys: Vec<String>,
-    args: Vec<String>,
-) -> Result<Value, FredError> {
-    let sha = match script.sha.get() {
-        Some(sha) => sha.clone(),
-        None => {
-            let sha: String = client.script_load(script.source.as_str()).await?;
-            script.sha.get_or_init(|| sha).clone()
-        }
-    };
-    match client.evalsha(sha, keys.clone(), args.clone()).await {
-        Err(e) if e.details().starts_with("NOSCRIPT") => {
-            client.eval(script.source.as_str(), keys, args).await
-        }
-        other => other,
     }
 }
 
@@ -589,50 +607,9 @@ impl SessionStore for RedisStore {
         data: &Payload,
         id: Option<&PublishId>,
     ) -> Result<Appended, StoreError> {
-        let mut args = self.base_args(topic);
-        args.push(data.as_str().to_owned());
-        let limits = self.limits_of(topic);
-        args.push(limits.max_len.to_string());
-        args.push(id.map(|id| id.as_str().to_owned()).unwrap_or_default());
-        args.push(millis(limits.dedup_window).to_string());
-        let mut keys = self.script_keys(topic);
-        // Without an id the fifth key is never touched, but keeps one key list for the script.
-        keys.push(self.publish_id_key(topic, id.map_or("-", PublishId::as_str)));
-        // One connection for the script and the WAIT after it: WAIT counts this connection's
-        // writes.
-        let client = self.inner.pool.next();
-        let reply = self.eval_on(client, &self.inner.append, keys, args, Retry::Never);
-        let items = match reply.await? {
-            Value::Array(items) => items,
-            other => return Err(corrupt(format!("script returned {:?}", other.kind()))),
-        };
-        let mut items = items.into_iter();
-        let top = parse_top(&mut items)?;
-        let duplicate = items.next().and_then(|v| v.as_u64()) == Some(1);
-        let min = self.inner.min_replicas;
-        if min > 0 {
-            // A duplicate waits too: its first attempt may be the one that timed out. WAIT gives
-            // up a little before the call timeout, so a missing replica is reported as such.
-            let wait_ms = (millis(self.inner.call_timeout) * 3 / 4).max(1);
-            let timeout = i64::try_from(wait_ms).unwrap_or(i64::MAX);
-            let acked: i64 = self.bounded(client.wait(i64::from(min), timeout)).await?;
-            if acked < i64::from(min) {
-                return Err(StoreError::Unavailable(format!(
-                    "only {acked} of {min} replicas acknowledged seq {} (it is stored: retry with the same publish id)",
-                    top.seq
-                )));
-            }
-            // Now readers may see it (and a failover keeps it).
-            let mut args = self.base_args(topic);
-            args.push(top.seq.to_string());
-            args.push(top.epoch.as_str().to_owned());
-            self.eval(&self.inner.ack, topic, args).await?;
-        }
-        Ok(Appended {
-            seq: top.seq,
-            epoch: top.epoch,
-            duplicate,
-        })
+        let call = self.append_call(topic, data, id);
+        self.append_on(self.inner.pool.next(), topic, call, NoScript::Eval)
+            .await
     }
 
     async fn top(&self, topic: &Topic) -> Result<Position, StoreError> {
@@ -697,6 +674,7 @@ impl SessionStore for RedisStore {
                 keys,
                 args,
                 Retry::Never,
+                &NoScript::Eval,
             )
             .await?;
         let Value::Array(items) = reply else {
@@ -744,6 +722,7 @@ impl SessionStore for RedisStore {
                 keys,
                 args,
                 Retry::Redirected,
+                &NoScript::Eval,
             )
             .await?;
         Ok(reply.as_u64() == Some(1))

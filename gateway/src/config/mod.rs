@@ -153,6 +153,21 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Publishes one connection may have in flight (appended or fanned out, not yet answered).
+    /// At the bound the connection reads no more frames until the oldest completes; `1` waits
+    /// for each publish before reading the next frame.
+    #[arg(long, env = "GATEWAY_MAX_PUBLISHES_IN_FLIGHT", default_value_t = 32)]
+    pub max_publishes_in_flight: usize,
+
+    /// Publishes the whole pod may have in flight, WebSocket and `/api/publish` together; past
+    /// it publishers wait (a connection stops reading frames) until one completes.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_POD_PUBLISHES_IN_FLIGHT",
+        default_value_t = 8192
+    )]
+    pub max_pod_publishes_in_flight: usize,
+
     /// Subscriptions one connection may hold (`limit_reached` above it).
     #[arg(long, env = "GATEWAY_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: usize,
@@ -307,6 +322,11 @@ impl Config {
             ("outbound-queue", self.outbound_queue),
             ("max-connections", self.max_connections),
             ("max-subscriptions", self.max_subscriptions),
+            ("max-publishes-in-flight", self.max_publishes_in_flight),
+            (
+                "max-pod-publishes-in-flight",
+                self.max_pod_publishes_in_flight,
+            ),
             ("read-buffer-size", self.read_buffer_size),
             ("outbound-queue-bytes", self.outbound_queue_bytes),
             ("drain-rate", self.drain_rate as usize),

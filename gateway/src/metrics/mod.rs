@@ -210,6 +210,9 @@ pub struct PublishMetrics {
     /// By reason: `max_message_size` (above `--max-message-size`), `backplane_max_payload`
     /// (above what the backplane carries).
     pub refused: Family<ReasonLabel, Counter>,
+    /// Publishes appended or being fanned out, not yet answered (bounded by
+    /// `--max-pod-publishes-in-flight`).
+    pub in_flight: Gauge,
 }
 
 impl PublishMetrics {
@@ -218,6 +221,11 @@ impl PublishMetrics {
             "publishes_refused",
             "Publishes refused before the append, by reason",
             self.refused.clone(),
+        );
+        r.register(
+            "publishes_in_flight",
+            "Publishes appended or being fanned out, not yet answered",
+            self.in_flight.clone(),
         );
     }
 

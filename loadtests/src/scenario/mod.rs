@@ -7,3 +7,4 @@ pub mod drain;
 pub mod fanout;
 pub mod rebalance;
 pub mod storm;
+pub mod throughput;

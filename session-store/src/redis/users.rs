@@ -12,7 +12,7 @@ use std::time::Duration;
 use fred::prelude::KeysInterface;
 use protocol::SessionId;
 
-use super::{RedisStore, Retry, Script, corrupt, millis};
+use super::{NoScript, RedisStore, Retry, Script, corrupt, millis};
 use crate::users::{Revocations, Revoked, UserSessions};
 use crate::{StoreError, now_ms};
 
@@ -92,6 +92,7 @@ impl UserSessions for RedisUsers {
                 vec![self.user_key(user)],
                 args,
                 Retry::Redirected,
+                &NoScript::Eval,
             )
             .await?;
         Ok(())
@@ -107,6 +108,7 @@ impl UserSessions for RedisUsers {
                 vec![self.user_key(user)],
                 vec![now_ms().to_string()],
                 Retry::Never,
+                &NoScript::Eval,
             )
             .await?;
         let items = match reply {
