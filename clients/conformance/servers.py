@@ -19,9 +19,20 @@ LOGS = ROOT / "target" / "test-output" / "conformance"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: all held open until all are chosen (ports picked one after the
+    other can come back equal once the first socket is closed)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def find_binary(name: str, env: str) -> str:
@@ -111,9 +122,7 @@ class Gateway(Process):
     def __init__(self, pod: str, args: list[str], redis: Redis | None, nats: Nats | None,
                  env: dict[str, str] | None = None):
         self.pod = pod
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.agent_port = free_port()
+        self.port, self.admin_port, self.agent_port = free_ports(3)
         genv = {
             "GATEWAY_LISTEN": f"127.0.0.1:{self.port}",
             "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
