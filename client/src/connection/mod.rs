@@ -41,6 +41,8 @@ enum Pending {
     },
     Unsubscribe(Option<Reply<()>>),
     Publish(Reply<u64>),
+    /// `rpc`, `history`, `presence`, `presence_stats`: the reply frame, decoded by the caller.
+    Query(Reply<String>),
     Ping,
     Refresh,
 }
@@ -51,6 +53,13 @@ struct QueuedPublish {
     data: Box<RawValue>,
     id: Option<String>,
     reply: Reply<u64>,
+}
+
+/// A read request (or `rpc`) made while offline, sent once connected.
+#[derive(Debug)]
+struct QueuedQuery {
+    frame: serde_json::Map<String, serde_json::Value>,
+    reply: Reply<String>,
 }
 
 /// How a connection ended.
@@ -75,6 +84,7 @@ pub(crate) struct Connection {
     waiters: HashMap<String, Vec<Reply<Position>>>,
     pending: HashMap<u64, Pending>,
     queue: Vec<QueuedPublish>,
+    queries: Vec<QueuedQuery>,
     next_ref: u64,
     resume: Option<String>,
     token: Option<String>,
@@ -108,6 +118,7 @@ impl Connection {
             waiters: HashMap::new(),
             pending: HashMap::new(),
             queue: Vec::new(),
+            queries: Vec::new(),
             next_ref: 1,
             resume,
             token,
@@ -195,8 +206,13 @@ impl Connection {
     /// Fails what cannot survive the connection; subscriptions are restored by the next one.
     fn lost_connection(&mut self) {
         for (_, pending) in self.pending.drain() {
-            if let Pending::Publish(reply) = pending {
-                let _ = reply.send(Err(ClientError::Disconnected));
+            match pending {
+                Pending::Publish(reply) => drop(reply.send(Err(ClientError::Disconnected))),
+                Pending::Query(reply) => drop(reply.send(Err(ClientError::Disconnected))),
+                Pending::Subscribe { .. }
+                | Pending::Unsubscribe(_)
+                | Pending::Ping
+                | Pending::Refresh => {}
             }
         }
         self.confirmed.clear();
@@ -205,11 +221,19 @@ impl Connection {
     async fn finish(&mut self, error: Option<ClientError>, done: Option<oneshot::Sender<()>>) {
         let failure = error.clone().unwrap_or(ClientError::Closed);
         for (_, pending) in self.pending.drain() {
-            if let Pending::Publish(reply) = pending {
-                let _ = reply.send(Err(failure.clone()));
+            match pending {
+                Pending::Publish(reply) => drop(reply.send(Err(failure.clone()))),
+                Pending::Query(reply) => drop(reply.send(Err(failure.clone()))),
+                Pending::Subscribe { .. }
+                | Pending::Unsubscribe(_)
+                | Pending::Ping
+                | Pending::Refresh => {}
             }
         }
         for queued in self.queue.drain(..) {
+            let _ = queued.reply.send(Err(failure.clone()));
+        }
+        for queued in self.queries.drain(..) {
             let _ = queued.reply.send(Err(failure.clone()));
         }
         for (_, waiters) in self.waiters.drain() {
@@ -236,6 +260,7 @@ impl Connection {
             Command::Subscribe { reply, .. } => drop(reply.send(Err(ClientError::Closed))),
             Command::Unsubscribe { reply, .. } => drop(reply.send(Err(ClientError::Closed))),
             Command::Publish { reply, .. } => drop(reply.send(Err(ClientError::Closed))),
+            Command::Query { reply, .. } => drop(reply.send(Err(ClientError::Closed))),
             Command::Close { reply } => drop(reply.send(())),
         }
     }
@@ -286,6 +311,7 @@ impl Connection {
                 id,
                 reply,
             }),
+            Command::Query { frame, reply } => self.queries.push(QueuedQuery { frame, reply }),
             Command::Close { reply } => drop(reply.send(())),
         }
     }
