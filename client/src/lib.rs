@@ -14,6 +14,10 @@
 //!   with `since` when the session could not be resumed;
 //! - finds dead connections with app-level pings, and refreshes the token before `exp`.
 //!
+//! Besides subscriptions and publishes it makes the requests answered by one frame, with typed
+//! results: [`Client::rpc`] (the application's rpc hook), [`Client::history`] (a page of a
+//! topic's history without subscribing), [`Client::presence`] and [`Client::presence_stats`].
+//!
 //! ```no_run
 //! use futures_util::StreamExt;
 //! use gateway_client::{ClientConfig, Event};
