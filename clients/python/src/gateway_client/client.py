@@ -16,8 +16,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from .events import (Backoff, Connected, Disconnected, Duplicate, ErrorEvent, Event,
                      EventHandler, GatewayError, Reconnecting, Refreshed, Stopped, Unsubscribed,
                      parse_close_reason, token_expiry)
-from .queries import (HistoryPage, PresenceMember, PresenceStats, check_method, history_frame,
-                      presence_members)
+from .queries import (HistoryPage, PresenceMember, PresenceStats, history_frame, presence_members,
+                      rpc_frame)
 from .subscription import Subscription
 from .topics import Gap, Position, Topics
 
@@ -288,11 +288,7 @@ class GatewayClient:
         """Calls ``method`` of the application's rpc hook; returns the answer's ``data`` (None
         when it gave none). Raises ``GatewayError`` with the application's code, ``unavailable``
         when it did not answer (nothing was done), ``bad_request`` without a hook."""
-        check_method(method)
-        frame: dict[str, Any] = {"type": "rpc", "method": method}
-        if data is not None:
-            frame["data"] = data
-        return (await self._request(frame)).get("data")
+        return (await self._request(rpc_frame(method, data))).get("data")
 
     async def history(self, topic: str, since: Optional[Position] = None, limit: Optional[int] = None,
                       reverse: bool = False) -> HistoryPage:

@@ -66,9 +66,13 @@ class PresenceStats:
     users: int
 
 
-def check_method(method: str) -> None:
+def rpc_frame(method: str, data: Any) -> dict[str, Any]:
     if not isinstance(method, str) or not METHOD_RE.match(method):
         raise ValueError(f"invalid rpc method {method!r}: 1-100 characters of A-Z a-z 0-9 _ . : / -")
+    frame: dict[str, Any] = {"type": "rpc", "method": method}
+    if data is not None:
+        frame["data"] = data
+    return frame
 
 
 def history_frame(topic: str, since: Optional[Position], limit: Optional[int],
