@@ -133,10 +133,10 @@ impl Client {
         })
     }
 
-    /// Calls `method` of the application's rpc hook with `data`; resolves with the answer's
-    /// `data` (`null` when it gave none). A refusal is a [`ClientError::Server`] with the
-    /// application's code; `unavailable` when the application did not answer (nothing was
-    /// done: retry later). A gateway without a hook answers `bad_request`.
+    /// Calls `method` of the application's rpc hook with `data` (`&()`: none); resolves with
+    /// the answer's `data` (`null` when it gave none). A refusal is a [`ClientError::Server`]
+    /// with the application's code; `unavailable` when the application did not answer (nothing
+    /// was done: retry later). A gateway without a hook answers `bad_request`.
     pub async fn rpc<T: serde::Serialize + ?Sized>(
         &self,
         method: &str,
@@ -146,11 +146,12 @@ impl Client {
             return Err(ClientError::InvalidMethod(method.to_owned()));
         }
         let data = serde_json::to_value(data).map_err(|e| ClientError::Data(e.to_string()))?;
-        let reply: RpcResult = self
-            .query(frame(
-                json!({"type": "rpc", "method": method, "data": data}),
-            ))
-            .await?;
+        let mut f = frame(json!({"type": "rpc", "method": method}));
+        // `null` goes as no `data`, as the other SDKs send it (the hook sees `null` either way).
+        if !data.is_null() {
+            f.insert("data".into(), data);
+        }
+        let reply: RpcResult = self.query(f).await?;
         Ok(reply.data)
     }
 

@@ -128,6 +128,10 @@ async fn queries_get_typed_answers_and_errors_by_ref() {
         json!({"type": "history", "topic": "chat", "since": {"seq": 3, "epoch": "e0"},
                "limit": 2, "reverse": true, "ref": requests[3]["ref"]})
     );
-    assert!(requests[1]["data"].is_null());
+    assert_eq!(
+        requests[1],
+        json!({"type": "rpc", "method": "nothing", "ref": requests[1]["ref"]}),
+        "no data: no data field"
+    );
     client.close().await;
 }
