@@ -101,16 +101,17 @@ impl Connection {
                         self.send_subscribe(live, &topic).await?;
                     }
                 }
-                for q in std::mem::take(&mut self.queries) {
-                    if !q.reply.is_closed() {
-                        self.send_query(live, q).await?;
-                    }
-                }
-                for p in std::mem::take(&mut self.queue) {
+                for queued in std::mem::take(&mut self.queue) {
                     // A caller that gave up (its request timed out) was told it failed: sending
-                    // the publish now would store a message it believes was not.
-                    if !p.reply.is_closed() {
-                        self.send_publish(live, p).await?;
+                    // a publish now would store a message it believes was not.
+                    match queued {
+                        Queued::Publish(p) if !p.reply.is_closed() => {
+                            self.send_publish(live, p).await?
+                        }
+                        Queued::Query(q) if !q.reply.is_closed() => {
+                            self.send_query(live, q).await?
+                        }
+                        Queued::Publish(_) | Queued::Query(_) => {}
                     }
                 }
             }

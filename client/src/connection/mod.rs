@@ -55,11 +55,17 @@ struct QueuedPublish {
     reply: Reply<u64>,
 }
 
-/// A read request (or `rpc`) made while offline, sent once connected.
+/// A read request (or `rpc`) waiting for a connection.
 #[derive(Debug)]
 struct QueuedQuery {
     frame: serde_json::Map<String, serde_json::Value>,
     reply: Reply<String>,
+}
+
+#[derive(Debug)]
+enum Queued {
+    Publish(QueuedPublish),
+    Query(QueuedQuery),
 }
 
 /// How a connection ended.
@@ -83,8 +89,8 @@ pub(crate) struct Connection {
     confirmed: HashSet<String>,
     waiters: HashMap<String, Vec<Reply<Position>>>,
     pending: HashMap<u64, Pending>,
-    queue: Vec<QueuedPublish>,
-    queries: Vec<QueuedQuery>,
+    /// Requests made while offline, sent in order once connected.
+    queue: Vec<Queued>,
     next_ref: u64,
     resume: Option<String>,
     token: Option<String>,
@@ -118,7 +124,6 @@ impl Connection {
             waiters: HashMap::new(),
             pending: HashMap::new(),
             queue: Vec::new(),
-            queries: Vec::new(),
             next_ref: 1,
             resume,
             token,
@@ -231,10 +236,10 @@ impl Connection {
             }
         }
         for queued in self.queue.drain(..) {
-            let _ = queued.reply.send(Err(failure.clone()));
-        }
-        for queued in self.queries.drain(..) {
-            let _ = queued.reply.send(Err(failure.clone()));
+            match queued {
+                Queued::Publish(p) => drop(p.reply.send(Err(failure.clone()))),
+                Queued::Query(q) => drop(q.reply.send(Err(failure.clone()))),
+            }
         }
         for (_, waiters) in self.waiters.drain() {
             for w in waiters {
@@ -305,13 +310,15 @@ impl Connection {
                 data,
                 id,
                 reply,
-            } => self.queue.push(QueuedPublish {
+            } => self.queue.push(Queued::Publish(QueuedPublish {
                 topic,
                 data,
                 id,
                 reply,
-            }),
-            Command::Query { frame, reply } => self.queries.push(QueuedQuery { frame, reply }),
+            })),
+            Command::Query { frame, reply } => {
+                self.queue.push(Queued::Query(QueuedQuery { frame, reply }))
+            }
             Command::Close { reply } => drop(reply.send(())),
         }
     }
