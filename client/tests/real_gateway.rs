@@ -75,6 +75,10 @@ fn gateway(bin: &PathBuf, args: &[&str], env: &[(&str, String)]) -> (Killed, Str
     (child, format!("ws://127.0.0.1:{port}/ws"))
 }
 
+/// A missing binary fails the test, never skips it: `cargo test --workspace` builds it.
+const NO_GATEWAY: &str =
+    "no gateway binary with --presence: run `cargo build -p gateway` (or set GATEWAY_BIN)";
+
 fn client(url: &str) -> (Client, gateway_client::Events) {
     gateway_client::connect(
         ClientConfig::new([url.to_owned()])
@@ -84,10 +88,7 @@ fn client(url: &str) -> (Client, gateway_client::Events) {
 
 #[tokio::test]
 async fn history_pages_then_live_and_presence() {
-    let Some(bin) = gateway_bin() else {
-        eprintln!("skipped: no gateway binary with --presence (cargo build -p gateway)");
-        return;
-    };
+    let bin = gateway_bin().expect(NO_GATEWAY);
     let (_gw, url) = gateway(&bin, &["--presence", "--presence-max-list", "2"], &[]);
     let (a, _a_events) = client(&url);
     for i in 1..=10 {
@@ -176,10 +177,7 @@ async fn history_pages_then_live_and_presence() {
 
 #[tokio::test]
 async fn rpc_answers_and_error_codes_through_the_hook() {
-    let Some(bin) = gateway_bin() else {
-        eprintln!("skipped: no gateway binary with --presence (cargo build -p gateway)");
-        return;
-    };
+    let bin = gateway_bin().expect(NO_GATEWAY);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("rpc-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("hook.secret");
