@@ -14,6 +14,10 @@
 //!   with `since` when the session could not be resumed;
 //! - finds dead connections with app-level pings, and refreshes the token before `exp`.
 //!
+//! Besides subscriptions and publishes it makes the requests answered by one frame, with typed
+//! results: [`Client::rpc`] (the application's rpc hook), [`Client::history`] (a page of a
+//! topic's history without subscribing), [`Client::presence`] and [`Client::presence_stats`].
+//!
 //! ```no_run
 //! use futures_util::StreamExt;
 //! use gateway_client::{ClientConfig, Event};
@@ -41,6 +45,7 @@
 
 mod config;
 mod connection;
+mod queries;
 mod topics;
 mod wire;
 
@@ -56,6 +61,9 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::{Backoff, ClientConfig, TokenError, TokenSource};
+pub use queries::{
+    HistoryMessage, HistoryPage, HistoryQuery, PresenceMember, PresenceStats, valid_method,
+};
 pub use topics::{Gap, GapReason, Message};
 pub use wire::{CloseAdvice, Position};
 
@@ -121,6 +129,8 @@ pub enum ClientError {
     Stopped { code: u16, error: String },
     #[error("invalid topic {0:?}: 1-200 characters of A-Z a-z 0-9 _ . : -")]
     InvalidTopic(String),
+    #[error("invalid rpc method {0:?}: 1-100 characters of A-Z a-z 0-9 _ . : / -")]
+    InvalidMethod(String),
     #[error("data is not JSON: {0}")]
     Data(String),
     #[error("token source failed: {0}")]
@@ -156,6 +166,12 @@ pub(crate) enum Command {
         data: Box<RawValue>,
         id: Option<String>,
         reply: Reply<u64>,
+    },
+    /// A request answered by one frame (`rpc`, `history`, `presence`, `presence_stats`): the
+    /// frame without its `ref`; the reply is the answer's text.
+    Query {
+        frame: serde_json::Map<String, serde_json::Value>,
+        reply: Reply<String>,
     },
     Close {
         reply: oneshot::Sender<()>,

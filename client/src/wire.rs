@@ -84,6 +84,12 @@ pub(crate) enum ServerFrame {
     Pong(Reference),
     Refreshed(Refreshed),
     Error(ErrorFrame),
+    /// The reply to a query (`rpc_result`, `history`, `presence`, `presence_stats`), kept whole:
+    /// the caller decodes it into its typed result.
+    Answer {
+        reference: Option<u64>,
+        frame: String,
+    },
     Other,
 }
 
@@ -107,6 +113,11 @@ impl ServerFrame {
             "pong" => ServerFrame::Pong(serde_json::from_str(text)?),
             "refreshed" => ServerFrame::Refreshed(serde_json::from_str(text)?),
             "error" => ServerFrame::Error(serde_json::from_str(text)?),
+            "rpc_result" | "history" | "presence" | "presence_stats" => {
+                let Reference { reference } = serde_json::from_str(text)?;
+                let frame = text.to_owned();
+                ServerFrame::Answer { reference, frame }
+            }
             _ => ServerFrame::Other,
         })
     }
@@ -255,7 +266,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let f = ServerFrame::parse(r#"{"type":"presence","x":1}"#).unwrap();
+        let f = ServerFrame::parse(r#"{"type":"presence","members":[],"ref":7}"#).unwrap();
+        assert!(matches!(
+            f,
+            ServerFrame::Answer {
+                reference: Some(7),
+                ..
+            }
+        ));
+        let f = ServerFrame::parse(r#"{"type":"presence_diff","x":1}"#).unwrap();
         assert!(matches!(f, ServerFrame::Other));
     }
 

@@ -101,11 +101,17 @@ impl Connection {
                         self.send_subscribe(live, &topic).await?;
                     }
                 }
-                for p in std::mem::take(&mut self.queue) {
+                for queued in std::mem::take(&mut self.queue) {
                     // A caller that gave up (its request timed out) was told it failed: sending
-                    // the publish now would store a message it believes was not.
-                    if !p.reply.is_closed() {
-                        self.send_publish(live, p).await?;
+                    // a publish now would store a message it believes was not.
+                    match queued {
+                        Queued::Publish(p) if !p.reply.is_closed() => {
+                            self.send_publish(live, p).await?
+                        }
+                        Queued::Query(q) if !q.reply.is_closed() => {
+                            self.send_query(live, q).await?
+                        }
+                        Queued::Publish(_) | Queued::Query(_) => {}
                     }
                 }
             }
@@ -152,6 +158,12 @@ impl Connection {
                     self.emit(Event::Unsubscribed { topic, reason }).await;
                 }
             },
+            ServerFrame::Answer { reference, frame } => {
+                if let Some(Pending::Query(reply)) = reference.and_then(|r| self.pending.remove(&r))
+                {
+                    let _ = reply.send(Ok(frame));
+                }
+            }
             ServerFrame::Pong(Reference { reference }) => {
                 if let Some(r) = reference {
                     self.pending.remove(&r);
@@ -172,6 +184,7 @@ impl Connection {
                 let error = ClientError::Server { code, message };
                 match reference.and_then(|r| self.pending.remove(&r)) {
                     Some(Pending::Publish(reply)) => drop(reply.send(Err(error))),
+                    Some(Pending::Query(reply)) => drop(reply.send(Err(error))),
                     Some(Pending::Subscribe { topic, .. }) => {
                         self.topics.remove(&topic);
                         self.share_positions();

@@ -138,6 +138,16 @@ impl Connection {
         sent
     }
 
+    pub(super) async fn send_query(&mut self, live: &mut Live, q: QueuedQuery) -> Result<(), ()> {
+        let reference = self.take_ref();
+        let mut frame = q.frame;
+        frame.insert("ref".to_owned(), reference.into());
+        let text = serde_json::Value::Object(frame).to_string();
+        let sent = live.sink.send(WsMessage::text(text)).await.map_err(|_| ());
+        self.pending.insert(reference, Pending::Query(q.reply));
+        sent
+    }
+
     pub(super) async fn online_command(&mut self, live: &mut Live, cmd: Command) -> Result<(), ()> {
         match cmd {
             Command::Subscribe {
@@ -193,6 +203,9 @@ impl Connection {
                     reply,
                 };
                 self.send_publish(live, p).await
+            }
+            Command::Query { frame, reply } => {
+                self.send_query(live, QueuedQuery { frame, reply }).await
             }
             Command::Close { reply } => {
                 let _ = reply.send(());

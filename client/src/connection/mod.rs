@@ -41,6 +41,8 @@ enum Pending {
     },
     Unsubscribe(Option<Reply<()>>),
     Publish(Reply<u64>),
+    /// `rpc`, `history`, `presence`, `presence_stats`: the reply frame, decoded by the caller.
+    Query(Reply<String>),
     Ping,
     Refresh,
 }
@@ -51,6 +53,19 @@ struct QueuedPublish {
     data: Box<RawValue>,
     id: Option<String>,
     reply: Reply<u64>,
+}
+
+/// A read request (or `rpc`) waiting for a connection.
+#[derive(Debug)]
+struct QueuedQuery {
+    frame: serde_json::Map<String, serde_json::Value>,
+    reply: Reply<String>,
+}
+
+#[derive(Debug)]
+enum Queued {
+    Publish(QueuedPublish),
+    Query(QueuedQuery),
 }
 
 /// How a connection ended.
@@ -74,7 +89,8 @@ pub(crate) struct Connection {
     confirmed: HashSet<String>,
     waiters: HashMap<String, Vec<Reply<Position>>>,
     pending: HashMap<u64, Pending>,
-    queue: Vec<QueuedPublish>,
+    /// Requests made while offline, sent in order once connected.
+    queue: Vec<Queued>,
     next_ref: u64,
     resume: Option<String>,
     token: Option<String>,
@@ -195,8 +211,13 @@ impl Connection {
     /// Fails what cannot survive the connection; subscriptions are restored by the next one.
     fn lost_connection(&mut self) {
         for (_, pending) in self.pending.drain() {
-            if let Pending::Publish(reply) = pending {
-                let _ = reply.send(Err(ClientError::Disconnected));
+            match pending {
+                Pending::Publish(reply) => drop(reply.send(Err(ClientError::Disconnected))),
+                Pending::Query(reply) => drop(reply.send(Err(ClientError::Disconnected))),
+                Pending::Subscribe { .. }
+                | Pending::Unsubscribe(_)
+                | Pending::Ping
+                | Pending::Refresh => {}
             }
         }
         self.confirmed.clear();
@@ -205,12 +226,20 @@ impl Connection {
     async fn finish(&mut self, error: Option<ClientError>, done: Option<oneshot::Sender<()>>) {
         let failure = error.clone().unwrap_or(ClientError::Closed);
         for (_, pending) in self.pending.drain() {
-            if let Pending::Publish(reply) = pending {
-                let _ = reply.send(Err(failure.clone()));
+            match pending {
+                Pending::Publish(reply) => drop(reply.send(Err(failure.clone()))),
+                Pending::Query(reply) => drop(reply.send(Err(failure.clone()))),
+                Pending::Subscribe { .. }
+                | Pending::Unsubscribe(_)
+                | Pending::Ping
+                | Pending::Refresh => {}
             }
         }
         for queued in self.queue.drain(..) {
-            let _ = queued.reply.send(Err(failure.clone()));
+            match queued {
+                Queued::Publish(p) => drop(p.reply.send(Err(failure.clone()))),
+                Queued::Query(q) => drop(q.reply.send(Err(failure.clone()))),
+            }
         }
         for (_, waiters) in self.waiters.drain() {
             for w in waiters {
@@ -236,6 +265,7 @@ impl Connection {
             Command::Subscribe { reply, .. } => drop(reply.send(Err(ClientError::Closed))),
             Command::Unsubscribe { reply, .. } => drop(reply.send(Err(ClientError::Closed))),
             Command::Publish { reply, .. } => drop(reply.send(Err(ClientError::Closed))),
+            Command::Query { reply, .. } => drop(reply.send(Err(ClientError::Closed))),
             Command::Close { reply } => drop(reply.send(())),
         }
     }
@@ -280,12 +310,15 @@ impl Connection {
                 data,
                 id,
                 reply,
-            } => self.queue.push(QueuedPublish {
+            } => self.queue.push(Queued::Publish(QueuedPublish {
                 topic,
                 data,
                 id,
                 reply,
-            }),
+            })),
+            Command::Query { frame, reply } => {
+                self.queue.push(Queued::Query(QueuedQuery { frame, reply }))
+            }
             Command::Close { reply } => drop(reply.send(())),
         }
     }

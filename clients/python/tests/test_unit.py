@@ -14,7 +14,8 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from gateway_client import (Backoff, Connected, Disconnected, Duplicate, Gap, GatewayClient,
-                            GatewayError, Message, Position, Reconnecting, Stopped,
+                            GatewayError, Message, Position, PresenceMember, PresenceStats,
+                            Reconnecting, Stopped,
                             parse_close_reason, token_expiry)
 from gateway_client.topics import Topics
 
@@ -220,3 +221,56 @@ def test_reconnect_false_stops_and_publish_returns_seq_or_error() -> None:
             await c.close()
 
     asyncio.run(main())
+
+
+def test_rpc_history_presence_get_typed_answers_and_errors_by_ref() -> None:
+    requests: list[dict[str, Any]] = []
+
+    async def script(ws: ServerConnection, n: int, hello: dict[str, Any]) -> None:
+        await ws.send(welcome())
+        async for text in ws:
+            req = json.loads(text)
+            requests.append(req)
+            ref, topic = req["ref"], req.get("topic")
+            if req["type"] == "rpc" and req["method"] == "echo":
+                reply = {"type": "rpc_result", "ref": ref, "data": req.get("data")}
+            elif req["type"] == "rpc":
+                reply = {"type": "error", "code": "bad_request", "message": "always fails", "ref": ref}
+            elif req["type"] == "history":
+                reply = {"type": "history", "topic": topic, "ref": ref, "seq": 5, "epoch": "e1",
+                         "recovered": False,
+                         "messages": [{"seq": 5, "data": {"t": "m5"}}, {"seq": 4, "data": "m4"}]}
+            elif req["type"] == "presence" and topic == "big":
+                reply = {"type": "error", "code": "limit_reached", "message": "use stats", "ref": ref}
+            elif req["type"] == "presence":
+                reply = {"type": "presence", "topic": topic, "ref": ref,
+                         "members": [{"session": "a1"}, {"user": "ann", "session": "b2"}]}
+            else:
+                reply = {"type": "presence_stats", "topic": topic, "ref": ref, "members": 2, "users": 1}
+            await ws.send(json.dumps(reply))
+
+    async def run() -> None:
+        async with FakeGateway(script) as url:
+            async with GatewayClient(url) as c:
+                assert await c.rpc("echo", {"n": [1, 2]}) == {"n": [1, 2]}
+                assert await c.rpc("echo") is None
+                with pytest.raises(GatewayError) as failed:
+                    await c.rpc("fail", 1)
+                assert failed.value.code == "bad_request"
+                with pytest.raises(ValueError):
+                    await c.rpc("no spaces")
+                page = await c.history("chat", since=Position(3, "e0"), limit=2, reverse=True)
+                assert (page.seq, page.epoch, page.recovered) == (5, "e1", False)
+                assert [(m.seq, m.data) for m in page.messages] == [(5, {"t": "m5"}), (4, "m4")]
+                assert page.last_position() == Position(4, "e1")
+                assert await c.presence("room") == [PresenceMember("a1"), PresenceMember("b2", "ann")]
+                with pytest.raises(GatewayError) as big:
+                    await c.presence("big")
+                assert big.value.code == "limit_reached"
+                assert await c.presence_stats("room") == PresenceStats(2, 1)
+        assert requests[1] == {"type": "rpc", "method": "echo", "ref": requests[1]["ref"]}
+        assert requests[3] == {"type": "history", "topic": "chat", "since": {"seq": 3, "epoch": "e0"},
+                               "limit": 2, "reverse": True, "ref": requests[3]["ref"]}
+        assert len({r["ref"] for r in requests}) == len(requests)
+
+    asyncio.run(run())

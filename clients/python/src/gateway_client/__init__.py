@@ -9,6 +9,7 @@ from .client import GatewayClient
 from .events import (Backoff, Connected, Disconnected, Duplicate, ErrorEvent, Event,
                      GatewayError, Reconnecting, Refreshed, Stopped, Unsubscribed,
                      parse_close_reason, token_expiry)
+from .queries import HistoryMessage, HistoryPage, PresenceMember, PresenceStats
 from .subscription import Subscription
 from .topics import Gap, Message, Position
 
@@ -16,6 +17,7 @@ PROTOCOL_VERSION = 1
 
 __all__ = [
     "PROTOCOL_VERSION", "Backoff", "Connected", "Disconnected", "Duplicate", "ErrorEvent",
-    "Event", "Gap", "GatewayClient", "GatewayError", "Message", "Position", "Reconnecting",
-    "Refreshed", "Stopped", "Subscription", "Unsubscribed", "parse_close_reason", "token_expiry",
+    "Event", "Gap", "GatewayClient", "GatewayError", "HistoryMessage", "HistoryPage", "Message",
+    "Position", "PresenceMember", "PresenceStats", "Reconnecting", "Refreshed", "Stopped",
+    "Subscription", "Unsubscribed", "parse_close_reason", "token_expiry",
 ]

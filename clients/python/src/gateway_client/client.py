@@ -16,6 +16,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from .events import (Backoff, Connected, Disconnected, Duplicate, ErrorEvent, Event,
                      EventHandler, GatewayError, Reconnecting, Refreshed, Stopped, Unsubscribed,
                      parse_close_reason, token_expiry)
+from .queries import (HistoryPage, PresenceMember, PresenceStats, history_frame, presence_members,
+                      rpc_frame)
 from .subscription import Subscription
 from .topics import Gap, Position, Topics
 
@@ -282,6 +284,32 @@ class GatewayClient:
             frame["id"] = id
         return int((await self._request(frame))["seq"])
 
+    async def rpc(self, method: str, data: Any = None) -> Any:
+        """Calls ``method`` of the application's rpc hook; returns the answer's ``data`` (None
+        when it gave none). Raises ``GatewayError`` with the application's code, ``unavailable``
+        when it did not answer (nothing was done), ``bad_request`` without a hook."""
+        return (await self._request(rpc_frame(method, data))).get("data")
+
+    async def history(self, topic: str, since: Optional[Position] = None, limit: Optional[int] = None,
+                      reverse: bool = False) -> HistoryPage:
+        """A page of ``topic``'s history, without subscribing: the latest ``limit`` messages
+        (oldest first, newest first with ``reverse``), or with ``since`` the ones after it
+        (before it with ``reverse``). See ``HistoryPage.last_position`` to go live after it."""
+        _check_topic(topic)
+        return HistoryPage.from_frame(await self._request(history_frame(topic, since, limit, reverse)))
+
+    async def presence(self, topic: str) -> list[PresenceMember]:
+        """The members present in ``topic``; ``limit_reached`` on big topics (use
+        ``presence_stats``), ``bad_request`` when the topic has no presence."""
+        _check_topic(topic)
+        return presence_members(await self._request({"type": "presence", "topic": topic}))
+
+    async def presence_stats(self, topic: str) -> PresenceStats:
+        """How many sessions and distinct users are present in ``topic``: cheap at any size."""
+        _check_topic(topic)
+        reply = await self._request({"type": "presence_stats", "topic": topic})
+        return PresenceStats(int(reply["members"]), int(reply["users"]))
+
     async def subscribe(self, topic: str, *, since: Optional[Position] = None) -> Subscription:
         """Subscribes to ``topic`` and returns once the gateway confirmed it. The subscription is
         an async iterator of ``Message`` and ``Gap``, kept across reconnects. ``since`` asks for
@@ -385,7 +413,8 @@ class GatewayClient:
                 self._emit(Unsubscribed(frame["topic"], frame.get("reason")))
         elif kind == "error":
             self._on_error(frame)
-        elif kind in ("published", "pong", "refreshed"):
+        elif kind in ("published", "pong", "refreshed", "rpc_result", "history", "presence",
+                      "presence_stats"):
             req = self._pending.get(frame.get("ref"))
             if isinstance(req, asyncio.Future) and not req.done():
                 req.set_result(frame)
