@@ -38,11 +38,16 @@ fn gateway_bin() -> Option<PathBuf> {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// Distinct free ports, all held until all are chosen (ports picked one after the other can
+/// come back equal once the first listener is dropped).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 fn wait_port(port: u16, child: &mut Killed, what: &str) {
@@ -56,12 +61,12 @@ fn wait_port(port: u16, child: &mut Killed, what: &str) {
 
 /// Starts a gateway; returns it and its WebSocket URL.
 fn gateway(bin: &PathBuf, args: &[&str], env: &[(&str, String)]) -> (Killed, String) {
-    let port = free_port();
+    let [port, admin, agent] = free_ports::<3>();
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("GATEWAY_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("GATEWAY_AGENT_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("GATEWAY_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("GATEWAY_AGENT_LISTEN", format!("127.0.0.1:{agent}"))
         .env("GATEWAY_POD_NAME", "sdk-rust")
         .env("GATEWAY_MAX_FRAME_RATE", "0")
         .stdin(Stdio::null())
