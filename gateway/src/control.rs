@@ -31,6 +31,9 @@ pub struct ConnControl {
     disconnected: AtomicBool,
     /// Server-side subscription changes for the connection's task to apply.
     commands: Mutex<Vec<ServerCommand>>,
+    /// Whether `commands` may hold any: checked on every wake-up (each delivery batch), so the
+    /// common case, no commands, costs a load rather than a lock.
+    has_commands: AtomicBool,
 }
 
 /// A change the server asks of a connection's subscriptions (`/api/subscribe`,
@@ -51,6 +54,7 @@ impl ConnControl {
             outbound: Outbound::default(),
             disconnected: AtomicBool::new(false),
             commands: Mutex::new(Vec::new()),
+            has_commands: AtomicBool::new(false),
         }
     }
 
@@ -74,6 +78,7 @@ impl ConnControl {
             return;
         }
         commands.push(command);
+        self.has_commands.store(true, Ordering::Release);
         drop(commands);
         self.notify.notify_one();
     }
@@ -81,6 +86,9 @@ impl ConnControl {
     /// The queued server commands, in order (taken when [`ConnControl::changed`] wakes the
     /// connection's task).
     pub fn take_commands(&self) -> Vec<ServerCommand> {
+        if !self.has_commands.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.commands.lock().expect("commands lock"))
     }
 
