@@ -11,21 +11,9 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+mod support;
 
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
-            Some(Ok(_)) => continue,
-            other => panic!("fake gateway: connection ended: {other:?}"),
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.unwrap();
-}
+use support::{Ws, recv, send};
 
 /// Closes like the gateway: close frame, wait for the reply, then drop the TCP connection.
 async fn close(mut ws: Ws, code: u16, reason: &str) {

@@ -5,27 +5,13 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use gateway_client::{ClientConfig, ClientError, HistoryQuery, Position, PresenceStats};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+mod support;
 
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
-            Some(Ok(_)) => continue,
-            other => panic!("fake gateway: connection ended: {other:?}"),
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.unwrap();
-}
+use support::{recv, send};
 
 /// Answers each request by its type; returns the requests it got, in order.
 async fn fake_gateway(listener: TcpListener) -> Vec<Value> {
