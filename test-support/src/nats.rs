@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::process::{ProcessGuard, spawn_listening};
+use crate::process::{ProcessGuard, on_fresh_ports, try_spawn_listening};
 use crate::tls::{ClientAuth, TlsFiles};
 use crate::{find_binary, free_port};
 
@@ -115,7 +115,7 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        Self::spawn_fresh(Settings::default())
     }
 
     pub fn start_on(port: u16) -> Self {
@@ -124,39 +124,41 @@ impl NatsServer {
 
     /// A server whose `max_payload` is `bytes` instead of the default 1 MiB.
     pub fn start_with_max_payload(bytes: usize) -> Self {
-        Self::spawn(
-            free_port(),
-            Settings {
-                max_payload: Some(bytes),
-                ..Settings::default()
-            },
-        )
+        Self::spawn_fresh(Settings {
+            max_payload: Some(bytes),
+            ..Settings::default()
+        })
     }
 
     /// A TLS-only server with `files`' server certificate; with [`ClientAuth::Required`] it
     /// verifies client certificates against `files`' CA (`verify: true`).
     pub fn start_tls(files: &TlsFiles, client_auth: ClientAuth) -> Self {
-        Self::spawn(
-            free_port(),
-            Settings {
-                tls: Some((files.clone(), client_auth)),
-                ..Settings::default()
-            },
-        )
+        Self::spawn_fresh(Settings {
+            tls: Some((files.clone(), client_auth)),
+            ..Settings::default()
+        })
     }
 
     /// A plaintext server that admits only clients with `auth`.
     pub fn start_with_auth(auth: NatsServerAuth) -> Self {
-        Self::spawn(
-            free_port(),
-            Settings {
-                auth: Some(auth),
-                ..Settings::default()
-            },
-        )
+        Self::spawn_fresh(Settings {
+            auth: Some(auth),
+            ..Settings::default()
+        })
+    }
+
+    /// Starts on a port of its own choosing, retried on others if that one was taken.
+    fn spawn_fresh(settings: Settings) -> Self {
+        on_fresh_ports("nats-server", || {
+            Self::try_spawn(free_port(), settings.clone())
+        })
     }
 
     fn spawn(port: u16, settings: Settings) -> Self {
+        Self::try_spawn(port, settings).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    fn try_spawn(port: u16, settings: Settings) -> Result<Self, String> {
         let bin = find_binary(
             "nats-server",
             "NATS_SERVER_BIN",
@@ -172,17 +174,17 @@ impl NatsServer {
             cmd.arg("-c").arg(&path);
             path
         });
-        let process = spawn_listening(
+        let process = try_spawn_listening(
             cmd.stdout(Stdio::null()).stderr(Stdio::null()),
             port,
             "nats-server",
-        );
-        Self {
+        )?;
+        Ok(Self {
             port,
             settings,
             process,
             config,
-        }
+        })
     }
 
     /// `nats://127.0.0.1:{port}`, or `tls://` for a TLS server. Credentials are not in it.

@@ -43,7 +43,7 @@ impl ProcessGuard {
     }
 
     /// The exit status if the process has already stopped, without waiting.
-    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+    pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.as_mut()?.try_wait().ok().flatten()
     }
 }
@@ -65,6 +65,24 @@ pub fn spawn_guarded(cmd: &mut Command) -> ProcessGuard {
 /// the server's startup.
 pub(crate) fn spawn_listening(cmd: &mut Command, port: u16, what: &str) -> ProcessGuard {
     try_spawn_listening(cmd, port, what).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// How many times [`on_fresh_ports`] tries before it gives up.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Runs `start` (which chooses its own free ports) until it succeeds, at most
+/// [`PORT_ATTEMPTS`] times. A port is free when chosen but is released before the server binds
+/// it, so a parallel test's outgoing connection or server can take it in between; the server
+/// then exits at once ("Address already in use") and another set of ports is tried.
+pub(crate) fn on_fresh_ports<T>(what: &str, mut start: impl FnMut() -> Result<T, String>) -> T {
+    let mut why = Vec::new();
+    for _ in 0..PORT_ATTEMPTS {
+        match start() {
+            Ok(started) => return started,
+            Err(e) => why.push(e),
+        }
+    }
+    panic!("{what} did not start on {PORT_ATTEMPTS} sets of free ports: {why:?}")
 }
 
 /// [`spawn_listening`], saying why instead of panicking, so a caller can retry on other ports

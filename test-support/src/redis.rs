@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::{ProcessGuard, TempDir, spawn_listening};
+use crate::process::{ProcessGuard, TempDir, on_fresh_ports, try_spawn_listening};
 use crate::resp::{Endpoint, Login, command, info_field};
 use crate::tls::{ClientAuth, TlsFiles};
 use crate::{find_binary, free_port};
@@ -41,8 +41,15 @@ pub(crate) fn redis_server_bin() -> PathBuf {
 ///
 /// Full syncs to replicas go over the socket without delay (`repl-diskless-sync-delay 0`; the
 /// default waits 5 s for more replicas), and a replica loads them without a temp file.
-pub(crate) fn spawn_redis(port: u16, dir: &Path, extra: &[&str]) -> ProcessGuard {
-    spawn_redis_with(None, port, dir, extra, &Security::default())
+///
+/// Returns why the server exited before it listened (its port taken since it was chosen), so
+/// the caller can try other ports.
+pub(crate) fn try_spawn_redis(
+    port: u16,
+    dir: &Path,
+    extra: &[&str],
+) -> Result<ProcessGuard, String> {
+    try_spawn_redis_with(None, port, dir, extra, &Security::default())
 }
 
 /// How a server is reached and who may use it.
@@ -124,7 +131,7 @@ fn unix_socket(dir: &Path) -> PathBuf {
     dir.join("redis.sock")
 }
 
-/// [`spawn_redis`] with `security`, reading `config` first when given: a server with a config
+/// [`try_spawn_redis`] with `security`, reading `config` first when given: a server with a config
 /// file can `CONFIG REWRITE` it (Sentinel does, when it promotes or demotes a server).
 pub(crate) fn spawn_redis_with(
     config: Option<&Path>,
@@ -133,12 +140,23 @@ pub(crate) fn spawn_redis_with(
     extra: &[&str],
     security: &Security,
 ) -> ProcessGuard {
+    try_spawn_redis_with(config, port, dir, extra, security).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// [`spawn_redis_with`], returning why the server exited before it listened.
+pub(crate) fn try_spawn_redis_with(
+    config: Option<&Path>,
+    port: u16,
+    dir: &Path,
+    extra: &[&str],
+    security: &Security,
+) -> Result<ProcessGuard, String> {
     let dir_str = dir.to_str().expect("temp dir path is UTF-8");
     let mut cmd = Command::new(redis_server_bin());
     if let Some(config) = config {
         cmd.arg(config);
     }
-    let mut process = spawn_listening(
+    let mut process = try_spawn_listening(
         cmd.args(security.args(port, dir))
             .args(["--bind", "127.0.0.1"])
             .args(["--daemonize", "no", "--dir", dir_str, "--save", ""])
@@ -154,18 +172,26 @@ pub(crate) fn spawn_redis_with(
             .stderr(Stdio::null()),
         port,
         "redis-server",
-    );
+    )?;
     wait_ready(
         port,
         &security.endpoint(port, dir),
         security.login.as_ref(),
         &mut process,
-    );
-    process
+    )?;
+    Ok(process)
 }
 
 /// Waits until the server answers `PING` (not `-LOADING`) and `INFO` says loading is over.
-fn wait_ready(port: u16, endpoint: &Endpoint, login: Option<&Login>, process: &mut ProcessGuard) {
+///
+/// A server that exits meanwhile is an error, not a panic: what answered the connect may have
+/// been another process's listener on the port this one could not bind.
+fn wait_ready(
+    port: u16,
+    endpoint: &Endpoint,
+    login: Option<&Login>,
+    process: &mut ProcessGuard,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = String::new();
     loop {
@@ -177,12 +203,14 @@ fn wait_ready(port: u16, endpoint: &Endpoint, login: Option<&Login>, process: &m
                 && info_field(&info, "async_loading").is_none_or(|v| v == "0"))
         });
         match ready {
-            Ok(true) => return,
+            Ok(true) => return Ok(()),
             Ok(false) => {}
             Err(e) => last = e.to_string(),
         }
         if let Some(status) = process.exited() {
-            panic!("redis-server on port {port} exited while loading: {status}");
+            return Err(format!(
+                "redis-server on port {port} exited before it was ready: {status} (last: {last})"
+            ));
         }
         if Instant::now() > deadline {
             panic!("redis-server on port {port} not ready within 10 s (last: {last})");
@@ -210,7 +238,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// A server without persistence.
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        Self::launch_fresh(None, Security::default())
     }
 
     /// Starts on a given port: used to bring a killed server back at the same address.
@@ -221,15 +249,14 @@ impl RedisServer {
     /// A server whose data survives [`kill_9`](Self::kill_9) and
     /// [`restart_from_files`](Self::restart_from_files) as `persistence` allows.
     pub fn start_persistent(persistence: Persistence) -> Self {
-        Self::launch(free_port(), Some(persistence))
+        Self::launch_fresh(Some(persistence), Security::default())
     }
 
     /// A TLS-only server (no plaintext port) with `files`' server certificate, trusting `files`'
     /// CA for client certificates. Clients need `rediss://127.0.0.1:{port}` and the CA; the
     /// harness's own commands ([`cmd`](Self::cmd)) go over a Unix socket.
     pub fn start_tls(files: &TlsFiles, client_auth: ClientAuth) -> Self {
-        Self::launch_with(
-            free_port(),
+        Self::launch_fresh(
             None,
             Security {
                 tls: Some((files.clone(), client_auth)),
@@ -253,8 +280,7 @@ impl RedisServer {
             user: user.map(str::to_owned),
             password: password.to_owned(),
         };
-        Self::launch_with(
-            free_port(),
+        Self::launch_fresh(
             None,
             Security {
                 tls: None,
@@ -264,25 +290,37 @@ impl RedisServer {
     }
 
     fn launch(port: u16, persistence: Option<Persistence>) -> Self {
-        Self::launch_with(port, persistence, Security::default())
+        Self::try_launch(port, persistence, Security::default())
+            .unwrap_or_else(|why| panic!("{why}"))
     }
 
-    fn launch_with(port: u16, persistence: Option<Persistence>, security: Security) -> Self {
+    /// Starts on a port of its own choosing, retried on others if that one was taken.
+    fn launch_fresh(persistence: Option<Persistence>, security: Security) -> Self {
+        on_fresh_ports("redis-server", || {
+            Self::try_launch(free_port(), persistence, security.clone())
+        })
+    }
+
+    fn try_launch(
+        port: u16,
+        persistence: Option<Persistence>,
+        security: Security,
+    ) -> Result<Self, String> {
         let dir = TempDir::new("gw-redis");
-        let process = spawn_redis_with(
+        let process = try_spawn_redis_with(
             None,
             port,
             dir.path(),
             &Self::persistence_args(persistence),
             &security,
-        );
-        Self {
+        )?;
+        Ok(Self {
             port,
             process,
             persistence,
             security,
             dir,
-        }
+        })
     }
 
     fn persistence_args(persistence: Option<Persistence>) -> Vec<&'static str> {
@@ -391,6 +429,23 @@ impl From<&RedisServer> for SocketAddr {
 mod tests {
     use super::*;
     use std::net::TcpStream;
+
+    #[test]
+    fn a_taken_port_is_reported_not_waited_on_so_another_can_be_tried() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("address").port();
+        let dir = TempDir::new("gw-redis-taken");
+        let why = try_spawn_redis(port, dir.path(), &[]).expect_err("the port is taken");
+        assert!(why.contains("exited before"), "{why}");
+        let mut attempts = 0;
+        let redis = on_fresh_ports("redis-server", || {
+            attempts += 1;
+            let port = if attempts == 1 { port } else { free_port() };
+            try_spawn_redis(port, dir.path(), &[]).map(|p| (port, p))
+        });
+        assert_eq!(attempts, 2);
+        assert_ne!(redis.0, port);
+    }
 
     #[test]
     fn throwaway_server_stops_on_drop_and_restarts_empty() {

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::free_ports;
-use crate::process::{ProcessGuard, TempDir};
-use crate::redis::spawn_redis;
+use crate::process::{ProcessGuard, TempDir, on_fresh_ports};
+use crate::redis::try_spawn_redis;
 use crate::resp::{info_field, redis_cmd};
 
 /// `cluster-node-timeout`: how long a silent node takes to be flagged failing. Short, so a
@@ -33,12 +33,18 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
+    /// Starts on two ports of its own choosing (the client port and the bus port), retried on
+    /// others if either was taken.
     fn start() -> Self {
+        on_fresh_ports("redis-server (cluster node)", Self::try_start)
+    }
+
+    fn try_start() -> Result<Self, String> {
         let ports = free_ports(2);
         let (port, bus_port) = (ports[0], ports[1]);
         let dir = TempDir::new("gw-redis-cluster");
         let timeout = NODE_TIMEOUT.as_millis().to_string();
-        let process = spawn_redis(
+        let process = try_spawn_redis(
             port,
             dir.path(),
             &[
@@ -53,13 +59,13 @@ impl ClusterNode {
                 "--cluster-node-timeout",
                 &timeout,
             ],
-        );
-        Self {
+        )?;
+        Ok(Self {
             port,
             bus_port,
             process: Some(process),
             _dir: dir,
-        }
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

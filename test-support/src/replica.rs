@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::free_port;
+use crate::process::on_fresh_ports;
 use crate::process::{ProcessGuard, TempDir};
 use crate::proxy::FaultProxy;
-use crate::redis::spawn_redis;
+use crate::redis::try_spawn_redis;
 use crate::resp::{info_field, redis_cmd};
 
 /// A `redis-server` started with `--replicaof`, without persistence.
@@ -43,21 +44,27 @@ impl RedisReplica {
     /// A replica that connects to `upstream` for the replication stream of `primary` (they
     /// differ when something sits in between).
     pub fn start_with(upstream: SocketAddr, primary: SocketAddr) -> Self {
+        on_fresh_ports("redis-server (replica)", || {
+            Self::try_start_with(upstream, primary)
+        })
+    }
+
+    fn try_start_with(upstream: SocketAddr, primary: SocketAddr) -> Result<Self, String> {
         let port = free_port();
         let dir = TempDir::new("gw-redis-replica");
         let host = upstream.ip().to_string();
         let upstream_port = upstream.port().to_string();
-        let process = spawn_redis(
+        let process = try_spawn_redis(
             port,
             dir.path(),
             &["--appendonly", "no", "--replicaof", &host, &upstream_port],
-        );
-        Self {
+        )?;
+        Ok(Self {
             port,
             primary,
             process,
             _dir: dir,
-        }
+        })
     }
 
     pub fn url(&self) -> String {

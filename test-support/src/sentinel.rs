@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::free_port;
-use crate::process::{ProcessGuard, TempDir, spawn_listening};
-use crate::redis::{Security, redis_server_bin, spawn_redis_with};
+use crate::process::{ProcessGuard, TempDir, on_fresh_ports, try_spawn_listening};
+use crate::redis::{Security, redis_server_bin, try_spawn_redis_with};
 use crate::resp::{info_field, redis_cmd};
 
 /// The name the sentinels monitor the master under (`sentinelServiceName` in the URL).
@@ -35,6 +35,12 @@ struct DataNode {
 
 impl DataNode {
     fn start(replica_of: Option<u16>) -> Self {
+        on_fresh_ports("redis-server (sentinel data node)", || {
+            Self::try_start(replica_of)
+        })
+    }
+
+    fn try_start(replica_of: Option<u16>) -> Result<Self, String> {
         let port = free_port();
         let dir = TempDir::new("gw-redis-sentinel-data");
         let config = dir.path().join("redis.conf");
@@ -45,18 +51,18 @@ impl DataNode {
         if let Some(master_port) = &master_port {
             extra.extend(["--replicaof", "127.0.0.1", master_port]);
         }
-        let process = spawn_redis_with(
+        let process = try_spawn_redis_with(
             Some(&config),
             port,
             dir.path(),
             &extra,
             &Security::default(),
-        );
-        Self {
+        )?;
+        Ok(Self {
             port,
             process: Some(process),
             _dir: dir,
-        }
+        })
     }
 
     fn addr(&self) -> SocketAddr {
@@ -101,37 +107,39 @@ impl Sentinels {
         let dir = TempDir::new("gw-sentinels");
         let sentinels = (0..3)
             .map(|i| {
-                let port = free_port();
-                let config = dir.path().join(format!("sentinel-{i}.conf"));
-                std::fs::write(
-                    &config,
-                    format!(
-                        "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
+                on_fresh_ports("redis-server --sentinel", || {
+                    let port = free_port();
+                    let config = dir.path().join(format!("sentinel-{i}.conf"));
+                    std::fs::write(
+                        &config,
+                        format!(
+                            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
                          sentinel monitor {SERVICE} 127.0.0.1 {} 2\n\
                          sentinel down-after-milliseconds {SERVICE} {}\n\
                          sentinel failover-timeout {SERVICE} {}\n\
                          sentinel parallel-syncs {SERVICE} 1\n",
-                        dir.path().display(),
-                        master.port,
-                        DOWN_AFTER.as_millis(),
-                        FAILOVER_TIMEOUT.as_millis(),
-                    ),
-                )
-                .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
-                let process = spawn_listening(
-                    Command::new(redis_server_bin())
-                        .arg(&config)
-                        .arg("--sentinel")
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null()),
-                    port,
-                    "redis-server --sentinel",
-                );
-                Sentinel {
-                    port,
-                    process,
-                    _config: config,
-                }
+                            dir.path().display(),
+                            master.port,
+                            DOWN_AFTER.as_millis(),
+                            FAILOVER_TIMEOUT.as_millis(),
+                        ),
+                    )
+                    .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+                    let process = try_spawn_listening(
+                        Command::new(redis_server_bin())
+                            .arg(&config)
+                            .arg("--sentinel")
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null()),
+                        port,
+                        "redis-server --sentinel",
+                    )?;
+                    Ok(Sentinel {
+                        port,
+                        process,
+                        _config: config,
+                    })
+                })
             })
             .collect();
         let deployment = Self {

@@ -13,13 +13,30 @@ pub struct Pod {
 
 impl Pod {
     pub fn start(args: &[&str]) -> Self {
-        Self::start_on(free_port(), args)
+        Self::start_retrying(None, args)
     }
 
     /// Starts on a given public port (e.g. one HAProxy already points at).
     pub fn start_on(port: u16, args: &[&str]) -> Self {
-        let admin = free_port();
-        let process = spawn_guarded(
+        Self::start_retrying(Some(port), args)
+    }
+
+    /// A port is free when chosen but released before the gateway binds it, so a parallel
+    /// test can take it in between; the gateway then exits at once, and is started again on
+    /// other ports (only the admin port, when the public one was given).
+    fn start_retrying(port: Option<u16>, args: &[&str]) -> Self {
+        let mut why = Vec::new();
+        for _ in 0..5 {
+            match Self::try_start(port.unwrap_or_else(free_port), free_port(), args) {
+                Ok(pod) => return pod,
+                Err(e) => why.push(e),
+            }
+        }
+        panic!("gateway did not start: {why:?}")
+    }
+
+    fn try_start(port: u16, admin: u16, args: &[&str]) -> Result<Self, String> {
+        let mut process = spawn_guarded(
             Command::new(env!("CARGO_BIN_EXE_gateway"))
                 .args([
                     "--listen",
@@ -37,15 +54,19 @@ impl Pod {
                 .stderr(Stdio::inherit()),
         );
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let listening = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+        while !(listening(port) && listening(admin)) {
+            if let Some(status) = process.exited() {
+                return Err(format!("ports {port}/{admin}: exited with {status}"));
+            }
             assert!(Instant::now() < deadline, "gateway did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self {
+        Ok(Self {
             process,
             port,
             admin,
-        }
+        })
     }
 
     pub fn url(&self) -> String {
