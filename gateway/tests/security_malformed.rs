@@ -726,7 +726,7 @@ static KINDS: [&str; 8] = [
     "pong",
     "",
 ];
-static FIELDS: [&str; 9] = [
+static FIELDS: [&str; 10] = [
     "type",
     "ref",
     "topic",
@@ -736,6 +736,7 @@ static FIELDS: [&str; 9] = [
     "resume",
     "positions",
     "seq",
+    "exclude_self",
 ];
 
 fn random_value(rng: &mut StdRng, depth: u32) -> Value {
@@ -1123,11 +1124,14 @@ fn decode_agrees(v: &Value) -> Result<(), TestCaseError> {
                 ClientFrame::Publish {
                     topic,
                     data,
+                    exclude_self,
                     reference,
                     ..
                 } => {
                     prop_assert_eq!(field("topic", 2), json!(topic.as_str()));
                     prop_assert_eq!(field("ref", 1), json!(reference));
+                    // Only a JSON `true` asks for echo suppression; absent or `null` does not.
+                    prop_assert_eq!(*exclude_self, field("exclude_self", 10) == json!(true));
                     // The payload is the client's JSON, byte for byte.
                     prop_assert_eq!(data.as_str(), field("data", 3).to_string());
                 }

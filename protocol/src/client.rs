@@ -39,6 +39,9 @@ pub enum ClientFrame {
         data: Payload,
         /// Idempotency key: a retry with the same id stores nothing new.
         id: Option<PublishId>,
+        /// Echo suppression: this session gets a `skipped` frame in the message's place (its
+        /// position advances, it is not sent the data). Frame field `exclude_self: true`.
+        exclude_self: bool,
         reference: Option<Ref>,
     },
     Ping {
@@ -204,6 +207,7 @@ struct Envelope<'a> {
     last: Option<u64>,
     #[serde(borrow)]
     method: Option<std::borrow::Cow<'a, str>>,
+    exclude_self: Option<bool>,
 }
 
 /// Decodes one text frame.
@@ -276,6 +280,7 @@ pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
                     reason,
                     reference,
                 })?,
+            exclude_self: env.exclude_self.unwrap_or(false),
             reference,
         },
         "ping" => ClientFrame::Ping { reference },
@@ -322,15 +327,29 @@ mod tests {
                 topic,
                 data,
                 id,
+                exclude_self,
                 reference,
             } => {
                 assert_eq!(topic.as_str(), "a");
                 assert_eq!(data.as_str(), r#"{"x":[1,2]}"#);
                 assert_eq!(id, None);
+                assert!(!exclude_self);
                 assert_eq!(reference, Some(7));
             }
             other => panic!("{other:?}"),
         }
+        for (flag, expected) in [("true", Some(true)), ("false", Some(false)), ("null", Some(false))] {
+            let frame = format!(r#"{{"type":"publish","topic":"a","data":1,"exclude_self":{flag}}}"#);
+            let decoded = decode(&frame).ok().and_then(|f| match f {
+                ClientFrame::Publish { exclude_self, .. } => Some(exclude_self),
+                _ => None,
+            });
+            assert_eq!(decoded, expected, "{flag}");
+        }
+        // Only a boolean: anything else is a malformed frame, not a silent default.
+        let e = decode(r#"{"type":"publish","topic":"a","data":1,"exclude_self":"yes","ref":2}"#)
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadRequest);
         match decode(r#"{"type":"publish","topic":"a","data":1,"id":"order-17:a"}"#) {
             Ok(ClientFrame::Publish { id: Some(id), .. }) => assert_eq!(id.as_str(), "order-17:a"),
             other => panic!("{other:?}"),
@@ -443,11 +462,13 @@ mod tests {
         /// decodes as a publish keeps its payload byte for byte.
         #[test]
         fn structured_frames(kind in prop::sample::select(vec!["hello","subscribe","unsubscribe","publish","ping","refresh","history","presence","presence_stats","x"]),
-                             topic in "[A-Za-z0-9_.:> *-]{0,12}", r in any::<u64>(), n in any::<i64>()) {
-            let text = format!(r#"{{"type":"{kind}","topic":"{topic}","ref":{r},"data":[{n}],"token":"t"}}"#);
-            if let Ok(ClientFrame::Publish { data, reference, .. }) = decode(&text) {
+                             topic in "[A-Za-z0-9_.:> *-]{0,12}", r in any::<u64>(), n in any::<i64>(),
+                             exclude in any::<bool>()) {
+            let text = format!(r#"{{"type":"{kind}","topic":"{topic}","ref":{r},"data":[{n}],"token":"t","exclude_self":{exclude}}}"#);
+            if let Ok(ClientFrame::Publish { data, reference, exclude_self, .. }) = decode(&text) {
                 prop_assert_eq!(data.as_str(), format!("[{n}]"));
                 prop_assert_eq!(reference, Some(r));
+                prop_assert_eq!(exclude_self, exclude);
             }
         }
     }

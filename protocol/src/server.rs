@@ -138,6 +138,22 @@ pub enum ServerFrame {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Ref>,
     },
+    /// Message `seq` of `topic` was published with this session excluded (`exclude_self` on
+    /// the publish frame, `exclude_session` on the server API): it takes the message's place
+    /// in the ordered stream, without `data`, so the client's position moves past it and the
+    /// next message is not a gap.
+    ///
+    /// A frame of its own rather than a `message` without `data`: a client that does not know
+    /// it ignores it and then sees the next `seq` as a gap, which it reports and recovers from,
+    /// instead of handing the application a message with no data.
+    Skipped {
+        topic: Topic,
+        seq: u64,
+        /// Only when it is the first message of a new epoch for this connection, as on
+        /// `message`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<Epoch>,
+    },
     /// The `rpc` hook's answer.
     RpcResult {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -307,6 +323,24 @@ mod tests {
             data: Payload::parse("[1]").unwrap(),
         };
         assert_eq!(rpc.to_json(), r#"{"type":"rpc_result","ref":4,"data":[1]}"#);
+        let skipped = ServerFrame::Skipped {
+            topic: t.clone(),
+            seq: 5,
+            epoch: None,
+        };
+        assert_eq!(
+            skipped.to_json(),
+            r#"{"type":"skipped","topic":"a","seq":5}"#
+        );
+        let skipped = ServerFrame::Skipped {
+            topic: t.clone(),
+            seq: 1,
+            epoch: Some(Epoch::new("e2")),
+        };
+        assert_eq!(
+            skipped.to_json(),
+            r#"{"type":"skipped","topic":"a","seq":1,"epoch":"e2"}"#
+        );
         let e = Epoch::new("ab12");
         let text = encode_message(&t, 1, Some(&e), &data);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -29,10 +29,11 @@ const CLIENT: [&str; 10] = [
     "rpc",
 ];
 
-const SERVER: [&str; 12] = [
+const SERVER: [&str; 13] = [
     "welcome",
     "subscribed",
     "message",
+    "skipped",
     "published",
     "unsubscribed",
     "pong",
@@ -75,6 +76,7 @@ fn server_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::History { .. } => "history",
         ServerFrame::Presence { .. } => "presence",
         ServerFrame::PresenceStats { .. } => "presence_stats",
+        ServerFrame::Skipped { .. } => "skipped",
         ServerFrame::RpcResult { .. } => "rpc_result",
         ServerFrame::Error { .. } => "error",
     }

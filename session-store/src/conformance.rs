@@ -24,7 +24,7 @@ use crate::{
 
 /// Makes stores for the suite.
 pub trait Harness: Send + Sync + 'static {
-    type Store: SessionStore + ReverseHistory + Clone;
+    type Store: SessionStore + ReverseHistory + crate::OrderedAppends + Clone;
 
     /// A store applying `limits`. Each test gets its own harness, so the backend starts empty.
     fn store(&self, limits: HistoryLimits) -> impl Future<Output = Self::Store> + Send;
@@ -66,6 +66,7 @@ macro_rules! conformance_tests {
             tops_are_read_in_one_batch,
             session_claims_fence_older_generations,
             a_rolled_back_session_still_saves_and_claims_stay_ahead,
+            exclusions_are_kept_with_their_messages,
         );
     };
     (@each $make:path; $($name:ident),* $(,)?) => {
@@ -781,4 +782,41 @@ pub async fn a_rolled_back_session_still_saves_and_claims_stay_ahead<H: Harness>
         .expect("claim");
     assert!(next.generation > live.generation);
     assert_eq!(next.previous.map(|o| o.pod), Some("pod-a".to_owned()));
+}
+
+/// A message appended with an excluded session keeps it in history, in every read direction and
+/// through the ordered path; a duplicate keeps the first append's exclusion.
+pub async fn exclusions_are_kept_with_their_messages<H: Harness>(h: &H) {
+    use crate::{Lane, OrderedAppends};
+    let store = h.store(limits(100, LONG)).await;
+    let t = topic("conf.exclude");
+    let (a, b) = (SessionId::generate(), SessionId::generate());
+    store.append(&t, &json("1"), None).await.expect("append");
+    let id = PublishId::new("x-1").expect("id");
+    store
+        .append_excluding(&t, &json("2"), Some(&id), Some(&a))
+        .await
+        .expect("append");
+    let again = store
+        .append_excluding(&t, &json("2"), Some(&id), Some(&b))
+        .await
+        .expect("append");
+    assert!(again.duplicate);
+    let mut lane = Lane::new(1);
+    store
+        .issue_append_excluding(&mut lane, &t, &json("3"), None, Some(&b))
+        .await
+        .expect("ordered append");
+    store
+        .issue_append(&mut lane, &t, &json("4"), None)
+        .await
+        .expect("ordered append");
+    let expected = vec![(1, None), (2, Some(a)), (3, Some(b)), (4, None)];
+    let forward = store.history(&t, 0, 100).await.expect("history");
+    let got: Vec<_> = forward.messages.into_iter().map(|m| (m.seq, m.exclude)).collect();
+    assert_eq!(got, expected);
+    let backward = store.history_before(&t, None, 100).await.expect("history");
+    let mut got: Vec<_> = backward.messages.into_iter().map(|m| (m.seq, m.exclude)).collect();
+    got.reverse();
+    assert_eq!(got, expected);
 }

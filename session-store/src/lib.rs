@@ -112,6 +112,10 @@ pub const PAGE_BYTES: usize = 256 * 1024;
 pub struct StoredMessage {
     pub seq: u64,
     pub data: Payload,
+    /// The session the publisher excluded (echo suppression): a replay to that session sends a
+    /// `skipped` frame in this message's place; everyone else, and every history read, gets
+    /// the message.
+    pub exclude: Option<SessionId>,
 }
 
 /// The result of an append: the message's `seq` and the topic's epoch.
@@ -209,6 +213,18 @@ pub trait SessionStore: Send + Sync + 'static {
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send {
+        self.append_excluding(topic, data, id, None)
+    }
+
+    /// [`SessionStore::append`], keeping `exclude` with the message
+    /// ([`StoredMessage::exclude`]). A duplicate keeps the first append's exclusion.
+    fn append_excluding(
+        &self,
+        topic: &Topic,
+        data: &Payload,
+        id: Option<&PublishId>,
+        exclude: Option<&SessionId>,
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
     /// The latest `seq` and epoch of a topic (`seq` 0 for a topic never published to). Creates
@@ -302,28 +318,30 @@ macro_rules! delegate {
 }
 
 impl OrderedAppends for AnyStore {
-    fn issue_append(
+    fn issue_append_excluding(
         &self,
         lane: &mut Lane,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
+        exclude: Option<&SessionId>,
     ) -> IssuedAppend {
         match self {
-            AnyStore::Memory(store) => store.issue_append(lane, topic, data, id),
-            AnyStore::Redis(store) => store.issue_append(lane, topic, data, id),
+            AnyStore::Memory(store) => store.issue_append_excluding(lane, topic, data, id, exclude),
+            AnyStore::Redis(store) => store.issue_append_excluding(lane, topic, data, id, exclude),
         }
     }
 }
 
 impl SessionStore for AnyStore {
-    async fn append(
+    async fn append_excluding(
         &self,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
+        exclude: Option<&SessionId>,
     ) -> Result<Appended, StoreError> {
-        delegate!(self, append(topic, data, id))
+        delegate!(self, append_excluding(topic, data, id, exclude))
     }
 
     async fn top(&self, topic: &Topic) -> Result<Position, StoreError> {
@@ -422,6 +440,7 @@ mod tests {
         StoredMessage {
             seq,
             data: Payload::parse("1").unwrap(),
+            exclude: None,
         }
     }
 

@@ -230,24 +230,31 @@ impl Default for MemoryStore {
 
 /// Appends are applied synchronously, so [`Issued::now`] finishes them in issue order.
 impl OrderedAppends for MemoryStore {
-    fn issue_append(
+    fn issue_append_excluding(
         &self,
         _lane: &mut Lane,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
+        exclude: Option<&SessionId>,
     ) -> IssuedAppend {
         let (store, topic, data, id) = (self.clone(), topic.clone(), data.clone(), id.cloned());
-        Issued::now(async move { store.append(&topic, &data, id.as_ref()).await })
+        let exclude = exclude.cloned();
+        Issued::now(async move {
+            store
+                .append_excluding(&topic, &data, id.as_ref(), exclude.as_ref())
+                .await
+        })
     }
 }
 
 impl SessionStore for MemoryStore {
-    async fn append(
+    async fn append_excluding(
         &self,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
+        exclude: Option<&SessionId>,
     ) -> Result<Appended, StoreError> {
         let limits = self.limits_of(topic);
         let appended = self.with_topic(topic, |state, now| {
@@ -273,6 +280,7 @@ impl SessionStore for MemoryStore {
                     StoredMessage {
                         seq: state.seq,
                         data: data.clone(),
+                        exclude: exclude.cloned(),
                     },
                     now,
                 ));

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use protocol::{Payload, PublishId, Topic};
+use protocol::{Payload, PublishId, SessionId, Topic};
 
 use crate::{Appended, StoreError};
 
@@ -117,6 +117,19 @@ pub trait OrderedAppends: Send + Sync + 'static {
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
+    ) -> IssuedAppend {
+        self.issue_append_excluding(lane, topic, data, id, None)
+    }
+
+    /// [`OrderedAppends::issue_append`], keeping `exclude` with the message (see
+    /// [`SessionStore::append_excluding`](crate::SessionStore::append_excluding)).
+    fn issue_append_excluding(
+        &self,
+        lane: &mut Lane,
+        topic: &Topic,
+        data: &Payload,
+        id: Option<&PublishId>,
+        exclude: Option<&SessionId>,
     ) -> IssuedAppend;
 }
 

@@ -3,8 +3,10 @@
 //! # Keys (prefix `p`, default `gw`)
 //! - `p:seq:{topic}`: the topic's latest `seq` (string integer).
 //! - `p:hist:{topic}`: the topic's history, a stream capped exactly at `max_len` entries. Entry
-//!   ids are `<seq>-1`; fields `d` (the payload's JSON text, byte for byte) and `t` (Redis server
-//!   time in ms when appended, used for age trimming).
+//!   ids are `<seq>-1`; fields `d` (the payload's JSON text, byte for byte), `t` (Redis server
+//!   time in ms when appended, used for age trimming) and, only on a message published with echo
+//!   suppression, `x` (the excluded session's id). History replies carry `id, data, exclude`
+//!   triples (`""` for none).
 //! - `p:epoch:{topic}`: the topic's epoch and the incarnation that wrote it,
 //!   `<epoch>|<master_replid>`.
 //! - `p:ack:{topic}`: with `min_replicas` > 0, the last `seq` enough replicas acknowledged.
@@ -434,21 +436,28 @@ impl RedisStore {
         let items = self.eval(&self.inner.history_before, topic, args).await?;
         let mut items = items.into_iter();
         let top = parse_top(&mut items)?;
-        let mut messages = Vec::with_capacity(items.len() / 2);
+        let mut messages = Vec::with_capacity(items.len() / 3);
         while let Some(id) = items.next() {
-            messages.push(parse_message(id, items.next())?);
+            messages.push(parse_message(id, items.next(), items.next())?);
         }
         Ok(HistoryPage { top, messages })
     }
 
     /// The keys and args of an append.
-    fn append_call(&self, topic: &Topic, data: &Payload, id: Option<&PublishId>) -> ScriptCall {
+    fn append_call(
+        &self,
+        topic: &Topic,
+        data: &Payload,
+        id: Option<&PublishId>,
+        exclude: Option<&SessionId>,
+    ) -> ScriptCall {
         let mut args = self.base_args(topic);
         args.push(data.as_str().to_owned());
         let limits = self.limits_of(topic);
         args.push(limits.max_len.to_string());
         args.push(id.map(|id| id.as_str().to_owned()).unwrap_or_default());
         args.push(millis(limits.dedup_window).to_string());
+        args.push(exclude.map(|s| s.as_str().to_owned()).unwrap_or_default());
         let mut keys = self.script_keys(topic);
         // Without an id the fifth key is never touched, but keeps one key list for the script.
         keys.push(self.publish_id_key(topic, id.map_or("-", PublishId::as_str)));
@@ -583,8 +592,12 @@ fn parse_top(items: &mut std::vec::IntoIter<Value>) -> Result<Position, StoreErr
     })
 }
 
-/// Reads one `id, data` pair of a history reply.
-fn parse_message(id: Value, data: Option<Value>) -> Result<StoredMessage, StoreError> {
+/// Reads one `id, data, exclude` triple of a history reply.
+fn parse_message(
+    id: Value,
+    data: Option<Value>,
+    exclude: Option<Value>,
+) -> Result<StoredMessage, StoreError> {
     let id = id
         .into_string()
         .ok_or_else(|| corrupt("history entry id is not text"))?;
@@ -597,17 +610,28 @@ fn parse_message(id: Value, data: Option<Value>) -> Result<StoredMessage, StoreE
         .ok_or_else(|| corrupt(format!("history entry {id} has no text payload")))?;
     let data = Payload::parse(&text)
         .map_err(|e| corrupt(format!("history entry {id} is not JSON: {e}")))?;
-    Ok(StoredMessage { seq, data })
+    let exclude = exclude
+        .and_then(Value::into_string)
+        .ok_or_else(|| corrupt(format!("history entry {id} has no exclusion field")))?;
+    let exclude = match exclude.as_str() {
+        "" => None,
+        s => Some(
+            SessionId::parse(s)
+                .map_err(|e| corrupt(format!("history entry {id} excludes {s:?}: {e}")))?,
+        ),
+    };
+    Ok(StoredMessage { seq, data, exclude })
 }
 
 impl SessionStore for RedisStore {
-    async fn append(
+    async fn append_excluding(
         &self,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
+        exclude: Option<&SessionId>,
     ) -> Result<Appended, StoreError> {
-        let call = self.append_call(topic, data, id);
+        let call = self.append_call(topic, data, id, exclude);
         self.append_on(self.inner.pool.next(), topic, call, NoScript::Eval)
             .await
     }
@@ -645,9 +669,9 @@ impl SessionStore for RedisStore {
         let items = self.eval(&self.inner.history, topic, args).await?;
         let mut items = items.into_iter();
         let top = parse_top(&mut items)?;
-        let mut messages = Vec::with_capacity(items.len() / 2);
+        let mut messages = Vec::with_capacity(items.len() / 3);
         while let Some(id) = items.next() {
-            messages.push(parse_message(id, items.next())?);
+            messages.push(parse_message(id, items.next(), items.next())?);
         }
         Ok(HistoryPage { top, messages })
     }

@@ -1,5 +1,7 @@
 -- Append: ARGV[4] = payload (JSON text), ARGV[5] = history max length (0 = keep no history),
--- ARGV[6] = publish id ("" = none), ARGV[7] = dedup window in ms. KEYS[5] = the id's dedup key.
+-- ARGV[6] = publish id ("" = none), ARGV[7] = dedup window in ms, ARGV[8] = the session excluded
+-- from delivery ("" = none; kept as field `x` so replays to it skip the message).
+-- KEYS[5] = the id's dedup key.
 -- Returns {seq, epoch, duplicate (0/1)}.
 local epoch, seq = topic_state()
 if ARGV[6] ~= '' then
@@ -26,8 +28,13 @@ local max_len = tonumber(ARGV[5])
 if max_len > 0 then
   -- XADD before INCR: a failing XADD (e.g. out of memory) then leaves no seq without its message.
   -- Scripts are not rolled back on error, so the order is what keeps history gap-free.
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], string.format('%d-1', seq),
-    'd', ARGV[4], 't', string.format('%d', now_ms()))
+  if ARGV[8] ~= '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], string.format('%d-1', seq),
+      'd', ARGV[4], 't', string.format('%d', now_ms()), 'x', ARGV[8])
+  else
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], string.format('%d-1', seq),
+      'd', ARGV[4], 't', string.format('%d', now_ms()))
+  end
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 else
   -- History switched off (possibly after running with it): keep none, as the memory store does.

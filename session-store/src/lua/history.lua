@@ -1,6 +1,7 @@
 -- History: ARGV[4] = first stream id wanted ("<after + 1>-0"), ARGV[5] = after, ARGV[6] = most
 -- messages, ARGV[7] = most payload bytes (a page always has at least one message).
--- Returns {seq, epoch, id1, data1, id2, data2, ...}: one page of the messages with seq > after
+-- Returns {seq, epoch, id1, data1, exclude1, id2, data2, exclude2, ...} (exclude: the `x` field,
+-- "" when the entry has none): one page of the messages with seq > after
 -- that are younger than the ttl, read atomically with the top.
 --
 -- Entries are read in small batches, so a page of large messages never materialises much more
@@ -25,12 +26,14 @@ if seq > tonumber(ARGV[5]) then
         return out
       end
       local fields = entry[2]
-      local data, at
+      local data, at, exclude = nil, nil, ''
       for i = 1, #fields, 2 do
         if fields[i] == 'd' then
           data = fields[i + 1]
         elseif fields[i] == 't' then
           at = tonumber(fields[i + 1])
+        elseif fields[i] == 'x' then
+          exclude = fields[i + 1]
         end
       end
       if data == nil or at == nil then
@@ -43,11 +46,12 @@ if seq > tonumber(ARGV[5]) then
         out = {seq, epoch}
         bytes = 0
       else
-        if #out > 2 and (bytes + #data > max_bytes or #out - 2 >= 2 * limit) then
+        if #out > 2 and (bytes + #data > max_bytes or #out - 2 >= 3 * limit) then
           return out
         end
         out[#out + 1] = entry[1]
         out[#out + 1] = data
+        out[#out + 1] = exclude
         bytes = bytes + #data
       end
     end

@@ -25,20 +25,21 @@ use fred::prelude::{
     Pool, Server, Value,
 };
 use fred::types::ConnectHandle;
-use protocol::{Payload, PublishId, Topic};
+use protocol::{Payload, PublishId, SessionId, Topic};
 
 use super::{NoScript, RedisStore, Script};
 use crate::ordered::{Issued, IssuedAppend, Lane, LaneState, OrderedAppends};
 
 impl OrderedAppends for RedisStore {
-    fn issue_append(
+    fn issue_append_excluding(
         &self,
         lane: &mut Lane,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
+        exclude: Option<&SessionId>,
     ) -> IssuedAppend {
-        let call = self.append_call(topic, data, id);
+        let call = self.append_call(topic, data, id, exclude);
         let clients = self.inner.pool.clients();
         let moved = lane.state.moved.load(std::sync::atomic::Ordering::Relaxed);
         let index = lane.key.wrapping_add(moved) % clients.len();
