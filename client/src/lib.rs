@@ -149,6 +149,17 @@ impl ClientError {
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 
+/// How to publish (see [`Client::publish_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishOptions<'a> {
+    /// Idempotency key: a retry with the same id gets the first attempt's `seq`.
+    pub id: Option<&'a str>,
+    /// Echo suppression: this client's session is sent a `skipped` frame in the message's
+    /// place instead of the message. Its position moves past it, so no gap is reported, and
+    /// nothing is emitted for it (on a resume too).
+    pub exclude_self: bool,
+}
+
 /// Requests from the handles to the connection task.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -165,6 +176,7 @@ pub(crate) enum Command {
         topic: String,
         data: Box<RawValue>,
         id: Option<String>,
+        exclude_self: bool,
         reply: Reply<u64>,
     },
     /// A request answered by one frame (`rpc`, `history`, `presence`, `presence_stats`): the
@@ -307,13 +319,42 @@ impl Client {
         data: Box<RawValue>,
         id: Option<&str>,
     ) -> Result<u64, ClientError> {
+        let options = PublishOptions {
+            id,
+            ..PublishOptions::default()
+        };
+        self.publish_raw_with(topic, data, options).await
+    }
+
+    /// [`Client::publish`] with [`PublishOptions`]: e.g. `exclude_self`, so this client is
+    /// not sent its own message (its position still moves past it: no gap is reported).
+    pub async fn publish_with<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        data: &T,
+        options: PublishOptions<'_>,
+    ) -> Result<u64, ClientError> {
+        let data =
+            serde_json::value::to_raw_value(data).map_err(|e| ClientError::Data(e.to_string()))?;
+        self.publish_raw_with(topic, data, options).await
+    }
+
+    /// [`Client::publish_raw`] with [`PublishOptions`].
+    pub async fn publish_raw_with(
+        &self,
+        topic: &str,
+        data: Box<RawValue>,
+        options: PublishOptions<'_>,
+    ) -> Result<u64, ClientError> {
         check_topic(topic)?;
         let topic = topic.to_owned();
-        let id = id.map(str::to_owned);
+        let id = options.id.map(str::to_owned);
+        let exclude_self = options.exclude_self;
         self.request(|reply| Command::Publish {
             topic,
             data,
             id,
+            exclude_self,
             reply,
         })
         .await

@@ -64,6 +64,9 @@ impl Message {
 pub(crate) enum Outcome {
     Deliver(Message),
     Duplicate { seq: u64 },
+    /// A `skipped` frame (the message excluded this session): the position moved past it,
+    /// nothing to hand to the application.
+    Skipped,
 }
 
 #[derive(Debug, Default)]
@@ -193,13 +196,15 @@ impl Topics {
         gap
     }
 
-    /// A `message`: delivered, dropped as a duplicate, or preceded by a gap.
+    /// A `message` (`data`) or a `skipped` frame (no `data`): delivered or skipped, dropped as
+    /// a duplicate, or preceded by a gap. A skipped one moves the position like a message: the
+    /// next `seq` is no gap.
     pub fn message(
         &mut self,
         topic: &str,
         seq: u64,
         epoch: Option<String>,
-        data: Box<RawValue>,
+        data: Option<Box<RawValue>>,
     ) -> (Option<Gap>, Option<Outcome>) {
         let Some(state) = self.topics.get_mut(topic) else {
             return (None, None);
@@ -239,6 +244,9 @@ impl Topics {
             }
         }
         state.seq = Some(seq);
+        let Some(data) = data else {
+            return (gap, Some(Outcome::Skipped));
+        };
         let message = Message {
             topic: topic.to_owned(),
             seq,
@@ -276,13 +284,13 @@ mod tests {
         let mut t = Topics::default();
         t.add("a", None);
         assert!(t.subscribed("a", pos(2, "e"), None, None).is_none());
-        assert_eq!(delivered(t.message("a", 3, None, data()).1), Some(3));
+        assert_eq!(delivered(t.message("a", 3, None, Some(data())).1), Some(3));
         assert!(matches!(
-            t.message("a", 3, None, data()).1,
+            t.message("a", 3, None, Some(data())).1,
             Some(Outcome::Duplicate { seq: 3 })
         ));
         assert!(matches!(
-            t.message("a", 1, None, data()).1,
+            t.message("a", 1, None, Some(data())).1,
             Some(Outcome::Duplicate { seq: 1 })
         ));
         assert_eq!(t.position("a"), Some(pos(3, "e")));
@@ -293,7 +301,7 @@ mod tests {
         let mut t = Topics::default();
         t.add("a", Some(pos(7, "e1")));
         t.subscribed("a", pos(7, "e1"), Some(true), Some(&pos(7, "e1")));
-        let (gap, out) = t.message("a", 1, Some("e2".into()), data());
+        let (gap, out) = t.message("a", 1, Some("e2".into()), Some(data()));
         let gap = gap.unwrap();
         assert_eq!(gap.reason, GapReason::EpochChanged);
         assert_eq!(gap.from, Some(pos(7, "e1")));
@@ -310,9 +318,32 @@ mod tests {
             .unwrap();
         assert_eq!(gap.reason, GapReason::NotRecovered);
         assert_eq!(gap.to, pos(13, "e"));
-        let (gap, out) = t.message("a", 15, None, data());
+        let (gap, out) = t.message("a", 15, None, Some(data()));
         assert_eq!(gap.unwrap().reason, GapReason::Skipped);
         assert_eq!(delivered(out), Some(15));
+    }
+
+    #[test]
+    fn a_skipped_frame_moves_the_position_without_a_message_or_a_gap() {
+        let mut t = Topics::default();
+        t.add("a", None);
+        t.subscribed("a", pos(2, "e"), None, None);
+        let (gap, out) = t.message("a", 3, None, None);
+        assert!(gap.is_none());
+        assert!(matches!(out, Some(Outcome::Skipped)));
+        assert_eq!(t.position("a"), Some(pos(3, "e")));
+        let (gap, out) = t.message("a", 4, None, Some(data()));
+        assert!(gap.is_none(), "the skipped seq is no gap");
+        assert_eq!(delivered(out), Some(4));
+        // A repeat of it is a duplicate, like a message's; one after a hole is still a gap.
+        assert!(matches!(
+            t.message("a", 3, None, None).1,
+            Some(Outcome::Duplicate { seq: 3 })
+        ));
+        let (gap, out) = t.message("a", 6, None, None);
+        assert_eq!(gap.unwrap().reason, GapReason::Skipped);
+        assert!(matches!(out, Some(Outcome::Skipped)));
+        assert_eq!(t.position("a"), Some(pos(6, "e")));
     }
 
     #[test]

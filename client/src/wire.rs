@@ -43,6 +43,8 @@ pub(crate) enum ClientFrame<'a> {
         data: &'a RawValue,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        exclude_self: bool,
         #[serde(rename = "ref")]
         reference: u64,
     },
@@ -79,6 +81,8 @@ pub(crate) enum ServerFrame {
     Welcome(Welcome),
     Subscribed(Subscribed),
     Message(MessageFrame),
+    /// A message published with this session excluded: its place in the order, no data.
+    Skipped(SkippedFrame),
     Published(Published),
     Unsubscribed(Unsubscribed),
     Pong(Reference),
@@ -108,6 +112,7 @@ impl ServerFrame {
             "welcome" => ServerFrame::Welcome(serde_json::from_str(text)?),
             "subscribed" => ServerFrame::Subscribed(serde_json::from_str(text)?),
             "message" => ServerFrame::Message(serde_json::from_str(text)?),
+            "skipped" => ServerFrame::Skipped(serde_json::from_str(text)?),
             "published" => ServerFrame::Published(serde_json::from_str(text)?),
             "unsubscribed" => ServerFrame::Unsubscribed(serde_json::from_str(text)?),
             "pong" => ServerFrame::Pong(serde_json::from_str(text)?),
@@ -155,6 +160,14 @@ pub(crate) struct MessageFrame {
     #[serde(default)]
     pub epoch: Option<String>,
     pub data: Box<RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SkippedFrame {
+    pub topic: String,
+    pub seq: u64,
+    #[serde(default)]
+    pub epoch: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

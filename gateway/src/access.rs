@@ -103,13 +103,15 @@ impl Conn {
     }
 
     /// Checks a `publish` frame and issues it; a refused one is answered in frame order, after
-    /// the publishes in flight before it.
+    /// the publishes in flight before it. With `exclude_self` this connection's session is
+    /// excluded from the message's delivery (it gets `skipped` in its place).
     pub(crate) async fn publish(
         &mut self,
         socket: &mut WebSocket,
         topic: Topic,
         data: Payload,
         id: Option<PublishId>,
+        exclude_self: bool,
         reference: Option<Ref>,
     ) -> Result<(), Close> {
         let namespace = self.shared.namespaces.of(&topic);
@@ -152,8 +154,17 @@ impl Conn {
         let Some(data) = self.publish_hook(socket, &topic, data, reference).await? else {
             return Ok(());
         };
+        let exclude = if exclude_self {
+            self.session.as_ref().map(|s| s.id.clone())
+        } else {
+            None
+        };
         if ephemeral {
-            let reply = match self.shared.publish_ephemeral(&topic, data).await {
+            let reply = match self
+                .shared
+                .publish_ephemeral(&topic, data, exclude.as_ref())
+                .await
+            {
                 Ok(()) => ServerFrame::Published {
                     topic,
                     seq: None,
@@ -163,7 +174,8 @@ impl Conn {
             };
             return self.reply(socket, &reply).await;
         }
-        self.issue_publish(socket, topic, data, id, reference).await
+        self.issue_publish(socket, topic, data, id, exclude, reference)
+            .await
     }
 
     /// `refresh`: a new token for the same user; grants and expiry follow it.

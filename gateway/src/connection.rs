@@ -387,8 +387,12 @@ impl Conn {
                 topic,
                 data,
                 id,
+                exclude_self,
                 reference,
-            } => self.publish(socket, topic, data, id, reference).await,
+            } => {
+                self.publish(socket, topic, data, id, exclude_self, reference)
+                    .await
+            }
             F::Ping { reference } => self.reply(socket, &ServerFrame::Pong { reference }).await,
             F::Refresh { token, reference } => self.refresh(socket, token, reference).await,
             F::History {

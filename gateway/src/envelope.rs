@@ -1,20 +1,26 @@
 //! The payload of a topic message on the backplane.
 //!
-//! `<seq> <epoch> <published unix µs>\n<data JSON>`: a one-line header the receiving pod needs
-//! for ordering and latency, then the payload exactly as the publisher sent it. A text header
-//! keeps it readable with `nats sub` when debugging a fleet.
+//! `<seq> <epoch> <published unix µs>[ <excluded session>]\n<data JSON>`: a one-line header the
+//! receiving pod needs for ordering, latency and echo suppression, then the payload exactly as
+//! the publisher sent it. A text header keeps it readable with `nats sub` when debugging a fleet.
+//!
+//! The excluded session is the publisher's choice (`exclude_self`, `exclude_session`): every pod
+//! needs it, since that session may be connected anywhere. It is a trailing field so a pod that
+//! predates it reads the first three and ignores it (it then delivers the message to that
+//! session in full, during a rolling upgrade).
 //!
 //! A message of an ephemeral topic (no history) has no `seq`: its header is `0 - <µs>`. `0` is
 //! never a real `seq`, and the epoch `-` orders before every real epoch, so a pod that (wrongly
 //! configured) treats the topic as one with history drops it as stale instead of misordering.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use protocol::{Epoch, Payload};
+use protocol::{Epoch, Payload, SessionId};
 
 /// The longest header [`Envelope::encode`] writes: a 20-digit `seq`, an epoch of up to
-/// [`protocol::MAX_EPOCH_LEN`] characters, 20 digits of time, two spaces and the newline. A
-/// payload of `n` bytes travels as at most `n + MAX_HEADER_LEN` bytes on the backplane.
-pub const MAX_HEADER_LEN: usize = 20 + 1 + protocol::MAX_EPOCH_LEN + 1 + 20 + 1;
+/// [`protocol::MAX_EPOCH_LEN`] characters, 20 digits of time, an excluded session id (32
+/// characters), three spaces and the newline. A payload of `n` bytes travels as at most
+/// `n + MAX_HEADER_LEN` bytes on the backplane.
+pub const MAX_HEADER_LEN: usize = 20 + 1 + protocol::MAX_EPOCH_LEN + 1 + 20 + 1 + 32 + 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -22,6 +28,8 @@ pub struct Envelope {
     pub epoch: Epoch,
     pub published_us: u64,
     pub data: Payload,
+    /// The session that gets a `skipped` frame instead (or, on an ephemeral topic, nothing).
+    pub exclude: Option<SessionId>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,12 +41,13 @@ const EPHEMERAL_EPOCH: &str = "-";
 
 impl Envelope {
     /// A message of an ephemeral topic.
-    pub fn ephemeral(data: Payload) -> Self {
+    pub fn ephemeral(data: Payload, exclude: Option<SessionId>) -> Self {
         Self {
             seq: 0,
             epoch: Epoch::new(EPHEMERAL_EPOCH),
             published_us: now_us(),
             data,
+            exclude,
         }
     }
 
@@ -47,12 +56,21 @@ impl Envelope {
     }
 
     pub fn encode(&self) -> Bytes {
-        let header = format!(
-            "{} {} {}\n",
-            self.seq,
-            self.epoch.as_str(),
-            self.published_us
-        );
+        let header = match &self.exclude {
+            None => format!(
+                "{} {} {}\n",
+                self.seq,
+                self.epoch.as_str(),
+                self.published_us
+            ),
+            Some(session) => format!(
+                "{} {} {} {}\n",
+                self.seq,
+                self.epoch.as_str(),
+                self.published_us,
+                session.as_str()
+            ),
+        };
         let mut buf = BytesMut::with_capacity(header.len() + self.data.len());
         buf.put_slice(header.as_bytes());
         buf.put_slice(self.data.as_str().as_bytes());
@@ -67,12 +85,18 @@ impl Envelope {
         let seq = field("seq")?.parse().map_err(|_| EnvelopeError("seq"))?;
         let epoch = Epoch::new(field("epoch")?);
         let published_us = field("time")?.parse().map_err(|_| EnvelopeError("time"))?;
+        let exclude = parts
+            .next()
+            .map(SessionId::parse)
+            .transpose()
+            .map_err(|_| EnvelopeError("excluded session"))?;
         let data = Payload::parse(data).map_err(|_| EnvelopeError("data is not JSON"))?;
         Ok(Self {
             seq,
             epoch,
             published_us,
             data,
+            exclude,
         })
     }
 }
@@ -96,10 +120,19 @@ mod tests {
             epoch: Epoch::new("a1b2"),
             published_us: 1_700_000_000_000_000,
             data: Payload::parse("{\"x\":\"line\\nbreak\"}").unwrap(),
+            exclude: None,
         };
         assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+        let excluding = Envelope {
+            exclude: Some(SessionId::generate()),
+            ..e.clone()
+        };
+        let encoded = excluding.encode();
+        assert_eq!(Envelope::decode(&encoded).unwrap(), excluding);
+        // Only a session id there: anything else is malformed, not silently dropped.
+        assert!(Envelope::decode(b"1 e 2 not-a-session\n1").is_err());
         assert!(Envelope::decode(b"garbage").is_err());
-        let eph = Envelope::ephemeral(Payload::parse("[1]").unwrap());
+        let eph = Envelope::ephemeral(Payload::parse("[1]").unwrap(), None);
         let back = Envelope::decode(&eph.encode()).unwrap();
         assert!(back.is_ephemeral());
         assert!(!back.epoch.is_newer_than(&Epoch::new("a1b2")));
@@ -113,6 +146,7 @@ mod tests {
             epoch: Epoch::new("e".repeat(protocol::MAX_EPOCH_LEN)),
             published_us: u64::MAX,
             data: Payload::parse("1").unwrap(),
+            exclude: Some(SessionId::generate()),
         };
         assert_eq!(e.encode().len(), MAX_HEADER_LEN + e.data.len());
     }

@@ -257,6 +257,7 @@ mod tests {
                 .map(|&seq| StoredMessage {
                     seq,
                     data: data.clone(),
+                    exclude: None,
                 })
                 .collect(),
         }

@@ -311,6 +311,19 @@ pub(crate) struct PublishRequest {
     data: Option<Box<protocol::RawJson>>,
     /// Idempotency key: a retry with the same id returns the first `seq` and stores nothing.
     id: Option<String>,
+    /// Echo suppression: the session (on any pod) that gets a `skipped` frame instead.
+    exclude_session: Option<String>,
+}
+
+/// The `exclude_session` of a server publish: a session id (32 lowercase hex characters), as
+/// `welcome.session` gives it. Whether that session exists is not checked: one that is not
+/// connected anywhere simply excludes no one now, and still gets `skipped` on a later replay.
+pub(crate) fn parse_excluded_session(
+    raw: Option<&str>,
+) -> Result<Option<protocol::SessionId>, String> {
+    raw.map(protocol::SessionId::parse)
+        .transpose()
+        .map_err(|e| format!("invalid `exclude_session`: {e}"))
 }
 
 /// An `/api/publish` refusal: `{"error":…,"message":…}`.
@@ -356,10 +369,14 @@ pub(crate) async fn api_publish(
         Ok(id) => id,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, "bad_request", e),
     };
+    let exclude = match parse_excluded_session(req.exclude_session.as_deref()) {
+        Ok(exclude) => exclude,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, "bad_request", e),
+    };
     if shared.namespaces.of(&topic).is_ephemeral() {
         // No seq, no epoch, no dedup: nothing is stored (see `Shared::publish_ephemeral`).
         return match shared
-            .publish_ephemeral(&topic, Payload::from_raw(&data))
+            .publish_ephemeral(&topic, Payload::from_raw(&data), exclude.as_ref())
             .await
         {
             Ok(()) => Json(serde_json::json!({"topic": topic, "ephemeral": true})).into_response(),
@@ -370,7 +387,7 @@ pub(crate) async fn api_publish(
         };
     }
     match shared
-        .publish(&topic, Payload::from_raw(&data), id.as_ref())
+        .publish(&topic, Payload::from_raw(&data), id.as_ref(), exclude.as_ref())
         .await
     {
         Ok(appended) => Json(serde_json::json!({

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use backplane::{Backplane, Subject};
-use protocol::{Payload, Topic};
+use protocol::{Payload, SessionId, Topic};
 use session_store::{HistoryLimits, SessionStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -321,10 +321,12 @@ impl Shared {
     /// backplane, no store call, no `seq`. At-most-once: a message the backplane drops, or one
     /// sent while a subscriber is between connections, is not delivered to it, and nothing
     /// tells it so (these topics promise no recovery; `subscribed` says `recovered: false`).
+    /// `exclude`: a session not to deliver it to (there is no position to keep for it).
     pub async fn publish_ephemeral(
         &self,
         topic: &Topic,
         data: Payload,
+        exclude: Option<&SessionId>,
     ) -> Result<(), PublishError> {
         self.check_publishable(topic, &data)?;
         let started = std::time::Instant::now();
@@ -332,7 +334,7 @@ impl Shared {
             .backplane
             .publish(
                 &Subject::Topic(topic.clone()),
-                envelope::Envelope::ephemeral(data).encode(),
+                envelope::Envelope::ephemeral(data, exclude.cloned()).encode(),
             )
             .await;
         self.metrics

@@ -143,6 +143,7 @@ mod tests {
             Epoch::generate(),
             data,
             None,
+            None,
         ))
     }
 

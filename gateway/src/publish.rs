@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use prometheus_client::metrics::gauge::Gauge;
 use protocol::client::Ref;
-use protocol::{ErrorCode, Payload, PublishId, ServerFrame, Topic};
+use protocol::{ErrorCode, Payload, PublishId, ServerFrame, SessionId, Topic};
 use session_store::{Appended, Lane, OrderedAppends, SessionStore};
 use sync_wrapper::SyncWrapper;
 use tokio::sync::OwnedSemaphorePermit;
@@ -57,9 +57,12 @@ type InFlight = Pin<Box<dyn Future<Output = Done> + Send>>;
 pub(crate) struct Done {
     topic: Topic,
     reference: Option<Ref>,
-    result: Result<(Appended, Option<Payload>), PublishError>,
+    result: Result<(Appended, Option<FanOut>), PublishError>,
     _slot: Slot,
 }
+
+/// What goes on the backplane for a completed append: the message and the session it excludes.
+pub(crate) type FanOut = (Payload, Option<SessionId>);
 
 /// One of the pod's publish permits, counted in `gateway_publishes_in_flight` while held.
 struct Slot {
@@ -88,12 +91,14 @@ impl Shared {
     /// backplane. A backplane failure is not an error for the publisher: the message is in
     /// history, and every pod's topic task re-reads history to catch up. A retry with the same
     /// `id` returns the first publish's result and stores nothing; it fans out again the first
-    /// one's message as history has it.
+    /// one's message as history has it. `exclude`: the session that gets a `skipped` frame in
+    /// the message's place (echo suppression), kept with the message in history for replays.
     pub async fn publish(
         &self,
         topic: &Topic,
         data: Payload,
         id: Option<&PublishId>,
+        exclude: Option<&SessionId>,
     ) -> Result<Appended, PublishError> {
         self.check_publishable(topic, &data)?;
         let permit = self.publish_permits.clone().acquire_owned().await;
@@ -102,25 +107,31 @@ impl Shared {
             &self.metrics.publish.in_flight,
         );
         let started = Instant::now();
-        let appended = self.store.append(topic, &data, id).await?;
+        let appended = self
+            .store
+            .append_excluding(topic, &data, id, exclude)
+            .await?;
         self.metrics.store.observe("append", started);
-        let data = self.to_fan_out(topic, &appended, data).await;
-        self.fan_out(topic, &appended, data).await;
+        let message = self
+            .to_fan_out(topic, &appended, (data, exclude.cloned()))
+            .await;
+        self.fan_out(topic, &appended, message).await;
         Ok(appended)
     }
 
-    /// What to fan out for a completed append: its own data, or for a retry (a duplicate) what
-    /// history holds under its seq. The first attempt may never have reached the backplane (it
-    /// failed after the append, or waited for replicas in vain), and the retry's data may differ
-    /// from what was stored; subscribers that have it drop the repeat by `seq`.
+    /// What to fan out for a completed append: its own message, or for a retry (a duplicate)
+    /// what history holds under its seq (the first attempt's data and exclusion). The first
+    /// attempt may never have reached the backplane (it failed after the append, or waited for
+    /// replicas in vain), and the retry's data may differ from what was stored; subscribers that
+    /// have it drop the repeat by `seq`.
     async fn to_fan_out(
         &self,
         topic: &Topic,
         appended: &Appended,
-        data: Payload,
-    ) -> Option<Payload> {
+        message: FanOut,
+    ) -> Option<FanOut> {
         if !appended.duplicate {
-            return Some(data);
+            return Some(message);
         }
         match self.store.history(topic, appended.seq - 1, 1).await {
             Ok(page) => page
@@ -128,7 +139,7 @@ impl Shared {
                 .into_iter()
                 .next()
                 .filter(|stored| stored.seq == appended.seq && page.top.epoch == appended.epoch)
-                .map(|stored| stored.data),
+                .map(|stored| (stored.data, stored.exclude)),
             Err(e) => {
                 tracing::debug!(%topic, seq = appended.seq, error = %e, "duplicate not fanned out again; subscribers catch up from history");
                 None
@@ -136,13 +147,16 @@ impl Shared {
         }
     }
 
-    async fn fan_out(&self, topic: &Topic, appended: &Appended, data: Option<Payload>) {
-        let Some(data) = data else { return };
+    async fn fan_out(&self, topic: &Topic, appended: &Appended, message: Option<FanOut>) {
+        let Some((data, exclude)) = message else {
+            return;
+        };
         let envelope = Envelope {
             seq: appended.seq,
             epoch: appended.epoch.clone(),
             published_us: envelope::now_us(),
             data,
+            exclude,
         };
         let started = Instant::now();
         if let Err(e) = self
@@ -183,13 +197,15 @@ impl Conn {
     }
 
     /// Issues a checked publish on this connection's lane; its reply is written when it and
-    /// every publish before it completed ([`Conn::published`]).
+    /// every publish before it completed ([`Conn::published`]). `exclude`: this connection's
+    /// session, when the frame asked for `exclude_self`.
     pub(crate) async fn issue_publish(
         &mut self,
         socket: &mut WebSocket,
         topic: Topic,
         data: Payload,
         id: Option<PublishId>,
+        exclude: Option<SessionId>,
         reference: Option<Ref>,
     ) -> Result<(), Close> {
         let permit = self.publish_permit(socket).await?;
@@ -202,15 +218,19 @@ impl Conn {
             })
         });
         let started = Instant::now();
-        let issued = shared
-            .store
-            .issue_append(&mut pipeline.lane, &topic, &data, id.as_ref());
+        let issued = shared.store.issue_append_excluding(
+            &mut pipeline.lane,
+            &topic,
+            &data,
+            id.as_ref(),
+            exclude.as_ref(),
+        );
         pipeline.in_flight.get_mut().push_back(Box::pin(async move {
             let result = match issued.await {
                 Ok(appended) => {
                     shared.metrics.store.observe("append", started);
-                    let data = shared.to_fan_out(&topic, &appended, data).await;
-                    Ok((appended, data))
+                    let message = shared.to_fan_out(&topic, &appended, (data, exclude)).await;
+                    Ok((appended, message))
                 }
                 Err(e) => Err(e.into()),
             };
@@ -268,8 +288,8 @@ impl Conn {
             _slot,
         } = done;
         let reply = match result {
-            Ok((appended, data)) => {
-                self.shared.fan_out(&topic, &appended, data).await;
+            Ok((appended, message)) => {
+                self.shared.fan_out(&topic, &appended, message).await;
                 ServerFrame::Published {
                     topic,
                     seq: Some(appended.seq),
@@ -314,8 +334,8 @@ impl Conn {
             while let Some(done) = pipeline.in_flight.get_mut().next().await {
                 if answer {
                     answer = self.published(socket, done).await.is_ok();
-                } else if let Ok((appended, data)) = done.result {
-                    self.shared.fan_out(&done.topic, &appended, data).await;
+                } else if let Ok((appended, message)) = done.result {
+                    self.shared.fan_out(&done.topic, &appended, message).await;
                 }
             }
         })

@@ -8,13 +8,17 @@
 //! read. When history no longer has what is missing, the connection closes with 1013 and the
 //! client resumes: the resume answers `recovered: false` for that topic. Nothing is skipped.
 //!
+//! Echo suppression: a message that excludes this connection's session (live or from history)
+//! is written as a `skipped` frame in its place, so the client's position still moves past it
+//! in order; on an ephemeral topic, where there is no position, it is not written at all.
+//!
 //! Positions advance in two steps: `fed` when a frame is handed to the socket, `sent` once the
 //! socket flushed it. Only `sent` is ever saved in the session record, so a client resuming
 //! without positions restarts from the first message it was not sent.
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use protocol::{Epoch, Payload, Position, Topic, encode_message};
+use protocol::{Epoch, Payload, Position, SessionId, Topic, encode_message, encode_skipped};
 use session_store::SessionStore;
 use tokio::time::{Instant, timeout, timeout_at};
 
@@ -61,23 +65,21 @@ impl SubState {
         }
     }
 
-    /// The frame for message `seq` of this subscription's epoch, and the position moved past
-    /// it.
+    /// The frame for message `seq` of this subscription's epoch (`skipped` when it excludes
+    /// this session), and the position moved past it.
     fn frame(
         &mut self,
         topic: &Topic,
         seq: u64,
         data: &Payload,
         plain: Option<&Utf8Bytes>,
+        skipped: bool,
     ) -> Message {
+        let epoch = self.announce.then_some(&self.epoch);
         let frame = match plain {
+            _ if skipped => Utf8Bytes::from(encode_skipped(topic, seq, epoch)),
             Some(frame) if !self.announce => frame.clone(),
-            _ => Utf8Bytes::from(encode_message(
-                topic,
-                seq,
-                self.announce.then_some(&self.epoch),
-                data,
-            )),
+            _ => Utf8Bytes::from(encode_message(topic, seq, epoch, data)),
         };
         self.announce = false;
         self.fed = seq;
@@ -163,17 +165,27 @@ pub enum Step {
 }
 
 impl Conn {
+    /// Whether a message excluding `exclude` is this connection's own to skip.
+    fn excludes_me(&self, exclude: Option<&SessionId>) -> bool {
+        match exclude {
+            None => false,
+            Some(excluded) => self.session.as_ref().is_some_and(|s| s.id == *excluded),
+        }
+    }
+
     /// Decides about `delivery` and, when it is the next message, moves the position past it.
     /// `now_us` is the batch's write time (read once per batch: a clock read per delivery is
     /// a measurable part of a delivery's cost).
     pub(crate) fn step(&mut self, delivery: &Delivery, now_us: u64) -> Step {
+        let skipped = self.excludes_me(delivery.exclude.as_ref());
         let Some(sub) = self.subs.get_mut(&delivery.topic) else {
             return Step::Skip;
         };
         if delivery.ephemeral || sub.ephemeral {
             // No order to keep and nothing to fill: written as it comes (a mismatch means the
-            // pods disagree about the namespace; the hub already warned).
-            if delivery.ephemeral != sub.ephemeral {
+            // pods disagree about the namespace; the hub already warned). Excluded: not
+            // written, there is no position to keep.
+            if delivery.ephemeral != sub.ephemeral || skipped {
                 return Step::Skip;
             }
             self.shared.metrics.conn.delivered.inc();
@@ -198,8 +210,13 @@ impl Conn {
             delivery.seq,
             &delivery.data,
             Some(&delivery.frame),
+            skipped,
         );
         let metrics = &self.shared.metrics.conn;
+        if skipped {
+            metrics.skipped.inc();
+            return Step::Write(message);
+        }
         metrics.delivered.inc();
         if let Some(published) = delivery.published_us {
             metrics
@@ -314,10 +331,16 @@ impl Conn {
             }
             let last = page.messages.last().map_or(after, |m| m.seq);
             for m in &page.messages {
+                let skipped = self.excludes_me(m.exclude.as_ref());
                 let sub = self.subs.get_mut(topic).expect("checked above");
-                let message = sub.frame(topic, m.seq, &m.data, None);
+                let message = sub.frame(topic, m.seq, &m.data, None, skipped);
                 self.feed(socket, message).await?;
-                self.shared.metrics.conn.delivered.inc();
+                let metrics = &self.shared.metrics.conn;
+                if skipped {
+                    metrics.skipped.inc();
+                } else {
+                    metrics.delivered.inc();
+                }
             }
             self.flush(socket).await?;
             if last >= page.top.seq {

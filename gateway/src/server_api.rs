@@ -209,6 +209,8 @@ pub struct BroadcastRequest {
     data: Option<Box<protocol::RawJson>>,
     /// Idempotency key, applied per topic.
     id: Option<String>,
+    /// Echo suppression on every topic: the session that gets `skipped` frames instead.
+    exclude_session: Option<String>,
 }
 
 pub async fn broadcast(
@@ -231,6 +233,10 @@ pub async fn broadcast(
         Ok(id) => id,
         Err(e) => return bad_request(e),
     };
+    let exclude = match crate::http::parse_excluded_session(req.exclude_session.as_deref()) {
+        Ok(exclude) => exclude,
+        Err(e) => return bad_request(e),
+    };
     let data = Payload::from_raw(&data);
     let mut results = Vec::with_capacity(req.topics.len());
     for name in &req.topics {
@@ -243,12 +249,12 @@ pub async fn broadcast(
         };
         let result = if shared.namespaces.of(&topic).is_ephemeral() {
             shared
-                .publish_ephemeral(&topic, data.clone())
+                .publish_ephemeral(&topic, data.clone(), exclude.as_ref())
                 .await
                 .map(|()| serde_json::json!({"topic": topic, "ephemeral": true}))
         } else {
             shared
-                .publish(&topic, data.clone(), id.as_ref())
+                .publish(&topic, data.clone(), id.as_ref(), exclude.as_ref())
                 .await
                 .map(|a| serde_json::json!({"topic": topic, "seq": a.seq, "epoch": a.epoch}))
         };

@@ -28,7 +28,7 @@ pub use names::{Epoch, InvalidName, Payload, Position, PublishId, ResumeToken, S
 pub use redact::redact_url;
 pub use server::{
     ErrorCode, HistoryMessage, MAX_EPOCH_LEN, Member, ServerFrame, encode_ephemeral_message,
-    encode_message, max_message_frame_len,
+    encode_message, encode_skipped, max_message_frame_len,
 };
 
 /// Raw JSON payload of a message, validated once when it enters the gateway.

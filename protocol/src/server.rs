@@ -228,6 +228,23 @@ pub fn encode_ephemeral_message(topic: &Topic, data: &Payload) -> String {
     out
 }
 
+/// Encodes `{"type":"skipped","topic":…,"seq":…,"epoch"?:…}`: [`ServerFrame::Skipped`], by
+/// hand like [`encode_message`], in whose place it is written.
+pub fn encode_skipped(topic: &Topic, seq: u64, epoch: Option<&Epoch>) -> String {
+    let mut out = String::with_capacity(64 + topic.as_str().len());
+    out.push_str(r#"{"type":"skipped","topic":""#);
+    out.push_str(topic.as_str());
+    out.push_str(r#"","seq":"#);
+    let _ = write!(out, "{seq}");
+    if let Some(epoch) = epoch {
+        out.push_str(r#","epoch":""#);
+        out.push_str(epoch.as_str());
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
 /// Encodes `{"type":"message","topic":…,"seq":…,"epoch"?:…,"data":…}`: once per message, the
 /// bytes then shared by every subscriber on the pod.
 ///
@@ -340,6 +357,14 @@ mod tests {
         assert_eq!(
             skipped.to_json(),
             r#"{"type":"skipped","topic":"a","seq":1,"epoch":"e2"}"#
+        );
+        assert_eq!(
+            encode_skipped(&t, 1, Some(&Epoch::new("e2"))),
+            skipped.to_json()
+        );
+        assert_eq!(
+            encode_skipped(&t, 5, None),
+            r#"{"type":"skipped","topic":"a","seq":5}"#
         );
         let e = Epoch::new("ab12");
         let text = encode_message(&t, 1, Some(&e), &data);

@@ -10,6 +10,22 @@ impl Connection {
         }
     }
 
+    /// Reports what a `message` or `skipped` frame did. A skipped one only moves the position
+    /// (shared, so the next `hello` presents it), with nothing for the application.
+    async fn outcome(&mut self, topic: String, outcome: Option<Outcome>) {
+        match outcome {
+            Some(Outcome::Deliver(m)) => {
+                self.share_positions();
+                self.emit(Event::Message(m)).await;
+            }
+            Some(Outcome::Skipped) => self.share_positions(),
+            Some(Outcome::Duplicate { seq }) => {
+                self.emit(Event::Duplicate { topic, seq }).await;
+            }
+            None => {}
+        }
+    }
+
     pub(super) async fn confirm(&mut self, topic: &str) {
         let Some(position) = self.topics.position(topic) else {
             return;
@@ -46,18 +62,14 @@ impl Connection {
                 epoch,
                 data,
             }) => {
-                let (gap, outcome) = self.topics.message(&topic, seq, epoch, data);
+                let (gap, outcome) = self.topics.message(&topic, seq, epoch, Some(data));
                 self.gap(gap).await;
-                match outcome {
-                    Some(Outcome::Deliver(m)) => {
-                        self.share_positions();
-                        self.emit(Event::Message(m)).await;
-                    }
-                    Some(Outcome::Duplicate { seq }) => {
-                        self.emit(Event::Duplicate { topic, seq }).await;
-                    }
-                    None => {}
-                }
+                self.outcome(topic, outcome).await;
+            }
+            ServerFrame::Skipped(SkippedFrame { topic, seq, epoch }) => {
+                let (gap, outcome) = self.topics.message(&topic, seq, epoch, None);
+                self.gap(gap).await;
+                self.outcome(topic, outcome).await;
             }
             ServerFrame::Welcome(Welcome {
                 session,

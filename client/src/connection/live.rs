@@ -131,6 +131,7 @@ impl Connection {
             topic: &p.topic,
             data: &p.data,
             id: p.id.as_deref(),
+            exclude_self: p.exclude_self,
             reference,
         };
         let sent = self.send(live, frame).await;
@@ -194,12 +195,14 @@ impl Connection {
                 topic,
                 data,
                 id,
+                exclude_self,
                 reply,
             } => {
                 let p = QueuedPublish {
                     topic,
                     data,
                     id,
+                    exclude_self,
                     reply,
                 };
                 self.send_publish(live, p).await

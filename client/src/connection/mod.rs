@@ -22,7 +22,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::config::ClientConfig;
 use crate::topics::{Gap, Outcome, Topics};
 use crate::wire::{
-    ClientFrame, CloseAdvice, ErrorFrame, MessageFrame, Position, Published, Reference, Refreshed,
+    ClientFrame, CloseAdvice, ErrorFrame, MessageFrame, SkippedFrame, Position, Published, Reference, Refreshed,
     ServerFrame, Subscribed, Unsubscribed, Welcome, token_expiry,
 };
 use crate::{ClientError, Command, Event, Reply, Shared};
@@ -52,6 +52,7 @@ struct QueuedPublish {
     topic: String,
     data: Box<RawValue>,
     id: Option<String>,
+    exclude_self: bool,
     reply: Reply<u64>,
 }
 
@@ -309,11 +310,13 @@ impl Connection {
                 topic,
                 data,
                 id,
+                exclude_self,
                 reply,
             } => self.queue.push(Queued::Publish(QueuedPublish {
                 topic,
                 data,
                 id,
+                exclude_self,
                 reply,
             })),
             Command::Query { frame, reply } => {

@@ -86,6 +86,7 @@ fn release(topic: &Topic, entry: &TopicEntry, hub: &HubInner, env: Envelope) {
         topic.clone(),
         env.data,
         env.published_us,
+        env.exclude,
     ));
     let limits = hub.config.queue;
     let subs = entry.subscribers.read().expect("subscribers lock");

@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use protocol::{Epoch, Payload, Position, Topic, encode_ephemeral_message, encode_message};
+use protocol::{
+    Epoch, Payload, Position, SessionId, Topic, encode_ephemeral_message, encode_message,
+};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +60,9 @@ pub struct Delivery {
     pub published_us: Option<u64>,
     /// A message of an ephemeral topic: no `seq` (it is 0), written as it comes.
     pub ephemeral: bool,
+    /// The session the publisher excluded: it is written a `skipped` frame instead (nothing,
+    /// on an ephemeral topic). Checked once per delivery; `None` for almost every message.
+    pub exclude: Option<SessionId>,
 }
 
 impl Delivery {
@@ -67,6 +72,7 @@ impl Delivery {
         epoch: Epoch,
         data: Payload,
         published_us: Option<u64>,
+        exclude: Option<SessionId>,
     ) -> Self {
         let frame = Utf8Bytes::from(encode_message(&topic, seq, None, &data));
         Self {
@@ -77,11 +83,17 @@ impl Delivery {
             data,
             published_us,
             ephemeral: false,
+            exclude,
         }
     }
 
     /// A message of an ephemeral topic.
-    pub fn ephemeral(topic: Topic, data: Payload, published_us: u64) -> Self {
+    pub fn ephemeral(
+        topic: Topic,
+        data: Payload,
+        published_us: u64,
+        exclude: Option<SessionId>,
+    ) -> Self {
         let frame = Utf8Bytes::from(encode_ephemeral_message(&topic, &data));
         Self {
             topic,
@@ -91,6 +103,7 @@ impl Delivery {
             data,
             published_us: Some(published_us),
             ephemeral: true,
+            exclude,
         }
     }
 }

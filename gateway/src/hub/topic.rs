@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use backplane::{Backplane, Subject, Subscription};
 use futures_util::StreamExt;
-use protocol::{Payload, Position, Topic};
+use protocol::{Payload, Position, SessionId, Topic};
 use session_store::SessionStore;
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant, sleep_until};
@@ -32,7 +32,9 @@ const PAGE: usize = 100;
 /// store that keeps moving under the reader.
 const MAX_PAGES: usize = 1_000;
 
-type Item = (Payload, Option<u64>);
+/// A message held or released: its data, when it was published (`None` from history) and the
+/// session it excludes.
+type Item = (Payload, Option<u64>, Option<SessionId>);
 
 struct TopicTask {
     topic: Topic,
@@ -104,7 +106,7 @@ impl TopicTask {
                     match Envelope::decode(&bytes) {
                         Ok(env) => {
                             let size = env.data.len();
-                            let item = (env.data, Some(env.published_us));
+                            let item = (env.data, Some(env.published_us), env.exclude);
                             if env.epoch.is_newer_than(self.seq.epoch()) {
                                 tracing::info!(topic = %self.topic, from = ?self.seq.epoch(), to = ?env.epoch, "topic has a new epoch");
                                 self.hub.metrics.hub.epoch_change("new_epoch");
@@ -223,7 +225,7 @@ impl TopicTask {
             let epoch = page.top.epoch.clone();
             for m in page.messages {
                 let size = m.data.len();
-                match self.seq.arrive(m.seq, &epoch, (m.data, None), size) {
+                match self.seq.arrive(m.seq, &epoch, (m.data, None, m.exclude), size) {
                     Arrival::Release(items) => self.release(items),
                     Arrival::Full => {
                         let items = self.seq.skip_gap();
@@ -275,13 +277,14 @@ impl TopicTask {
         let epoch = self.seq.epoch();
         let limits = self.hub.config.queue;
         let subs = self.entry.subscribers.read().expect("subscribers lock");
-        for (s, (data, published_us)) in items {
+        for (s, (data, published_us, exclude)) in items {
             let delivery = Arc::new(Delivery::new(
                 self.topic.clone(),
                 s,
                 epoch.clone(),
                 data,
                 published_us,
+                exclude,
             ));
             for sub in subs.values() {
                 if let Offer::Full = sub.control.offer(&delivery, limits) {

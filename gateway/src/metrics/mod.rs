@@ -54,6 +54,8 @@ pub struct ConnectionMetrics {
     pub subscriptions: Gauge,
     pub received: Counter,
     pub delivered: Counter,
+    /// `skipped` frames written in place of messages that excluded the connection's session.
+    pub skipped: Counter,
     pub delivery_latency: Histogram,
 }
 
@@ -72,6 +74,7 @@ impl ConnectionMetrics {
             subscriptions: Gauge::default(),
             received: Counter::default(),
             delivered: Counter::default(),
+            skipped: Counter::default(),
             delivery_latency: latency_histogram(),
         }
     }
@@ -111,6 +114,11 @@ impl ConnectionMetrics {
             "messages_delivered",
             "Messages written to client sockets",
             self.delivered.clone(),
+        );
+        r.register(
+            "messages_skipped",
+            "Skipped frames written in place of messages that excluded the session",
+            self.skipped.clone(),
         );
         r.register_with_unit(
             "delivery_latency",
