@@ -188,7 +188,11 @@ export declare class GatewayClient {
    * ephemeral topic). With `options.id` (a
    * publish id), a retry gets the first attempt's `seq` instead of storing the message twice.
    */
-  publish(topic: string, data: Json, options?: { id?: string }): Promise<number | null>;
+  /**
+   * `excludeSelf`: this client gets a `skipped` frame in the message's place (its position
+   * moves past it; no `message` event, no gap).
+   */
+  publish(topic: string, data: Json, options?: { id?: string; excludeSelf?: boolean }): Promise<number | null>;
   /** Calls the application's rpc hook; resolves with its `data`, rejects with its error code. */
   rpc<T = Json>(method: string, data?: Json): Promise<T>;
   /** App-level round trip, in milliseconds. */

@@ -541,6 +541,9 @@ export class GatewayClient {
    * Publishes `data` (any JSON value) on `topic`; resolves with its `seq` (null on an
    * ephemeral topic, which has none). With `options.id` (a
    * publish id) a retry after a lost connection or `unavailable` gets the first attempt's `seq`.
+   * With `options.excludeSelf: true` this client is not sent its own message: the gateway sends
+   * a `skipped` frame in its place, so the topic's position moves past it (no `gap`, no
+   * `message` event), live and on resumes.
    */
   async publish(topic, data, options = {}) {
     checkTopic(topic);
@@ -548,6 +551,7 @@ export class GatewayClient {
     if (!this._wantOpen && this.state !== 'connected') throw new GatewayError('closed', 'connect() first');
     const frame = { type: 'publish', topic, data };
     if (options.id != null) frame.id = String(options.id);
+    if (options.excludeSelf) frame.exclude_self = true;
     const reply = await this._request(frame);
     return reply.seq ?? null;
   }
@@ -708,6 +712,8 @@ export class GatewayClient {
     switch (frame.type) {
       case 'message':
         return this._onMessage(frame);
+      case 'skipped':
+        return this._onSkipped(frame);
       case 'welcome':
         return this._onWelcome(frame);
       case 'subscribed':
@@ -824,16 +830,22 @@ export class GatewayClient {
     this._scheduleSave();
   }
 
-  _onMessage(frame) {
+  /**
+   * A message published with this session excluded: it takes the message's place in the order,
+   * so the position moves past it exactly as a message would (a hole before it is still a gap),
+   * but nothing reaches the application.
+   */
+  _onSkipped(frame) {
     const entry = this._subs.get(frame.topic);
-    if (!entry) return;
-    if (frame.seq == null) {
-      // An ephemeral topic: no seq, no order to check, nothing to resume from.
-      const message = { topic: frame.topic, seq: null, epoch: null, data: frame.data };
-      for (const h of entry.handles) callSafely(h._onMessage, [message]);
-      this._emit('message', message);
-      return;
-    }
+    if (!entry || frame.seq == null) return;
+    if (this._advance(entry, frame)) this._scheduleSave();
+  }
+
+  /**
+   * Moves `entry` to `frame.seq` (a `message` or `skipped` frame of a topic with history),
+   * reporting a new epoch or a hole as a gap. False when it is a duplicate.
+   */
+  _advance(entry, frame) {
     const seq = frame.seq;
     if (frame.epoch != null && entry.epoch != null && frame.epoch !== entry.epoch) {
       // The topic's history was lost on the server: sequence numbers start over.
@@ -845,12 +857,27 @@ export class GatewayClient {
     }
     if (entry.seq != null && seq <= entry.seq) {
       this._emit('duplicate', { topic: frame.topic, seq });
-      return;
+      return false;
     }
     if (entry.seq != null && seq > entry.seq + 1) {
       this._gap(entry, 'skipped', positionOf(entry), { seq: seq - 1, epoch: entry.epoch });
     }
     entry.seq = seq;
+    return true;
+  }
+
+  _onMessage(frame) {
+    const entry = this._subs.get(frame.topic);
+    if (!entry) return;
+    if (frame.seq == null) {
+      // An ephemeral topic: no seq, no order to check, nothing to resume from.
+      const message = { topic: frame.topic, seq: null, epoch: null, data: frame.data };
+      for (const h of entry.handles) callSafely(h._onMessage, [message]);
+      this._emit('message', message);
+      return;
+    }
+    if (!this._advance(entry, frame)) return;
+    const seq = frame.seq;
     const message = { topic: frame.topic, seq, epoch: entry.epoch, data: frame.data };
     for (const h of entry.handles) callSafely(h._onMessage, [message]);
     this._emit('message', message);

@@ -234,6 +234,43 @@ describe('resume', () => {
     assert.deepEqual(seen('gap')[0], { topic: 't', reason: 'skipped', from: { seq: 1, epoch: 'e1' }, to: { seq: 3, epoch: 'e1' } });
   });
 
+  test('a skipped frame (own message excluded) moves the position: no message, no gap', async () => {
+    const { server, client, got, seen, sub } = await subscribedClient('t', 2);
+    const conn = server.conns[0];
+    conn.send({ type: 'skipped', topic: 't', seq: 3 });
+    conn.message('t', 4);
+    await until(() => got.length === 1);
+    assert.deepEqual(got.map((m) => m.seq), [4]);
+    assert.equal(seen('gap').length, 0);
+    assert.deepEqual(sub.position, { seq: 4, epoch: 'e1' });
+    // A repeat is a duplicate like a message's; a hole before a skipped frame is still a gap,
+    // and a skipped frame of a new epoch is an epoch change.
+    conn.send({ type: 'skipped', topic: 't', seq: 3 });
+    conn.send({ type: 'skipped', topic: 't', seq: 6 });
+    conn.send({ type: 'skipped', topic: 't', seq: 1, epoch: 'e2' });
+    await until(() => seen('gap').length === 2);
+    assert.deepEqual(seen('duplicate').map((d) => d.seq), [3]);
+    assert.deepEqual(seen('gap')[0], { topic: 't', reason: 'skipped', from: { seq: 4, epoch: 'e1' }, to: { seq: 5, epoch: 'e1' } });
+    assert.equal(seen('gap')[1].reason, 'epoch_changed');
+    assert.deepEqual(client.positions(), { t: { seq: 1, epoch: 'e2' } });
+    assert.equal(got.length, 1, 'nothing delivered for skipped frames');
+  });
+
+  test('a replay on resume with a skipped frame in it continues without a gap', async () => {
+    const { server, client, got, seen } = await subscribedClient('t', 4);
+    server.conns[0].kill();
+    const c1 = await server.conn(1);
+    const hello = await c1.welcome({ topics: { t: { seq: 7, epoch: 'e1', recovered: true } } });
+    assert.deepEqual(hello.positions, { t: { seq: 4, epoch: 'e1' } });
+    c1.message('t', 5);
+    c1.send({ type: 'skipped', topic: 't', seq: 6 });
+    c1.message('t', 7);
+    await until(() => got.length === 2);
+    assert.deepEqual(got.map((m) => m.seq), [5, 7]);
+    assert.equal(seen('gap').length, 0);
+    assert.deepEqual(client.positions(), { t: { seq: 7, epoch: 'e1' } });
+  });
+
   test('a topic restored from the session but unsubscribed here is unsubscribed', async () => {
     const { server } = await subscribedClient('t', 0);
     server.conns[0].kill();
@@ -295,6 +332,12 @@ describe('requests', () => {
     assert.equal(withId.id, 'order-17');
     conn.send({ type: 'published', topic: 't', seq: 42, ref: withId.ref });
     assert.equal(await retry, 42);
+    assert.equal(withId.exclude_self, undefined, 'not excluding is the default');
+    const quiet = client.publish('t', 3, { excludeSelf: true });
+    const excluding = await conn.next('publish');
+    assert.equal(excluding.exclude_self, true);
+    conn.send({ type: 'published', topic: 't', seq: 43, ref: excluding.ref });
+    assert.equal(await quiet, 43);
     const q = client.publish('t', 2);
     const f2 = await conn.next('publish');
     conn.send({ type: 'error', code: 'forbidden', message: 'no', ref: f2.ref });
