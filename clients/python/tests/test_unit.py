@@ -129,6 +129,46 @@ def test_drain_resume_with_positions_drops_duplicates_and_honours_after_ms() -> 
     asyncio.run(run())
 
 
+def test_exclude_self_and_skipped_frames_move_the_position_without_a_message_or_gap() -> None:
+    def skipped(seq: int, epoch: str | None = None) -> str:
+        frame: dict[str, Any] = {"type": "skipped", "topic": "t", "seq": seq}
+        if epoch:
+            frame["epoch"] = epoch
+        return json.dumps(frame)
+
+    async def script(ws: ServerConnection, n: int, hello: dict[str, Any]) -> None:
+        await ws.send(welcome())
+        await answer_subscribe(ws, 0)
+        frame = json.loads(await ws.recv())
+        assert frame["type"] == "publish" and frame["exclude_self"] is True
+        await ws.send(json.dumps({"type": "published", "topic": "t", "seq": 1, "ref": frame["ref"]}))
+        plain = json.loads(await ws.recv())
+        assert "exclude_self" not in plain, "not excluding is the default"
+        await ws.send(json.dumps({"type": "published", "topic": "t", "seq": 2, "ref": plain["ref"]}))
+        # 1 excluded this session, 2 did not; a repeat of 1 is a duplicate, a hole before 5 a gap.
+        for frame_text in (skipped(1), msg(2), skipped(1), skipped(5), msg(6)):
+            await ws.send(frame_text)
+        await ws.wait_closed()
+
+    async def run() -> None:
+        events: list[Any] = []
+        async with FakeGateway(script) as url:
+            async with GatewayClient(url, on_event=events.append, backoff=Backoff(0.01, 0.02)) as c:
+                sub = await c.subscribe("t")
+                assert await c.publish("t", "mine", exclude_self=True) == 1
+                assert await c.publish("t", "plain") == 2
+                got = [await asyncio.wait_for(sub.__anext__(), 5) for _ in range(3)]
+                assert [type(m) for m in got] == [Message, Gap, Message]
+                assert [m.seq for m in got if isinstance(m, Message)] == [2, 6]
+                gap = got[1]
+                assert isinstance(gap, Gap) and gap.reason == "skipped"
+                assert (gap.from_, gap.to) == (Position(2, "e1"), Position(4, "e1"))
+                assert c.positions() == {"t": Position(6, "e1")}
+        assert [e.seq for e in events if isinstance(e, Duplicate)] == [1]
+
+    asyncio.run(run())
+
+
 def test_second_hello_carries_resume_and_positions() -> None:
     gw = None
 

@@ -272,16 +272,22 @@ class GatewayClient:
         finally:
             self._pending.pop(ref, None)
 
-    async def publish(self, topic: str, data: Any, *, id: Optional[str] = None) -> int:
+    async def publish(self, topic: str, data: Any, *, id: Optional[str] = None,
+                      exclude_self: bool = False) -> int:
         """Publishes ``data`` (any JSON value but None) on ``topic``; returns its ``seq`` once it
         is in the topic's history. With ``id`` a retry after ``disconnected`` or ``unavailable``
-        gets the first attempt's ``seq`` instead of storing the message twice."""
+        gets the first attempt's ``seq`` instead of storing the message twice. With
+        ``exclude_self`` this client is not sent its own message: the gateway sends a
+        ``skipped`` frame in its place, which moves the topic's position without a message or a
+        gap (on resumes too)."""
         _check_topic(topic)
         if data is None:
             raise ValueError("publish: data must be a JSON value other than null")
         frame: dict[str, Any] = {"type": "publish", "topic": topic, "data": data}
         if id is not None:
             frame["id"] = id
+        if exclude_self:
+            frame["exclude_self"] = True
         return int((await self._request(frame))["seq"])
 
     async def rpc(self, method: str, data: Any = None) -> Any:
@@ -397,6 +403,14 @@ class GatewayClient:
                 self._emit(Duplicate(frame["topic"], frame["seq"]))
             elif message is not None:
                 self._deliver(message.topic, message)
+        elif kind == "skipped":
+            # A message that excluded this session: its place in the order, without data. The
+            # position moves past it like a message's (a hole before it is still a gap); the
+            # application gets nothing.
+            gap, _, dup = self._topics.message(frame["topic"], frame["seq"], frame.get("epoch"), None)
+            self._gap(gap)
+            if dup:
+                self._emit(Duplicate(frame["topic"], frame["seq"]))
         elif kind == "welcome":
             return await self._on_welcome(frame)
         elif kind == "subscribed":
