@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use gateway_client::{Client, ClientConfig, Event, Events, Position};
+use gateway_client::{Client, ClientConfig, Event, Events, Position, PublishOptions};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -131,8 +131,11 @@ async fn main() -> anyhow::Result<()> {
                 let Some(c) = client.clone() else { continue };
                 tokio::spawn(async move {
                     let topic = cmd["topic"].as_str().unwrap_or_default();
-                    let id = cmd["id"].as_str();
-                    match c.publish(topic, &cmd["data"], id).await {
+                    let options = PublishOptions {
+                        id: cmd["id"].as_str(),
+                        exclude_self: cmd["exclude_self"].as_bool().unwrap_or(false),
+                    };
+                    match c.publish_with(topic, &cmd["data"], options).await {
                         Ok(seq) => emit(json!({"event": "published", "topic": topic, "seq": seq})),
                         Err(e) => emit(
                             json!({"event": "publish_error", "topic": topic, "code": e.code(), "message": e.to_string()}),

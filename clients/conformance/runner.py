@@ -231,6 +231,15 @@ class Run:
                 pub.run()
                 if pub.error:
                     raise ScenarioFailed(f"publish failed: {pub.error}")
+        elif do == "client_publish":
+            # The SDK under test publishes (with its options) and gets its seq back.
+            cmd = {"cmd": "publish", "topic": st["topic"], "data": st.get("data", "sdk")}
+            if st.get("exclude_self"):
+                cmd["exclude_self"] = True
+            before = len(d.matching("published", {"topic": st["topic"]}))
+            d.send(cmd)
+            d.wait_for(f"published on {st['topic']}",
+                       lambda: len(d.matching("published", {"topic": st["topic"]})) > before, timeout)
         elif do == "wait_published":
             deadline = time.monotonic() + timeout
             while self.publisher.published < st["count"]:

@@ -49,7 +49,9 @@ function subscribe(cmd) {
 }
 
 function publish(cmd) {
-  client.publish(cmd.topic, cmd.data, cmd.id ? { id: cmd.id } : {}).then(
+  const options = { excludeSelf: !!cmd.exclude_self };
+  if (cmd.id) options.id = cmd.id;
+  client.publish(cmd.topic, cmd.data, options).then(
     (seq) => emit({ event: 'published', topic: cmd.topic, seq }),
     (e) => emit({ event: 'publish_error', topic: cmd.topic, code: e.code ?? null, message: String(e.message) }),
   );

@@ -87,7 +87,8 @@ async def main() -> None:
 
     async def publish(c: GatewayClient, cmd: dict[str, Any]) -> None:
         try:
-            seq = await c.publish(cmd["topic"], cmd["data"], id=cmd.get("id"))
+            seq = await c.publish(cmd["topic"], cmd["data"], id=cmd.get("id"),
+                                  exclude_self=bool(cmd.get("exclude_self")))
             emit({"event": "published", "topic": cmd["topic"], "seq": seq})
         except GatewayError as e:
             emit({"event": "publish_error", "topic": cmd["topic"], "code": e.code, "message": e.message})
