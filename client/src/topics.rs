@@ -63,7 +63,9 @@ impl Message {
 #[derive(Debug)]
 pub(crate) enum Outcome {
     Deliver(Message),
-    Duplicate { seq: u64 },
+    Duplicate {
+        seq: u64,
+    },
     /// A `skipped` frame (the message excluded this session): the position moved past it,
     /// nothing to hand to the application.
     Skipped,

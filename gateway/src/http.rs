@@ -387,7 +387,12 @@ pub(crate) async fn api_publish(
         };
     }
     match shared
-        .publish(&topic, Payload::from_raw(&data), id.as_ref(), exclude.as_ref())
+        .publish(
+            &topic,
+            Payload::from_raw(&data),
+            id.as_ref(),
+            exclude.as_ref(),
+        )
         .await
     {
         Ok(appended) => Json(serde_json::json!({

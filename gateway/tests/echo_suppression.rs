@@ -187,8 +187,10 @@ async fn a_resume_replays_skipped_in_place_and_others_replay_the_message() {
     back.send(json!({"type": "unsubscribe", "topic": "log", "ref": 6}))
         .await;
     back.expect("unsubscribed").await;
-    back.send(json!({"type": "subscribe", "topic": "log", "since": {"seq": 0, "epoch": epoch}, "ref": 7}))
-        .await;
+    back.send(
+        json!({"type": "subscribe", "topic": "log", "since": {"seq": 0, "epoch": epoch}, "ref": 7}),
+    )
+    .await;
     assert_eq!(back.expect("subscribed").await["recovered"], true);
     assert_eq!(back.next().await, skipped("log", 1));
     assert_eq!(back.next().await, message("log", 2, json!(2)));
@@ -217,7 +219,11 @@ async fn an_ephemeral_topic_simply_leaves_the_excluded_session_out() {
     let dir = std::env::temp_dir().join(format!("gw-echo-{}", test_support::free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gateway.toml");
-    std::fs::write(&file, "[[namespaces]]\nprefix = \"cursor.\"\nhistory = false\n").unwrap();
+    std::fs::write(
+        &file,
+        "[[namespaces]]\nprefix = \"cursor.\"\nhistory = false\n",
+    )
+    .unwrap();
     let f = fleet(Some(file)).await;
     let (mut me, _) = f.pods[0].hello().await;
     let (mut far, _) = f.pods[1].hello().await;
@@ -248,7 +254,10 @@ async fn the_rust_sdk_moves_past_its_own_excluded_message_without_a_gap() {
         exclude_self: true,
         ..PublishOptions::default()
     };
-    assert_eq!(client.publish_with("sdk", &"mine", options).await.unwrap(), 1);
+    assert_eq!(
+        client.publish_with("sdk", &"mine", options).await.unwrap(),
+        1
+    );
     let (mut other, _) = f.pods[1].hello().await;
     assert_eq!(other.publish("sdk", json!("theirs")).await, 2);
     // The first message event is seq 2; no gap is reported for the skipped seq 1.

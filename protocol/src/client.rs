@@ -338,8 +338,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        for (flag, expected) in [("true", Some(true)), ("false", Some(false)), ("null", Some(false))] {
-            let frame = format!(r#"{{"type":"publish","topic":"a","data":1,"exclude_self":{flag}}}"#);
+        for (flag, expected) in [
+            ("true", Some(true)),
+            ("false", Some(false)),
+            ("null", Some(false)),
+        ] {
+            let frame =
+                format!(r#"{{"type":"publish","topic":"a","data":1,"exclude_self":{flag}}}"#);
             let decoded = decode(&frame).ok().and_then(|f| match f {
                 ClientFrame::Publish { exclude_self, .. } => Some(exclude_self),
                 _ => None,

@@ -813,10 +813,18 @@ pub async fn exclusions_are_kept_with_their_messages<H: Harness>(h: &H) {
         .expect("ordered append");
     let expected = vec![(1, None), (2, Some(a)), (3, Some(b)), (4, None)];
     let forward = store.history(&t, 0, 100).await.expect("history");
-    let got: Vec<_> = forward.messages.into_iter().map(|m| (m.seq, m.exclude)).collect();
+    let got: Vec<_> = forward
+        .messages
+        .into_iter()
+        .map(|m| (m.seq, m.exclude))
+        .collect();
     assert_eq!(got, expected);
     let backward = store.history_before(&t, None, 100).await.expect("history");
-    let mut got: Vec<_> = backward.messages.into_iter().map(|m| (m.seq, m.exclude)).collect();
+    let mut got: Vec<_> = backward
+        .messages
+        .into_iter()
+        .map(|m| (m.seq, m.exclude))
+        .collect();
     got.reverse();
     assert_eq!(got, expected);
 }

@@ -22,8 +22,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::config::ClientConfig;
 use crate::topics::{Gap, Outcome, Topics};
 use crate::wire::{
-    ClientFrame, CloseAdvice, ErrorFrame, MessageFrame, SkippedFrame, Position, Published, Reference, Refreshed,
-    ServerFrame, Subscribed, Unsubscribed, Welcome, token_expiry,
+    ClientFrame, CloseAdvice, ErrorFrame, MessageFrame, Position, Published, Reference, Refreshed,
+    ServerFrame, SkippedFrame, Subscribed, Unsubscribed, Welcome, token_expiry,
 };
 use crate::{ClientError, Command, Event, Reply, Shared};
 

@@ -225,7 +225,10 @@ impl TopicTask {
             let epoch = page.top.epoch.clone();
             for m in page.messages {
                 let size = m.data.len();
-                match self.seq.arrive(m.seq, &epoch, (m.data, None, m.exclude), size) {
+                match self
+                    .seq
+                    .arrive(m.seq, &epoch, (m.data, None, m.exclude), size)
+                {
                     Arrival::Release(items) => self.release(items),
                     Arrival::Full => {
                         let items = self.seq.skip_gap();
