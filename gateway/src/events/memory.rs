@@ -1,0 +1,290 @@
+//! The embedded default: the event log and the session tracker in process. Delivery follows the
+//! same rules as with Redis (oldest first, removed only after a 2xx, retried with backoff);
+//! what is not delivered when the process ends is lost with it, like everything else in memory.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol::Topic;
+use session_store::now_ms;
+
+use super::store::{Ended, Entry, EventLog, EventQueue, Tracker};
+use super::{Event, EventError};
+
+#[derive(Debug, Default)]
+struct Partition {
+    next_id: u64,
+    entries: VecDeque<Entry>,
+}
+
+/// Partitions of events in process.
+#[derive(Debug, Clone)]
+pub struct MemoryLog {
+    partitions: Arc<Vec<Mutex<Partition>>>,
+}
+
+impl MemoryLog {
+    pub fn new(partitions: u32) -> Self {
+        Self {
+            partitions: Arc::new((0..partitions.max(1)).map(|_| Mutex::default()).collect()),
+        }
+    }
+
+    fn partition(&self, partition: u32) -> Result<std::sync::MutexGuard<'_, Partition>, EventError> {
+        self.partitions
+            .get(partition as usize)
+            .map(|p| p.lock().expect("event log lock"))
+            .ok_or_else(|| EventError::Corrupt(format!("no partition {partition}")))
+    }
+}
+
+fn encode(event: &Event) -> Result<String, EventError> {
+    serde_json::to_string(event).map_err(|e| EventError::Corrupt(e.to_string()))
+}
+
+impl EventLog for MemoryLog {
+    async fn append(&self, partition: u32, event: &Event) -> Result<(), EventError> {
+        let json = encode(event)?;
+        let mut p = self.partition(partition)?;
+        p.next_id += 1;
+        let id = p.next_id.to_string();
+        p.entries.push_back(Entry {
+            id,
+            json,
+            at_ms: now_ms(),
+        });
+        Ok(())
+    }
+}
+
+impl EventQueue for MemoryLog {
+    /// One process, one deliverer: the lease is always held.
+    async fn lease(&self, _: u32, _: &str, _: Duration) -> Result<bool, EventError> {
+        Ok(true)
+    }
+
+    async fn release(&self, _: u32, _: &str) -> Result<(), EventError> {
+        Ok(())
+    }
+
+    async fn next_batch(&self, partition: u32, _: &str, max: usize) -> Result<Vec<Entry>, EventError> {
+        Ok(self.partition(partition)?.entries.iter().take(max).cloned().collect())
+    }
+
+    async fn ack(&self, partition: u32, ids: &[String]) -> Result<(), EventError> {
+        let ids: HashSet<&String> = ids.iter().collect();
+        self.partition(partition)?.entries.retain(|e| !ids.contains(&e.id));
+        Ok(())
+    }
+
+    async fn bound(&self, partition: u32, max: u64) -> Result<(u64, u64), EventError> {
+        let mut p = self.partition(partition)?;
+        let len = p.entries.len() as u64;
+        let drop = len.saturating_sub(max);
+        p.entries.drain(..drop as usize);
+        Ok((len, drop))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    user: Option<String>,
+    /// The pod holding it; `None` once detached.
+    pod: Option<String>,
+    deadline_ms: u64,
+    topics: HashSet<Topic>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sessions: HashMap<String, Session>,
+    occupants: HashMap<Topic, HashSet<String>>,
+    /// Detached sessions by deadline.
+    deadlines: BTreeMap<(u64, String), ()>,
+}
+
+/// Sessions and occupancy in process (one pod: no dead pods to detach).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryTracker {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryTracker {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("tracker lock")
+    }
+}
+
+impl Tracker for MemoryTracker {
+    async fn attach(&self, session: &str, user: Option<&str>, pod: &str) -> Result<bool, EventError> {
+        let mut state = self.state();
+        let state = &mut *state;
+        let new = !state.sessions.contains_key(session);
+        let s = state.sessions.entry(session.to_owned()).or_default();
+        if s.pod.is_none() {
+            state.deadlines.remove(&(s.deadline_ms, session.to_owned()));
+        }
+        s.pod = Some(pod.to_owned());
+        if user.is_some() {
+            s.user = user.map(str::to_owned);
+        }
+        Ok(new)
+    }
+
+    async fn detach(&self, session: &str, pod: &str, deadline_ms: u64) -> Result<(), EventError> {
+        let mut state = self.state();
+        let state = &mut *state;
+        if let Some(s) = state.sessions.get_mut(session)
+            && s.pod.as_deref() == Some(pod)
+        {
+            s.pod = None;
+            s.deadline_ms = deadline_ms;
+            state.deadlines.insert((deadline_ms, session.to_owned()), ());
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, session: &str, topic: &Topic) -> Result<bool, EventError> {
+        let mut state = self.state();
+        if let Some(s) = state.sessions.get_mut(session) {
+            s.topics.insert(topic.clone());
+        }
+        let occupants = state.occupants.entry(topic.clone()).or_default();
+        Ok(occupants.insert(session.to_owned()) && occupants.len() == 1)
+    }
+
+    async fn unsubscribe(&self, session: &str, topic: &Topic) -> Result<bool, EventError> {
+        let mut state = self.state();
+        if let Some(s) = state.sessions.get_mut(session) {
+            s.topics.remove(topic);
+        }
+        Ok(leave(&mut state, session, topic))
+    }
+
+    async fn end(&self, session: &str, only_detached: bool) -> Result<Option<Ended>, EventError> {
+        let mut state = self.state();
+        match state.sessions.get(session) {
+            None => return Ok(None),
+            Some(s) if only_detached && s.pod.is_some() => return Ok(None),
+            Some(_) => {}
+        }
+        let s = state.sessions.remove(session).expect("checked above");
+        state.deadlines.remove(&(s.deadline_ms, session.to_owned()));
+        let mut vacated: Vec<Topic> = s
+            .topics
+            .into_iter()
+            .filter(|t| leave(&mut state, session, t))
+            .collect();
+        vacated.sort();
+        Ok(Some(Ended {
+            user: s.user,
+            vacated,
+        }))
+    }
+
+    async fn expired(&self, now_ms: u64, max: usize) -> Result<Vec<String>, EventError> {
+        Ok(self
+            .state()
+            .deadlines
+            .keys()
+            .take_while(|(deadline, _)| *deadline <= now_ms)
+            .take(max)
+            .map(|(_, s)| s.clone())
+            .collect())
+    }
+
+    async fn alive(&self, _: &str, _: Duration) -> Result<(), EventError> {
+        Ok(())
+    }
+
+    /// One process: no other pod to die.
+    async fn dead_pods(&self) -> Result<Vec<String>, EventError> {
+        Ok(Vec::new())
+    }
+
+    async fn detach_pod(&self, _: &str, _: u64) -> Result<u64, EventError> {
+        Ok(0)
+    }
+
+    async fn sweeper_lease(&self, _: &str, _: Duration) -> Result<bool, EventError> {
+        Ok(true)
+    }
+}
+
+/// Removes `session` from `topic`'s occupants; `true` when it was the last.
+fn leave(state: &mut State, session: &str, topic: &Topic) -> bool {
+    let Some(occupants) = state.occupants.get_mut(topic) else {
+        return false;
+    };
+    let left = occupants.remove(session);
+    let empty = occupants.is_empty();
+    if empty {
+        state.occupants.remove(topic);
+    }
+    left && empty
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Kind;
+    use super::*;
+
+    fn t(name: &str) -> Topic {
+        Topic::new(name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_log_hands_out_the_oldest_first_until_acknowledged() {
+        let log = MemoryLog::new(2);
+        for i in 0..5 {
+            let e = Event::new(Kind::SessionStarted).session(&format!("s{i}"));
+            log.append(1, &e).await.unwrap();
+        }
+        let first = log.next_batch(1, "pod", 2).await.unwrap();
+        assert_eq!(first.len(), 2);
+        assert!(first[0].json.contains("\"s0\"") && first[1].json.contains("\"s1\""));
+        // Not acknowledged: the same batch again (a retry).
+        assert_eq!(log.next_batch(1, "pod", 2).await.unwrap(), first);
+        let ids: Vec<String> = first.iter().map(|e| e.id.clone()).collect();
+        log.ack(1, &ids).await.unwrap();
+        let next = log.next_batch(1, "pod", 10).await.unwrap();
+        assert_eq!(next.len(), 3);
+        assert!(next[0].json.contains("\"s2\""));
+        assert!(log.next_batch(0, "pod", 10).await.unwrap().is_empty());
+        // Above the bound the oldest go, and are counted.
+        assert_eq!(log.bound(1, 1).await.unwrap(), (3, 2));
+        let kept = log.next_batch(1, "pod", 10).await.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].json.contains("\"s4\""));
+    }
+
+    #[tokio::test]
+    async fn occupancy_counts_sessions_and_ends_are_reported_once() {
+        let tr = MemoryTracker::default();
+        assert!(tr.attach("s1", Some("ann"), "a").await.unwrap());
+        assert!(!tr.attach("s1", Some("ann"), "a").await.unwrap());
+        tr.attach("s2", None, "a").await.unwrap();
+        assert!(tr.subscribe("s1", &t("room")).await.unwrap());
+        assert!(!tr.subscribe("s2", &t("room")).await.unwrap());
+        assert!(!tr.subscribe("s1", &t("room")).await.unwrap());
+        assert!(tr.subscribe("s1", &t("other")).await.unwrap());
+        assert!(!tr.unsubscribe("s2", &t("room")).await.unwrap());
+        // A drain: detached on one pod, attached on another before the deadline; the late
+        // detach of the old pod changes nothing.
+        tr.detach("s1", "a", 100).await.unwrap();
+        tr.attach("s1", Some("ann"), "b").await.unwrap();
+        tr.detach("s1", "a", 100).await.unwrap();
+        assert!(tr.expired(1_000, 10).await.unwrap().is_empty());
+        assert_eq!(tr.end("s1", true).await.unwrap(), None, "attached on b");
+        // Detached for good: expired after its deadline, ended once.
+        tr.detach("s1", "b", 200).await.unwrap();
+        assert!(tr.expired(199, 10).await.unwrap().is_empty());
+        assert_eq!(tr.expired(200, 10).await.unwrap(), vec!["s1".to_owned()]);
+        let ended = tr.end("s1", true).await.unwrap().unwrap();
+        assert_eq!(ended.user.as_deref(), Some("ann"));
+        assert_eq!(ended.vacated, vec![t("other"), t("room")]);
+        assert_eq!(tr.end("s1", false).await.unwrap(), None);
+        assert!(tr.expired(1_000, 10).await.unwrap().is_empty());
+    }
+}
