@@ -104,6 +104,7 @@ impl Shared {
         let started = Instant::now();
         let appended = self.store.append(topic, &data, id).await?;
         self.metrics.store.observe("append", started);
+        crate::events::hooks::published(self, topic, None, &appended, &data).await;
         let data = self.to_fan_out(topic, &appended, data).await;
         self.fan_out(topic, &appended, data).await;
         Ok(appended)
@@ -205,10 +206,22 @@ impl Conn {
         let issued = shared
             .store
             .issue_append(&mut pipeline.lane, &topic, &data, id.as_ref());
+        let from = shared.events.as_ref().and_then(|_| {
+            let session = self.session.as_ref()?;
+            Some((session.id.to_string(), session.user.clone()))
+        });
         pipeline.in_flight.get_mut().push_back(Box::pin(async move {
             let result = match issued.await {
                 Ok(appended) => {
                     shared.metrics.store.observe("append", started);
+                    let events = crate::events::hooks::published(
+                        &shared,
+                        &topic,
+                        from.as_ref(),
+                        &appended,
+                        &data,
+                    );
+                    events.await;
                     let data = shared.to_fan_out(&topic, &appended, data).await;
                     Ok((appended, data))
                 }

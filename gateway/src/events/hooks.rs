@@ -15,6 +15,7 @@ use crate::Shared;
 /// a resumed one the tracker did not know (events turned on since) has its topics added.
 pub async fn attached<'a>(
     shared: &Shared,
+    conn: u64,
     session: &str,
     user: Option<&str>,
     resumed: bool,
@@ -25,7 +26,7 @@ pub async fn attached<'a>(
         let event = Event::new(Kind::SessionStarted).user(user).session(session);
         events.append(event).await;
     }
-    match events.tracker.attach(session, user, &shared.pod).await {
+    match events.tracker.attach(session, user, &shared.pod, conn).await {
         Ok(true) if resumed => {
             for topic in topics {
                 subscribed(shared, session, topic).await;
@@ -37,10 +38,11 @@ pub async fn attached<'a>(
 }
 
 /// A session's connection here ended; it may resume until one resume window from now.
-pub async fn detached(shared: &Shared, session: &str) {
+pub async fn detached(shared: &Shared, conn: u64, session: &str) {
     let Some(events) = &shared.events else { return };
     let deadline = now_ms() + shared.config.resume_window.as_millis() as u64;
-    if let Err(e) = events.tracker.detach(session, &shared.pod, deadline).await {
+    let pod = &shared.pod;
+    if let Err(e) = events.tracker.detach(session, pod, Some(conn), deadline).await {
         tracing::warn!(%session, error = %e, "events: detach not recorded");
     }
 }
@@ -113,25 +115,26 @@ pub async fn presence(shared: &Shared, topic: &Topic, changes: &[crate::presence
     }
 }
 
-/// A message stored on `topic` (namespaces with `publish_events`): its `seq` and `data`.
+/// A message stored on `topic` (namespaces with `publish_events`), not a duplicate: its `seq`,
+/// `epoch` and `data`, and the publishing session (`None`: the server API).
 pub async fn published(
     shared: &Shared,
     topic: &Topic,
-    session: Option<&str>,
-    user: Option<&str>,
-    seq: u64,
-    data: &serde_json::value::RawValue,
+    from: Option<&(String, Option<String>)>,
+    appended: &session_store::Appended,
+    data: &protocol::Payload,
 ) {
     let Some(events) = &shared.events else { return };
-    if !shared.namespaces.of(topic).publish_events {
+    if appended.duplicate || !shared.namespaces.of(topic).publish_events {
         return;
     }
-    let mut event = Event::new(Kind::Publish)
-        .user(user)
-        .topic(topic.as_str())
-        .data(json!({"seq": seq, "data": data}));
-    if let Some(session) = session {
-        event = event.session(session);
+    let mut event = Event::new(Kind::Publish).topic(topic.as_str()).data(json!({
+        "seq": appended.seq,
+        "epoch": appended.epoch.as_str(),
+        "data": data,
+    }));
+    if let Some((session, user)) = from {
+        event = event.session(session).user(user.as_deref());
     }
     events.append(event).await;
 }

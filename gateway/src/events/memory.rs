@@ -90,8 +90,8 @@ impl EventQueue for MemoryLog {
 #[derive(Debug, Default)]
 struct Session {
     user: Option<String>,
-    /// The pod holding it; `None` once detached.
-    pod: Option<String>,
+    /// The pod and connection holding it; `None` once detached.
+    pod: Option<(String, u64)>,
     deadline_ms: u64,
     topics: HashSet<Topic>,
 }
@@ -117,7 +117,13 @@ impl MemoryTracker {
 }
 
 impl Tracker for MemoryTracker {
-    async fn attach(&self, session: &str, user: Option<&str>, pod: &str) -> Result<bool, EventError> {
+    async fn attach(
+        &self,
+        session: &str,
+        user: Option<&str>,
+        pod: &str,
+        conn: u64,
+    ) -> Result<bool, EventError> {
         let mut state = self.state();
         let state = &mut *state;
         let new = !state.sessions.contains_key(session);
@@ -125,18 +131,26 @@ impl Tracker for MemoryTracker {
         if s.pod.is_none() {
             state.deadlines.remove(&(s.deadline_ms, session.to_owned()));
         }
-        s.pod = Some(pod.to_owned());
+        s.pod = Some((pod.to_owned(), conn));
         if user.is_some() {
             s.user = user.map(str::to_owned);
         }
         Ok(new)
     }
 
-    async fn detach(&self, session: &str, pod: &str, deadline_ms: u64) -> Result<(), EventError> {
+    async fn detach(
+        &self,
+        session: &str,
+        pod: &str,
+        conn: Option<u64>,
+        deadline_ms: u64,
+    ) -> Result<(), EventError> {
         let mut state = self.state();
         let state = &mut *state;
         if let Some(s) = state.sessions.get_mut(session)
-            && s.pod.as_deref() == Some(pod)
+            && s.pod
+                .as_ref()
+                .is_some_and(|(p, c)| p == pod && conn.is_none_or(|conn| conn == *c))
         {
             s.pod = None;
             s.deadline_ms = deadline_ms;
@@ -262,9 +276,9 @@ mod tests {
     #[tokio::test]
     async fn occupancy_counts_sessions_and_ends_are_reported_once() {
         let tr = MemoryTracker::default();
-        assert!(tr.attach("s1", Some("ann"), "a").await.unwrap());
-        assert!(!tr.attach("s1", Some("ann"), "a").await.unwrap());
-        tr.attach("s2", None, "a").await.unwrap();
+        assert!(tr.attach("s1", Some("ann"), "a", 1).await.unwrap());
+        assert!(!tr.attach("s1", Some("ann"), "a", 1).await.unwrap());
+        tr.attach("s2", None, "a", 2).await.unwrap();
         assert!(tr.subscribe("s1", &t("room")).await.unwrap());
         assert!(!tr.subscribe("s2", &t("room")).await.unwrap());
         assert!(!tr.subscribe("s1", &t("room")).await.unwrap());
@@ -272,13 +286,16 @@ mod tests {
         assert!(!tr.unsubscribe("s2", &t("room")).await.unwrap());
         // A drain: detached on one pod, attached on another before the deadline; the late
         // detach of the old pod changes nothing.
-        tr.detach("s1", "a", 100).await.unwrap();
-        tr.attach("s1", Some("ann"), "b").await.unwrap();
-        tr.detach("s1", "a", 100).await.unwrap();
+        tr.detach("s1", "a", Some(1), 100).await.unwrap();
+        tr.attach("s1", Some("ann"), "b", 7).await.unwrap();
+        tr.detach("s1", "a", Some(1), 100).await.unwrap();
+        // Taken over on the same pod by a newer connection: the old one's detach is ignored.
+        tr.attach("s1", Some("ann"), "b", 8).await.unwrap();
+        tr.detach("s1", "b", Some(7), 100).await.unwrap();
         assert!(tr.expired(1_000, 10).await.unwrap().is_empty());
         assert_eq!(tr.end("s1", true).await.unwrap(), None, "attached on b");
         // Detached for good: expired after its deadline, ended once.
-        tr.detach("s1", "b", 200).await.unwrap();
+        tr.detach("s1", "b", Some(8), 200).await.unwrap();
         assert!(tr.expired(199, 10).await.unwrap().is_empty());
         assert_eq!(tr.expired(200, 10).await.unwrap(), vec!["s1".to_owned()]);
         let ended = tr.end("s1", true).await.unwrap().unwrap();

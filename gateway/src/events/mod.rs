@@ -21,7 +21,8 @@
 //! [`store::Tracker`], and their memory-or-Redis dispatch); [`memory`] (the embedded default);
 //! [`redis_log`] and [`redis_tracker`] (Redis streams, leases, session and occupancy keys);
 //! [`delivery`] (the per-partition delivery task); [`sweeper`] (expired sessions, dead pods);
-//! [`hooks`] (the calls made from connections, presence, the server API and publishing);
+//! [`hooks`] (the calls made from connections, presence, the server API and publishing) and
+//! `conn` (a connection's calls, and what "closed for good" means);
 //! [`metrics`].
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+mod conn;
 pub mod delivery;
 pub mod hooks;
 pub mod memory;

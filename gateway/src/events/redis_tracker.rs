@@ -1,6 +1,7 @@
 //! Sessions and topic occupancy in Redis, each key changed by single-key commands or scripts
 //! (so it works on Redis Cluster too):
-//! - `<prefix>:ev-session:{<session>}` hash: `pod` (the holder; empty once detached), `user`,
+//! - `<prefix>:ev-session:{<session>}` hash: `pod` and `conn` (the holder; `pod` empty once
+//!   detached), `user`,
 //!   and a field `t:<topic>` per subscribed topic. It decides: a session ends once, when
 //!   the script that deletes it finds it (detached, for the sweeper).
 //! - `<prefix>:ev-topic:{<topic>}` set of the sessions subscribed: `topic.occupied` when a
@@ -28,12 +29,13 @@ const DETACH_ROUNDS: usize = 200;
 
 const ATTACH: &str = r"
 local new = redis.call('EXISTS', KEYS[1]) == 0
-redis.call('HSET', KEYS[1], 'pod', ARGV[1])
+redis.call('HSET', KEYS[1], 'pod', ARGV[1], 'conn', ARGV[4])
 if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'user', ARGV[3]) end
 return new and 1 or 0";
 
 const DETACH: &str = r"
-if redis.call('HGET', KEYS[1], 'pod') == ARGV[1] then
+if redis.call('HGET', KEYS[1], 'pod') == ARGV[1]
+   and (ARGV[2] == '*' or redis.call('HGET', KEYS[1], 'conn') == ARGV[2]) then
   redis.call('HSET', KEYS[1], 'pod', '')
   return 1
 end
@@ -134,11 +136,18 @@ fn texts(value: Value) -> Result<Vec<String>, EventError> {
 }
 
 impl Tracker for RedisTracker {
-    async fn attach(&self, session: &str, user: Option<&str>, pod: &str) -> Result<bool, EventError> {
+    async fn attach(
+        &self,
+        session: &str,
+        user: Option<&str>,
+        pod: &str,
+        conn: u64,
+    ) -> Result<bool, EventError> {
         let args = vec![
             pod.to_owned(),
             if user.is_some() { "1" } else { "0" }.to_owned(),
             user.unwrap_or("").to_owned(),
+            conn.to_string(),
         ];
         let new = self.flag(&self.attach, self.session_key(session), args).await?;
         self.command("SADD", vec![self.key("ev-pod", pod), session.to_owned()])
@@ -150,16 +159,23 @@ impl Tracker for RedisTracker {
         Ok(new)
     }
 
-    async fn detach(&self, session: &str, pod: &str, deadline_ms: u64) -> Result<(), EventError> {
+    async fn detach(
+        &self,
+        session: &str,
+        pod: &str,
+        conn: Option<u64>,
+        deadline_ms: u64,
+    ) -> Result<(), EventError> {
+        let conn = conn.map_or_else(|| "*".to_owned(), |c| c.to_string());
         let detached = self
-            .flag(&self.detach, self.session_key(session), vec![pod.to_owned()])
+            .flag(&self.detach, self.session_key(session), vec![pod.to_owned(), conn])
             .await?;
         if detached {
             let args = vec![self.global("ev-deadlines"), deadline_ms.to_string(), session.to_owned()];
             self.command("ZADD", args).await?;
+            self.command("SREM", vec![self.key("ev-pod", pod), session.to_owned()])
+                .await?;
         }
-        self.command("SREM", vec![self.key("ev-pod", pod), session.to_owned()])
-            .await?;
         Ok(())
     }
 
@@ -200,6 +216,7 @@ impl Tracker for RedisTracker {
                     self.command("SREM", vec![self.key("ev-pod", value), session.to_owned()])
                         .await?;
                 }
+                "conn" => {}
                 other => {
                     if let Some(topic) = other.strip_prefix("t:").and_then(|t| Topic::new(t).ok()) {
                         topics.push(topic);
@@ -267,7 +284,7 @@ impl Tracker for RedisTracker {
                 break;
             }
             for session in sessions {
-                self.detach(&session, pod, deadline_ms).await?;
+                self.detach(&session, pod, None, deadline_ms).await?;
                 detached += 1;
             }
         }

@@ -83,21 +83,24 @@ pub struct Ended {
 }
 
 pub trait Tracker: Send + Sync + 'static {
-    /// The session is connected on `pod` (fresh or resumed). `true` when the tracker did not
-    /// know it (a fresh session, or one from before events were on): its topics must be added.
+    /// The session is connected on `pod` by connection `conn` (fresh or resumed). `true` when
+    /// the tracker did not know it (a fresh session, or one from before events were on): its
+    /// topics must be added.
     fn attach(
         &self,
         session: &str,
         user: Option<&str>,
         pod: &str,
+        conn: u64,
     ) -> impl Future<Output = Result<bool, EventError>> + Send;
 
-    /// Its connection on `pod` ended; it may resume until `deadline_ms`. Ignored when another
-    /// pod holds the session since.
+    /// Its connection `conn` on `pod` ended (`None`: whichever, the pod is gone); it may resume
+    /// until `deadline_ms`. Ignored when another connection holds the session since.
     fn detach(
         &self,
         session: &str,
         pod: &str,
+        conn: Option<u64>,
         deadline_ms: u64,
     ) -> impl Future<Output = Result<(), EventError>> + Send;
 
@@ -224,11 +227,23 @@ impl EventQueue for AnyLog {
 }
 
 impl Tracker for AnyTracker {
-    async fn attach(&self, session: &str, user: Option<&str>, pod: &str) -> Result<bool, EventError> {
-        delegate!(AnyTracker, self, attach(session, user, pod))
+    async fn attach(
+        &self,
+        session: &str,
+        user: Option<&str>,
+        pod: &str,
+        conn: u64,
+    ) -> Result<bool, EventError> {
+        delegate!(AnyTracker, self, attach(session, user, pod, conn))
     }
-    async fn detach(&self, session: &str, pod: &str, deadline_ms: u64) -> Result<(), EventError> {
-        delegate!(AnyTracker, self, detach(session, pod, deadline_ms))
+    async fn detach(
+        &self,
+        session: &str,
+        pod: &str,
+        conn: Option<u64>,
+        deadline_ms: u64,
+    ) -> Result<(), EventError> {
+        delegate!(AnyTracker, self, detach(session, pod, conn, deadline_ms))
     }
     async fn subscribe(&self, session: &str, topic: &Topic) -> Result<bool, EventError> {
         delegate!(AnyTracker, self, subscribe(session, topic))
