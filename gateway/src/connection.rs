@@ -480,20 +480,30 @@ impl Conn {
     async fn finish(&mut self, socket: &mut WebSocket, close: Close) {
         // Written but not flushed is not sent: a flush failure leaves the positions where
         // the last successful flush put them.
+        // A goodbye (events on, the client's 1000) ends the session before anything is written
+        // (the first flush sends tungstenite's reply to the close), so whatever the client does
+        // next is recorded after the end.
+        let goodbye = matches!(close, Close::ByClient(code) if self.is_goodbye(code));
+        if goodbye {
+            self.events_goodbye().await;
+        }
         let answer = !matches!(close, Close::Gone);
         self.settle_publishes_on_close(socket, answer).await;
         if answer {
             let _ = timeout(self.shared.config.close_grace, self.flush(socket)).await;
         }
-        self.save_session().await;
-        // Resumable for the window from now: the per-user index must say so (for disconnect).
-        self.index_session().await;
+        if !goodbye {
+            self.save_session().await;
+            // Resumable for the window from now: the per-user index must say so (for
+            // disconnect).
+            self.index_session().await;
+        }
         if let Close::ByClient(_) = close {
             // tungstenite queued the reply to the client's close frame: send it. A client that
             // closes cleanly reads until that reply (the closing handshake), so it has every
             // message sent before it: the positions are confirmed.
             let replied = timeout(self.shared.config.close_grace, socket.flush()).await;
-            if matches!(replied, Ok(Ok(()))) {
+            if matches!(replied, Ok(Ok(()))) && !goodbye {
                 self.save_session_as(true).await;
             }
         }
@@ -532,11 +542,9 @@ impl Conn {
             self.forget_session().await;
         }
         self.presence_detach();
-        let client_code = match close {
-            Close::ByClient(code) => code,
-            _ => None,
-        };
-        self.events_finished(client_code).await;
+        if !goodbye {
+            self.events_detached().await;
+        }
         for topic in self.subs.keys() {
             self.shared.hub.unsubscribe(topic, self.id);
         }

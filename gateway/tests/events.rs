@@ -21,7 +21,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 /// Generous bound for anything awaited: a loaded machine, never a measure of speed.
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn events_on(c: &mut gateway::Config, rx: &Receiver, redis: &RedisServer, nats: &NatsServer, pod: &str) {
+fn events_on(
+    c: &mut gateway::Config,
+    rx: &Receiver,
+    redis: &RedisServer,
+    nats: &NatsServer,
+    pod: &str,
+) {
     rx.configure(c);
     c.events.webhook_timeout = Duration::from_secs(1);
     c.events.webhook_retry_max = Duration::from_millis(500);
@@ -36,11 +42,14 @@ fn events_on(c: &mut gateway::Config, rx: &Receiver, redis: &RedisServer, nats: 
     c.security.jwt_secret_file = Some(support::hostile::secret_file());
 }
 
+fn token(user: &str) -> String {
+    hs256(&granting(user, &["room.*"], &["room.*"]))
+}
+
 /// A client of `user` (granted `room.*`) that said hello.
 async fn hello_as(gw: &TestGateway, user: &str) -> (Client, Value) {
     let mut c = gw.client().await;
-    let token = hs256(&granting(user, &["room.*"], &["room.*"]));
-    c.send(json!({"type": "hello", "token": token})).await;
+    c.send(json!({"type": "hello", "token": token(user)})).await;
     let welcome = c.expect("welcome").await;
     (c, welcome)
 }
@@ -84,7 +93,11 @@ fn topic_events<'a>(events: &'a [Value], topic: &str) -> Vec<&'a str> {
 /// vacated once, and a drain that moves a session between pods records nothing.
 #[tokio::test]
 async fn session_and_topic_events_arrive_and_a_drain_records_none() {
-    let (redis, nats, rx) = (RedisServer::start(), NatsServer::start(), Receiver::start().await);
+    let (redis, nats, rx) = (
+        RedisServer::start(),
+        NatsServer::start(),
+        Receiver::start().await,
+    );
     let pods = [
         TestGateway::with(|c| {
             events_on(c, &rx, &redis, &nats, "pod-a");
@@ -108,8 +121,8 @@ async fn session_and_topic_events_arrive_and_a_drain_records_none() {
     assert_eq!(status, 202);
     assert_eq!(ann.closed().await.code, 1001);
     let mut ann = pods[1].client().await;
-    ann.send(json!({"type": "hello", "resume": ann_welcome["resume"]}))
-        .await;
+    let resume = json!({"type": "hello", "token": token("ann"), "resume": ann_welcome["resume"]});
+    ann.send(resume.clone()).await;
     assert_eq!(ann.expect("welcome").await["resumed"], true);
     // pod-a's connection task is over (whatever it records at the end is recorded).
     wait_metric(pods[0].admin, "gateway_connections_active", 0.0).await;
@@ -117,14 +130,24 @@ async fn session_and_topic_events_arrive_and_a_drain_records_none() {
     let (marker, marker_welcome) = hello_as(&pods[1], "cat").await;
     let marker_s = session_of(&marker_welcome);
     let events = rx
-        .wait_for("the marker", LIMIT, |e| story(e, &marker_s) == ["session.started"])
+        .wait_for("the marker", LIMIT, |e| {
+            story(e, &marker_s) == ["session.started"]
+        })
         .await;
-    assert_eq!(story(&events, &ann_s), ["session.started"], "the drain recorded nothing");
+    assert_eq!(
+        story(&events, &ann_s),
+        ["session.started"],
+        "the drain recorded nothing"
+    );
     assert_eq!(story(&events, &bob_s), ["session.started"]);
     assert_eq!(topic_events(&events, "room.1"), ["topic.occupied"]);
     let started = of(&events, "session.started");
     assert_eq!(started[0]["user"], "ann");
-    assert!(started.iter().all(|e| e["id"].as_str().unwrap().len() == 32 && e["at"].is_string()));
+    assert!(
+        started
+            .iter()
+            .all(|e| e["id"].as_str().unwrap().len() == 32 && e["at"].is_string())
+    );
 
     // ann closes for good; bob is disconnected by the server API; the topic is empty then.
     goodbye(ann).await;
@@ -136,21 +159,34 @@ async fn session_and_topic_events_arrive_and_a_drain_records_none() {
     goodbye(marker).await;
     let events = rx
         .wait_for("the ends", LIMIT, |e| {
-            [&ann_s, &bob_s, &marker_s].iter().all(|s| story(e, s).len() >= 2)
+            [&ann_s, &bob_s, &marker_s]
+                .iter()
+                .all(|s| story(e, s).len() >= 2)
                 && topic_events(e, "room.1").len() >= 2
         })
         .await;
-    assert_eq!(story(&events, &ann_s), ["session.started", "session.ended:closed"]);
-    assert_eq!(story(&events, &bob_s), ["session.started", "session.ended:disconnected"]);
-    assert_eq!(topic_events(&events, "room.1"), ["topic.occupied", "topic.vacated"]);
+    assert_eq!(
+        story(&events, &ann_s),
+        ["session.started", "session.ended:closed"]
+    );
+    assert_eq!(
+        story(&events, &bob_s),
+        ["session.started", "session.ended:disconnected"]
+    );
+    assert_eq!(
+        topic_events(&events, "room.1"),
+        ["topic.occupied", "topic.vacated"]
+    );
     let ended = of(&events, "session.ended");
-    assert!(ended.iter().any(|e| e["user"] == "bob" && e["session"] == bob_s.as_str()));
+    assert!(
+        ended
+            .iter()
+            .any(|e| e["user"] == "bob" && e["session"] == bob_s.as_str())
+    );
     assert_eq!(rx.bad_signatures(), 0);
     // A session closed for good does not resume.
     let mut again = pods[1].client().await;
-    again
-        .send(json!({"type": "hello", "resume": ann_welcome["resume"]}))
-        .await;
+    again.send(resume).await;
     let welcome = again.expect("welcome").await;
     assert_eq!(welcome["resumed"], false);
 }
@@ -160,7 +196,11 @@ async fn session_and_topic_events_arrive_and_a_drain_records_none() {
 /// happened, every batch signed.
 #[tokio::test]
 async fn a_receiver_down_for_30s_loses_nothing_and_sees_each_users_order() {
-    let (redis, nats, rx) = (RedisServer::start(), NatsServer::start(), Receiver::start().await);
+    let (redis, nats, rx) = (
+        RedisServer::start(),
+        NatsServer::start(),
+        Receiver::start().await,
+    );
     let pods = [
         TestGateway::with(|c| {
             events_on(c, &rx, &redis, &nats, "pod-a");
@@ -193,17 +233,30 @@ async fn a_receiver_down_for_30s_loses_nothing_and_sees_each_users_order() {
     }
     let down_for = Duration::from_secs(30);
     tokio::time::sleep(down_for).await;
-    assert!(rx.refused_while_down() > 0, "deliveries were attempted meanwhile");
+    assert!(
+        rx.refused_while_down() > 0,
+        "deliveries were attempted meanwhile"
+    );
     assert!(rx.received().is_empty());
     rx.set_up(true);
     // 3 users × 3 sessions × (started, ended) + 3 topics × 3 × (occupied, vacated).
     let events = rx.wait_for("every event", LIMIT, |e| e.len() >= 36).await;
-    assert_eq!(events.len(), 36, "no event twice with one id, none unexpected");
+    assert_eq!(
+        events.len(),
+        36,
+        "no event twice with one id, none unexpected"
+    );
     for (user, story) in &expected {
         let got: Vec<String> = events
             .iter()
             .filter(|e| e["user"] == user.as_str())
-            .map(|e| format!("{} {}", e["type"].as_str().unwrap(), e["session"].as_str().unwrap()))
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["type"].as_str().unwrap(),
+                    e["session"].as_str().unwrap()
+                )
+            })
             .collect();
         assert_eq!(&got, story, "{user}'s events in order");
         let topic = format!("room.{user}");
@@ -225,14 +278,31 @@ async fn a_receiver_down_for_30s_loses_nothing_and_sees_each_users_order() {
 /// sessions end as `expired` once the resume window has passed, and their topic is vacated.
 #[tokio::test]
 async fn a_killed_pods_events_are_delivered_by_another_and_its_sessions_expire() {
-    let (redis, nats, rx) = (RedisServer::start(), NatsServer::start(), Receiver::start().await);
+    let (redis, nats, rx) = (
+        RedisServer::start(),
+        NatsServer::start(),
+        Receiver::start().await,
+    );
     rx.set_up(false);
     let mut args: Vec<String> = rx.flags();
     args.extend(
         [
-            "--redis-url", &redis.url(), "--nats-url", &nats.url(), "--pod-name", "pod-doomed",
-            "--heartbeat-interval", "200ms", "--resume-window", "3s", "--webhook-timeout", "1s",
-            "--webhook-retry-max", "300ms", "--webhook-partitions", "2",
+            "--redis-url",
+            &redis.url(),
+            "--nats-url",
+            &nats.url(),
+            "--pod-name",
+            "pod-doomed",
+            "--heartbeat-interval",
+            "200ms",
+            "--resume-window",
+            "3s",
+            "--webhook-timeout",
+            "1s",
+            "--webhook-retry-max",
+            "300ms",
+            "--webhook-partitions",
+            "2",
         ]
         .map(String::from),
     );
@@ -265,26 +335,45 @@ async fn a_killed_pods_events_are_delivered_by_another_and_its_sessions_expire()
         c.resume_window = Duration::from_secs(3);
     })
     .await;
-    assert_eq!(support::faults_data::metric(survivor.admin, "gateway_events_leases").await, 0.0);
+    assert_eq!(
+        support::faults_data::metric(survivor.admin, "gateway_events_leases").await,
+        0.0
+    );
     doomed.process.kill();
     drop(clients);
     rx.set_up(true);
     let events = rx
-        .wait_for("the dead pod's events and its sessions' expiry", LIMIT, |e| {
-            closed.iter().all(|s| story(e, s).len() == 2)
-                && open.iter().all(|s| story(e, s).len() == 2)
-                && topic_events(e, "room.kept").len() == 2
-        })
+        .wait_for(
+            "the dead pod's events and its sessions' expiry",
+            LIMIT,
+            |e| {
+                closed.iter().all(|s| story(e, s).len() == 2)
+                    && open.iter().all(|s| story(e, s).len() == 2)
+                    && topic_events(e, "room.kept").len() == 2
+            },
+        )
         .await;
     for s in &closed {
-        assert_eq!(story(&events, s), ["session.started", "session.ended:closed"]);
+        assert_eq!(
+            story(&events, s),
+            ["session.started", "session.ended:closed"]
+        );
     }
     for s in &open {
-        assert_eq!(story(&events, s), ["session.started", "session.ended:expired"]);
+        assert_eq!(
+            story(&events, s),
+            ["session.started", "session.ended:expired"]
+        );
     }
-    assert_eq!(topic_events(&events, "room.kept"), ["topic.occupied", "topic.vacated"]);
+    assert_eq!(
+        topic_events(&events, "room.kept"),
+        ["topic.occupied", "topic.vacated"]
+    );
     assert_eq!(rx.bad_signatures(), 0);
-    assert!(support::faults_data::metric(survivor.admin, "gateway_events_delivered_total").await >= 10.0);
+    assert!(
+        support::faults_data::metric(survivor.admin, "gateway_events_delivered_total").await
+            >= 10.0
+    );
 }
 
 async fn wait_metric(admin: std::net::SocketAddr, name: &str, value: f64) {

@@ -143,19 +143,47 @@ mod tests {
             (&["--webhook-url", "ftp://x"], "--webhook-url"),
             (&["--webhook-url", "http://x"], "--webhook-secret-file"),
             (
-                &["--webhook-url", "http://x", "--webhook-secret-file", "s", "--webhook-batch-max", "0"],
+                &[
+                    "--webhook-url",
+                    "http://x",
+                    "--webhook-secret-file",
+                    "s",
+                    "--webhook-batch-max",
+                    "0",
+                ],
                 "--webhook-batch-max",
             ),
             (
-                &["--webhook-url", "http://x", "--webhook-secret-file", "s", "--webhook-partitions", "0"],
+                &[
+                    "--webhook-url",
+                    "http://x",
+                    "--webhook-secret-file",
+                    "s",
+                    "--webhook-partitions",
+                    "0",
+                ],
                 "--webhook-partitions",
             ),
             (
-                &["--webhook-url", "http://x", "--webhook-secret-file", "s", "--webhook-timeout", "0s"],
+                &[
+                    "--webhook-url",
+                    "http://x",
+                    "--webhook-secret-file",
+                    "s",
+                    "--webhook-timeout",
+                    "0s",
+                ],
                 "--webhook-timeout",
             ),
             (
-                &["--webhook-url", "http://x", "--webhook-secret-file", "s", "--webhook-backlog-max", "0"],
+                &[
+                    "--webhook-url",
+                    "http://x",
+                    "--webhook-secret-file",
+                    "s",
+                    "--webhook-backlog-max",
+                    "0",
+                ],
                 "--webhook-backlog-max",
             ),
         ];

@@ -22,8 +22,15 @@ impl Conn {
         let Some(session) = &self.session else { return };
         let id = session.id.to_string();
         let topics = self.subs.keys();
-        hooks::attached(&self.shared, self.id, &id, session.user.as_deref(), resumed, topics)
-            .await;
+        hooks::attached(
+            &self.shared,
+            self.id,
+            &id,
+            session.user.as_deref(),
+            resumed,
+            topics,
+        )
+        .await;
     }
 
     pub(crate) async fn events_subscribed(&self, topic: &Topic) {
@@ -36,19 +43,31 @@ impl Conn {
         hooks::unsubscribed(&self.shared, session.id.as_str(), topic).await;
     }
 
-    /// When the connection ends. `client_code`: the code of the client's close frame, if it
-    /// sent one. A session the server API disconnected was ended by that call.
-    pub(crate) async fn events_finished(&self, client_code: Option<u16>) {
+    /// Whether a client close frame with `code` ends the session for good: events are on,
+    /// the code is [`GOODBYE`], and the server API has not ended it already.
+    pub(crate) fn is_goodbye(&self, code: Option<u16>) -> bool {
+        self.shared.events.is_some()
+            && code == Some(GOODBYE)
+            && self.session.is_some()
+            && !self.control.is_disconnected()
+    }
+
+    /// Ends the session for good: its record deleted (nothing to resume), `session.ended`
+    /// with `closed`, and the topics it vacated.
+    pub(crate) async fn events_goodbye(&self) {
+        let Some(session) = &self.session else { return };
+        self.forget_session().await;
+        let id = session.id.to_string();
+        hooks::ended(&self.shared, &id, session.user.as_deref(), Why::Closed).await;
+    }
+
+    /// When the connection ends otherwise: the session is detached (resumable). A session the
+    /// server API disconnected was ended by that call.
+    pub(crate) async fn events_detached(&self) {
         if self.shared.events.is_none() || self.control.is_disconnected() {
             return;
         }
         let Some(session) = &self.session else { return };
-        let id = session.id.to_string();
-        if client_code == Some(GOODBYE) {
-            self.forget_session().await;
-            hooks::ended(&self.shared, &id, session.user.as_deref(), Why::Closed).await;
-        } else {
-            hooks::detached(&self.shared, self.id, &id).await;
-        }
+        hooks::detached(&self.shared, self.id, session.id.as_str()).await;
     }
 }

@@ -110,7 +110,13 @@ async fn deliver(
             Ok(()) => return Outcome::Delivered,
             Err(e) => {
                 events.metrics.events.retries.inc();
-                tracing::warn!(partition, events = batch.len(), attempt, error = %e, "event batch not delivered; retrying");
+                // Once per outage, then every 50th attempt: a receiver down for an hour must
+                // not flood the log.
+                if attempt % 50 == 0 {
+                    tracing::warn!(partition, events = batch.len(), attempt, error = %e, "event batch not delivered; retrying");
+                } else {
+                    tracing::debug!(partition, attempt, error = %e, "event batch not delivered; retrying");
+                }
             }
         }
     }
@@ -119,7 +125,9 @@ async fn deliver(
 
 /// The delivery task of `partition` on this pod, until shutdown (then the lease is released).
 pub async fn run(shared: Arc<Shared>, transport: HttpTransport, partition: u32) {
-    let Some(events) = shared.events.clone() else { return };
+    let Some(events) = shared.events.clone() else {
+        return;
+    };
     let metrics = &events.metrics.events;
     let label = PartitionLabel { partition };
     let ttl = lease_ttl(&events);
@@ -149,12 +157,21 @@ pub async fn run(shared: Arc<Shared>, transport: HttpTransport, partition: u32) 
             }
             continue;
         }
-        match events.log.bound(partition, events.settings.backlog_max).await {
+        match events
+            .log
+            .bound(partition, events.settings.backlog_max)
+            .await
+        {
             Ok((backlog, dropped)) => {
                 metrics.backlog.get_or_create(&label).set(backlog as i64);
                 if dropped > 0 {
                     metrics.dropped.inc_by(dropped);
-                    tracing::error!(partition, dropped, bound = events.settings.backlog_max, "undelivered events dropped: the backlog bound was reached");
+                    tracing::error!(
+                        partition,
+                        dropped,
+                        bound = events.settings.backlog_max,
+                        "undelivered events dropped: the backlog bound was reached"
+                    );
                 }
             }
             Err(e) => tracing::debug!(partition, error = %e, "event backlog not read"),

@@ -26,7 +26,11 @@ pub async fn attached<'a>(
         let event = Event::new(Kind::SessionStarted).user(user).session(session);
         events.append(event).await;
     }
-    match events.tracker.attach(session, user, &shared.pod, conn).await {
+    match events
+        .tracker
+        .attach(session, user, &shared.pod, conn)
+        .await
+    {
         Ok(true) if resumed => {
             for topic in topics {
                 subscribed(shared, session, topic).await;
@@ -42,7 +46,11 @@ pub async fn detached(shared: &Shared, conn: u64, session: &str) {
     let Some(events) = &shared.events else { return };
     let deadline = now_ms() + shared.config.resume_window.as_millis() as u64;
     let pod = &shared.pod;
-    if let Err(e) = events.tracker.detach(session, pod, Some(conn), deadline).await {
+    if let Err(e) = events
+        .tracker
+        .detach(session, pod, Some(conn), deadline)
+        .await
+    {
         tracing::warn!(%session, error = %e, "events: detach not recorded");
     }
 }

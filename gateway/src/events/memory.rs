@@ -31,7 +31,10 @@ impl MemoryLog {
         }
     }
 
-    fn partition(&self, partition: u32) -> Result<std::sync::MutexGuard<'_, Partition>, EventError> {
+    fn partition(
+        &self,
+        partition: u32,
+    ) -> Result<std::sync::MutexGuard<'_, Partition>, EventError> {
         self.partitions
             .get(partition as usize)
             .map(|p| p.lock().expect("event log lock"))
@@ -68,13 +71,26 @@ impl EventQueue for MemoryLog {
         Ok(())
     }
 
-    async fn next_batch(&self, partition: u32, _: &str, max: usize) -> Result<Vec<Entry>, EventError> {
-        Ok(self.partition(partition)?.entries.iter().take(max).cloned().collect())
+    async fn next_batch(
+        &self,
+        partition: u32,
+        _: &str,
+        max: usize,
+    ) -> Result<Vec<Entry>, EventError> {
+        Ok(self
+            .partition(partition)?
+            .entries
+            .iter()
+            .take(max)
+            .cloned()
+            .collect())
     }
 
     async fn ack(&self, partition: u32, ids: &[String]) -> Result<(), EventError> {
         let ids: HashSet<&String> = ids.iter().collect();
-        self.partition(partition)?.entries.retain(|e| !ids.contains(&e.id));
+        self.partition(partition)?
+            .entries
+            .retain(|e| !ids.contains(&e.id));
         Ok(())
     }
 
@@ -154,7 +170,9 @@ impl Tracker for MemoryTracker {
         {
             s.pod = None;
             s.deadline_ms = deadline_ms;
-            state.deadlines.insert((deadline_ms, session.to_owned()), ());
+            state
+                .deadlines
+                .insert((deadline_ms, session.to_owned()), ());
         }
         Ok(())
     }

@@ -256,7 +256,11 @@ impl Events {
                 self.metrics.events.appended.get_or_create(&label).inc();
             }
             Err(e) => {
-                self.metrics.events.append_failed.get_or_create(&label).inc();
+                self.metrics
+                    .events
+                    .append_failed
+                    .get_or_create(&label)
+                    .inc();
                 tracing::warn!(kind = event.kind, id = %event.id, error = %e, "event not recorded");
             }
         };
@@ -275,12 +279,17 @@ pub async fn start(shared: &Arc<crate::Shared>) {
     let deadline = session_store::now_ms() + shared.config.resume_window.as_millis() as u64;
     match events.tracker.detach_pod(pod, deadline).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(sessions = n, "events: sessions of this pod's previous run detached"),
+        Ok(n) => tracing::info!(
+            sessions = n,
+            "events: sessions of this pod's previous run detached"
+        ),
         Err(e) => tracing::warn!(error = %e, "events: previous sessions not detached"),
     }
     let transport = match crate::hooks::HttpTransport::new() {
         Ok(t) => t,
-        Err(e) => return tracing::error!(error = %e, "events: no HTTP client; nothing is delivered"),
+        Err(e) => {
+            return tracing::error!(error = %e, "events: no HTTP client; nothing is delivered");
+        }
     };
     for partition in 0..events.settings.partitions {
         tokio::spawn(delivery::run(shared.clone(), transport.clone(), partition));
@@ -295,8 +304,13 @@ mod tests {
 
     #[test]
     fn a_users_events_share_a_partition_whatever_the_session() {
-        let a = Event::new(Kind::SessionStarted).user(Some("ann")).session("s1");
-        let b = Event::new(Kind::PresenceJoin).user(Some("ann")).session("s2").topic("t");
+        let a = Event::new(Kind::SessionStarted)
+            .user(Some("ann"))
+            .session("s1");
+        let b = Event::new(Kind::PresenceJoin)
+            .user(Some("ann"))
+            .session("s2")
+            .topic("t");
         assert_eq!(a.key(), "ann");
         assert_eq!(partition_of(a.key(), 16), partition_of(b.key(), 16));
         let anonymous = Event::new(Kind::SessionStarted).session("s3");

@@ -170,11 +170,20 @@ impl EventQueue for RedisLog {
     async fn release(&self, partition: u32, holder: &str) -> Result<(), EventError> {
         let keys = vec![self.lease_key(partition)];
         let client = self.store.pool().next();
-        bounded(&self.store, self.release.run(client, keys, vec![holder.to_owned()])).await?;
+        bounded(
+            &self.store,
+            self.release.run(client, keys, vec![holder.to_owned()]),
+        )
+        .await?;
         Ok(())
     }
 
-    async fn next_batch(&self, partition: u32, holder: &str, max: usize) -> Result<Vec<Entry>, EventError> {
+    async fn next_batch(
+        &self,
+        partition: u32,
+        holder: &str,
+        max: usize,
+    ) -> Result<Vec<Entry>, EventError> {
         self.ensure_group(partition).await?;
         let stream = self.stream(partition);
         // Pending first, whoever read them: the lease makes this pod the only deliverer, so
@@ -298,7 +307,11 @@ fn entries(value: Value) -> Result<Vec<Entry>, EventError> {
             return Err(corrupt("stream entry"));
         }
         let fields = pair.pop().expect("two");
-        let id = pair.pop().expect("two").into_string().ok_or_else(|| corrupt("entry id"))?;
+        let id = pair
+            .pop()
+            .expect("two")
+            .into_string()
+            .ok_or_else(|| corrupt("entry id"))?;
         let json = match fields {
             Value::Array(fields) => fields
                 .into_iter()
@@ -314,7 +327,11 @@ fn entries(value: Value) -> Result<Vec<Entry>, EventError> {
             Value::Null => continue,
             _ => return Err(corrupt("entry fields")),
         };
-        let at_ms = id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
+        let at_ms = id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0);
         out.push(Entry { id, json, at_ms });
     }
     Ok(out)

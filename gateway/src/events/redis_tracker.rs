@@ -109,7 +109,12 @@ impl RedisTracker {
         format!("{}:{name}", self.store.key_prefix())
     }
 
-    async fn script(&self, script: &Script, key: String, args: Vec<String>) -> Result<Value, EventError> {
+    async fn script(
+        &self,
+        script: &Script,
+        key: String,
+        args: Vec<String>,
+    ) -> Result<Value, EventError> {
         let client = self.store.pool().next();
         bounded(&self.store, script.run(client, vec![key], args)).await
     }
@@ -119,7 +124,12 @@ impl RedisTracker {
         bounded(&self.store, self.store.pool().next().custom(command, args)).await
     }
 
-    async fn flag(&self, script: &Script, key: String, args: Vec<String>) -> Result<bool, EventError> {
+    async fn flag(
+        &self,
+        script: &Script,
+        key: String,
+        args: Vec<String>,
+    ) -> Result<bool, EventError> {
         Ok(self.script(script, key, args).await?.as_i64() == Some(1))
     }
 }
@@ -149,13 +159,18 @@ impl Tracker for RedisTracker {
             user.unwrap_or("").to_owned(),
             conn.to_string(),
         ];
-        let new = self.flag(&self.attach, self.session_key(session), args).await?;
+        let new = self
+            .flag(&self.attach, self.session_key(session), args)
+            .await?;
         self.command("SADD", vec![self.key("ev-pod", pod), session.to_owned()])
             .await?;
         self.command("SADD", vec![self.global("ev-pods"), pod.to_owned()])
             .await?;
-        self.command("ZREM", vec![self.global("ev-deadlines"), session.to_owned()])
-            .await?;
+        self.command(
+            "ZREM",
+            vec![self.global("ev-deadlines"), session.to_owned()],
+        )
+        .await?;
         Ok(new)
     }
 
@@ -168,10 +183,18 @@ impl Tracker for RedisTracker {
     ) -> Result<(), EventError> {
         let conn = conn.map_or_else(|| "*".to_owned(), |c| c.to_string());
         let detached = self
-            .flag(&self.detach, self.session_key(session), vec![pod.to_owned(), conn])
+            .flag(
+                &self.detach,
+                self.session_key(session),
+                vec![pod.to_owned(), conn],
+            )
             .await?;
         if detached {
-            let args = vec![self.global("ev-deadlines"), deadline_ms.to_string(), session.to_owned()];
+            let args = vec![
+                self.global("ev-deadlines"),
+                deadline_ms.to_string(),
+                session.to_owned(),
+            ];
             self.command("ZADD", args).await?;
             self.command("SREM", vec![self.key("ev-pod", pod), session.to_owned()])
                 .await?;
@@ -183,24 +206,38 @@ impl Tracker for RedisTracker {
         let field = format!("t:{topic}");
         self.script(&self.subscribed, self.session_key(session), vec![field])
             .await?;
-        self.flag(&self.occupy, self.key("ev-topic", topic.as_str()), vec![session.to_owned()])
-            .await
+        self.flag(
+            &self.occupy,
+            self.key("ev-topic", topic.as_str()),
+            vec![session.to_owned()],
+        )
+        .await
     }
 
     async fn unsubscribe(&self, session: &str, topic: &Topic) -> Result<bool, EventError> {
         let field = format!("t:{topic}");
         self.command("HDEL", vec![self.session_key(session), field])
             .await?;
-        self.flag(&self.vacate, self.key("ev-topic", topic.as_str()), vec![session.to_owned()])
-            .await
+        self.flag(
+            &self.vacate,
+            self.key("ev-topic", topic.as_str()),
+            vec![session.to_owned()],
+        )
+        .await
     }
 
     async fn end(&self, session: &str, only_detached: bool) -> Result<Option<Ended>, EventError> {
         let args = vec![if only_detached { "1" } else { "0" }.to_owned()];
-        let fields = texts(self.script(&self.end, self.session_key(session), args).await?)?;
+        let fields = texts(
+            self.script(&self.end, self.session_key(session), args)
+                .await?,
+        )?;
         // Whatever the answer, this deadline is settled: attached (resumed) or ended now.
-        self.command("ZREM", vec![self.global("ev-deadlines"), session.to_owned()])
-            .await?;
+        self.command(
+            "ZREM",
+            vec![self.global("ev-deadlines"), session.to_owned()],
+        )
+        .await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -228,7 +265,10 @@ impl Tracker for RedisTracker {
         let mut vacated = Vec::new();
         for topic in topics {
             let key = self.key("ev-topic", topic.as_str());
-            if self.flag(&self.vacate, key, vec![session.to_owned()]).await? {
+            if self
+                .flag(&self.vacate, key, vec![session.to_owned()])
+                .await?
+            {
                 vacated.push(topic);
             }
         }
@@ -258,10 +298,15 @@ impl Tracker for RedisTracker {
     }
 
     async fn dead_pods(&self) -> Result<Vec<String>, EventError> {
-        let pods = texts(self.command("SMEMBERS", vec![self.global("ev-pods")]).await?)?;
+        let pods = texts(
+            self.command("SMEMBERS", vec![self.global("ev-pods")])
+                .await?,
+        )?;
         let mut dead = Vec::new();
         for pod in pods {
-            let alive = self.command("EXISTS", vec![self.key("ev-alive", &pod)]).await?;
+            let alive = self
+                .command("EXISTS", vec![self.key("ev-alive", &pod)])
+                .await?;
             if alive.as_i64() == Some(0) {
                 dead.push(pod);
             }
@@ -293,6 +338,7 @@ impl Tracker for RedisTracker {
 
     async fn sweeper_lease(&self, holder: &str, ttl: Duration) -> Result<bool, EventError> {
         let args = vec![holder.to_owned(), ttl.as_millis().max(1).to_string()];
-        self.flag(&self.renew, self.global("ev-sweeper"), args).await
+        self.flag(&self.renew, self.global("ev-sweeper"), args)
+            .await
     }
 }

@@ -134,8 +134,11 @@ pub trait Tracker: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<String>, EventError>> + Send;
 
     /// Marks `pod` alive for `ttl`.
-    fn alive(&self, pod: &str, ttl: Duration)
-    -> impl Future<Output = Result<(), EventError>> + Send;
+    fn alive(
+        &self,
+        pod: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), EventError>> + Send;
 
     /// Pods that hold sessions but whose liveness mark is gone (killed, or cut off).
     fn dead_pods(&self) -> impl Future<Output = Result<Vec<String>, EventError>> + Send;

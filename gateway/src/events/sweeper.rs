@@ -30,7 +30,9 @@ async fn sweep(shared: &Shared) {
         Ok(dead) => {
             for pod in dead.into_iter().filter(|p| *p != shared.pod) {
                 match tracker.detach_pod(&pod, deadline).await {
-                    Ok(n) => tracing::info!(%pod, sessions = n, "events: sessions of a dead pod detached"),
+                    Ok(n) => {
+                        tracing::info!(%pod, sessions = n, "events: sessions of a dead pod detached")
+                    }
                     Err(e) => tracing::debug!(%pod, error = %e, "dead pod's sessions not detached"),
                 }
             }
@@ -60,7 +62,9 @@ async fn sweep(shared: &Shared) {
 
 /// The pod's sweeper task, until shutdown.
 pub async fn run(shared: Arc<Shared>) {
-    let Some(events) = shared.events.clone() else { return };
+    let Some(events) = shared.events.clone() else {
+        return;
+    };
     let interval = shared.config.heartbeat_interval;
     let lease = interval * 3 + Duration::from_secs(2);
     let mut tick = tokio::time::interval(interval);

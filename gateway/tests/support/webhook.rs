@@ -86,8 +86,11 @@ impl Receiver {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        let secret_file =
-            std::env::temp_dir().join(format!("webhook-{}-{}.secret", std::process::id(), addr.port()));
+        let secret_file = std::env::temp_dir().join(format!(
+            "webhook-{}-{}.secret",
+            std::process::id(),
+            addr.port()
+        ));
         std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
         Self {
             inner,
@@ -140,7 +143,12 @@ impl Receiver {
     }
 
     /// Waits (bounded) until `done` holds for the unique events.
-    pub async fn wait_for(&self, what: &str, limit: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let events = self.unique();
