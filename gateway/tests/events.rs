@@ -395,3 +395,70 @@ async fn wait_metric_above(admin: std::net::SocketAddr, name: &str, value: f64) 
     }
     panic!("{name} never above {value}");
 }
+
+/// The embedded default (no Redis): events are kept in the process and delivered with the same
+/// rules; `publish` events where the namespace asks for them, presence joins and leaves.
+#[tokio::test]
+async fn embedded_pods_deliver_publish_and_presence_events() {
+    let rx = Receiver::start().await;
+    let gw = TestGateway::with(|c| {
+        rx.configure(c);
+        c.events.webhook_retry_max = Duration::from_millis(300);
+        c.app.publish_events = true;
+        c.app.presence = true;
+        c.heartbeat_interval = Duration::from_millis(100);
+    })
+    .await;
+    rx.set_up(false);
+    let (mut c, welcome) = gw.hello().await;
+    let session = session_of(&welcome);
+    c.subscribe("room.7").await;
+    let seq = c.publish("room.7", json!({"text": "hi"})).await;
+    gw.publish_api("room.7", json!({"text": "from the server"}))
+        .await;
+    c.send(json!({"type": "unsubscribe", "topic": "room.7"}))
+        .await;
+    // Our own messages arrive first; skip them.
+    for _ in 0..10 {
+        if c.next().await["type"] == "unsubscribed" {
+            break;
+        }
+    }
+    // Refused for a while, then delivered: nothing lost in memory either.
+    for _ in 0..100 {
+        if rx.refused_while_down() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rx.refused_while_down() > 0);
+    rx.set_up(true);
+    let events = rx
+        .wait_for("publish and presence events", LIMIT, |e| {
+            of(e, "publish").len() == 2 && of(e, "presence.leave").len() == 1
+        })
+        .await;
+    let published = of(&events, "publish");
+    assert_eq!(published[0]["session"], session.as_str());
+    assert_eq!(published[0]["data"]["seq"], seq);
+    assert_eq!(published[0]["data"]["data"]["text"], "hi");
+    assert!(
+        published[1].get("session").is_none(),
+        "the server API has no session"
+    );
+    assert_eq!(published[1]["data"]["data"]["text"], "from the server");
+    assert_eq!(
+        story(&events, &session),
+        [
+            "session.started",
+            "presence.join",
+            "publish",
+            "presence.leave"
+        ]
+    );
+    assert_eq!(
+        topic_events(&events, "room.7"),
+        ["topic.occupied", "topic.vacated"]
+    );
+    assert_eq!(rx.bad_signatures(), 0);
+}
