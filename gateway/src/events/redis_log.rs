@@ -184,6 +184,33 @@ impl EventQueue for RedisLog {
         holder: &str,
         max: usize,
     ) -> Result<Vec<Entry>, EventError> {
+        match self.read_batch(partition, holder, max).await {
+            // The stream and its group are gone (a restarted Redis without persistence, a
+            // flush): create them again on the next pass.
+            Err(EventError::Unavailable(e)) if e.contains("NOGROUP") => {
+                self.grouped.lock().expect("lock").remove(&partition);
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    async fn ack(&self, partition: u32, ids: &[String]) -> Result<(), EventError> {
+        self.ack_and_delete(partition, ids).await
+    }
+
+    async fn bound(&self, partition: u32, max: u64) -> Result<(u64, u64), EventError> {
+        self.trim(partition, max).await
+    }
+}
+
+impl RedisLog {
+    async fn read_batch(
+        &self,
+        partition: u32,
+        holder: &str,
+        max: usize,
+    ) -> Result<Vec<Entry>, EventError> {
         self.ensure_group(partition).await?;
         let stream = self.stream(partition);
         // Pending first, whoever read them: the lease makes this pod the only deliverer, so
@@ -228,16 +255,7 @@ impl EventQueue for RedisLog {
                 ],
             )
             .await;
-        let read = match read {
-            Ok(read) => read,
-            // The stream (and its group) was deleted, e.g. by a flush: create them again.
-            Err(EventError::Unavailable(e)) if e.contains("NOGROUP") => {
-                self.grouped.lock().expect("lock").remove(&partition);
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(e),
-        };
-        match read {
+        match read? {
             Value::Null => Ok(Vec::new()),
             Value::Array(streams) => {
                 let Some(Value::Array(mut stream)) = streams.into_iter().next() else {
@@ -256,7 +274,7 @@ impl EventQueue for RedisLog {
         }
     }
 
-    async fn ack(&self, partition: u32, ids: &[String]) -> Result<(), EventError> {
+    async fn ack_and_delete(&self, partition: u32, ids: &[String]) -> Result<(), EventError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -270,7 +288,7 @@ impl EventQueue for RedisLog {
         Ok(())
     }
 
-    async fn bound(&self, partition: u32, max: u64) -> Result<(u64, u64), EventError> {
+    async fn trim(&self, partition: u32, max: u64) -> Result<(u64, u64), EventError> {
         let stream = self.stream(partition);
         let len = self
             .command("XLEN", vec![stream.clone()])
