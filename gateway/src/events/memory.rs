@@ -16,6 +16,9 @@ use super::{Event, EventError};
 struct Partition {
     next_id: u64,
     entries: VecDeque<Entry>,
+    /// The first this many entries were handed out and not acknowledged: handed out again,
+    /// alone, before anything newer (as a Redis consumer group's pending entries are).
+    pending: usize,
 }
 
 /// Partitions of events in process.
@@ -77,20 +80,27 @@ impl EventQueue for MemoryLog {
         _: &str,
         max: usize,
     ) -> Result<Vec<Entry>, EventError> {
-        Ok(self
-            .partition(partition)?
-            .entries
-            .iter()
-            .take(max)
-            .cloned()
-            .collect())
+        let mut p = self.partition(partition)?;
+        let n = if p.pending > 0 {
+            p.pending.min(max)
+        } else {
+            p.entries.len().min(max)
+        };
+        p.pending = p.pending.max(n);
+        Ok(p.entries.iter().take(n).cloned().collect())
     }
 
     async fn ack(&self, partition: u32, ids: &[String]) -> Result<(), EventError> {
         let ids: HashSet<&String> = ids.iter().collect();
-        self.partition(partition)?
+        let mut p = self.partition(partition)?;
+        let acked = p
             .entries
-            .retain(|e| !ids.contains(&e.id));
+            .iter()
+            .take(p.pending)
+            .filter(|e| ids.contains(&e.id))
+            .count();
+        p.pending -= acked;
+        p.entries.retain(|e| !ids.contains(&e.id));
         Ok(())
     }
 
@@ -99,6 +109,7 @@ impl EventQueue for MemoryLog {
         let len = p.entries.len() as u64;
         let drop = len.saturating_sub(max);
         p.entries.drain(..drop as usize);
+        p.pending = p.pending.saturating_sub(drop as usize);
         Ok((len, drop))
     }
 }
@@ -255,71 +266,4 @@ fn leave(state: &mut State, session: &str, topic: &Topic) -> bool {
         state.occupants.remove(topic);
     }
     left && empty
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::Kind;
-    use super::*;
-
-    fn t(name: &str) -> Topic {
-        Topic::new(name).unwrap()
-    }
-
-    #[tokio::test]
-    async fn the_log_hands_out_the_oldest_first_until_acknowledged() {
-        let log = MemoryLog::new(2);
-        for i in 0..5 {
-            let e = Event::new(Kind::SessionStarted).session(&format!("s{i}"));
-            log.append(1, &e).await.unwrap();
-        }
-        let first = log.next_batch(1, "pod", 2).await.unwrap();
-        assert_eq!(first.len(), 2);
-        assert!(first[0].json.contains("\"s0\"") && first[1].json.contains("\"s1\""));
-        // Not acknowledged: the same batch again (a retry).
-        assert_eq!(log.next_batch(1, "pod", 2).await.unwrap(), first);
-        let ids: Vec<String> = first.iter().map(|e| e.id.clone()).collect();
-        log.ack(1, &ids).await.unwrap();
-        let next = log.next_batch(1, "pod", 10).await.unwrap();
-        assert_eq!(next.len(), 3);
-        assert!(next[0].json.contains("\"s2\""));
-        assert!(log.next_batch(0, "pod", 10).await.unwrap().is_empty());
-        // Above the bound the oldest go, and are counted.
-        assert_eq!(log.bound(1, 1).await.unwrap(), (3, 2));
-        let kept = log.next_batch(1, "pod", 10).await.unwrap();
-        assert_eq!(kept.len(), 1);
-        assert!(kept[0].json.contains("\"s4\""));
-    }
-
-    #[tokio::test]
-    async fn occupancy_counts_sessions_and_ends_are_reported_once() {
-        let tr = MemoryTracker::default();
-        assert!(tr.attach("s1", Some("ann"), "a", 1).await.unwrap());
-        assert!(!tr.attach("s1", Some("ann"), "a", 1).await.unwrap());
-        tr.attach("s2", None, "a", 2).await.unwrap();
-        assert!(tr.subscribe("s1", &t("room")).await.unwrap());
-        assert!(!tr.subscribe("s2", &t("room")).await.unwrap());
-        assert!(!tr.subscribe("s1", &t("room")).await.unwrap());
-        assert!(tr.subscribe("s1", &t("other")).await.unwrap());
-        assert!(!tr.unsubscribe("s2", &t("room")).await.unwrap());
-        // A drain: detached on one pod, attached on another before the deadline; the late
-        // detach of the old pod changes nothing.
-        tr.detach("s1", "a", Some(1), 100).await.unwrap();
-        tr.attach("s1", Some("ann"), "b", 7).await.unwrap();
-        tr.detach("s1", "a", Some(1), 100).await.unwrap();
-        // Taken over on the same pod by a newer connection: the old one's detach is ignored.
-        tr.attach("s1", Some("ann"), "b", 8).await.unwrap();
-        tr.detach("s1", "b", Some(7), 100).await.unwrap();
-        assert!(tr.expired(1_000, 10).await.unwrap().is_empty());
-        assert_eq!(tr.end("s1", true).await.unwrap(), None, "attached on b");
-        // Detached for good: expired after its deadline, ended once.
-        tr.detach("s1", "b", Some(8), 200).await.unwrap();
-        assert!(tr.expired(199, 10).await.unwrap().is_empty());
-        assert_eq!(tr.expired(200, 10).await.unwrap(), vec!["s1".to_owned()]);
-        let ended = tr.end("s1", true).await.unwrap().unwrap();
-        assert_eq!(ended.user.as_deref(), Some("ann"));
-        assert_eq!(ended.vacated, vec![t("other"), t("room")]);
-        assert_eq!(tr.end("s1", false).await.unwrap(), None);
-        assert!(tr.expired(1_000, 10).await.unwrap().is_empty());
-    }
 }

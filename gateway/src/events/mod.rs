@@ -40,6 +40,8 @@ pub mod redis_log;
 pub mod redis_tracker;
 pub mod store;
 pub mod sweeper;
+#[cfg(test)]
+mod tests_stores;
 
 pub use metrics::EventMetrics;
 
