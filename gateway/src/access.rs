@@ -235,6 +235,7 @@ impl Conn {
             self.shared.hub.unsubscribe(&topic, self.id);
             self.shared.metrics.conn.subscriptions.dec();
             self.presence_leave(&topic).await;
+            self.events_unsubscribed(&topic).await;
             let reply = ServerFrame::Unsubscribed {
                 topic,
                 reason: Some("forbidden"),

@@ -342,6 +342,7 @@ mod tests {
         let app = crate::AppSetup {
             namespaces: config.namespaces().unwrap(),
             hooks: None,
+            events: None,
         };
         Shared::new(
             config,

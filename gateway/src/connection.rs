@@ -31,8 +31,8 @@ const MAX_BATCH: usize = 256;
 /// Why a connection ends. [`Close::frame`] is the one mapping to close codes.
 #[derive(Debug)]
 pub enum Close {
-    /// The client sent a close frame (tungstenite answers it).
-    ByClient,
+    /// The client sent a close frame (tungstenite answers it), with this code if any.
+    ByClient(Option<u16>),
     /// The transport is gone (EOF, reset, write timeout, idle): nothing more can be sent.
     Gone,
     /// Asked from outside: drain (1001), slow consumer (1013), takeover (1000), rebalance (1012).
@@ -63,7 +63,7 @@ pub enum Close {
 impl Close {
     fn frame(&self) -> Option<(CloseCode, CloseAdvice)> {
         match self {
-            Close::ByClient | Close::Gone => None,
+            Close::ByClient(_) | Close::Gone => None,
             Close::Requested(code, advice) => Some((*code, advice.clone())),
             Close::HelloTimeout => Some((
                 CloseCode::Policy,
@@ -340,7 +340,7 @@ impl Conn {
             // tungstenite queued the pong; send it now rather than with the next write.
             Message::Ping(_) => socket.flush().await.map_err(|_| Close::Gone),
             Message::Pong(_) => Ok(()),
-            Message::Close(_) => Err(Close::ByClient),
+            Message::Close(frame) => Err(Close::ByClient(frame.map(|f| f.code))),
         }
     }
 
@@ -484,20 +484,30 @@ impl Conn {
     async fn finish(&mut self, socket: &mut WebSocket, close: Close) {
         // Written but not flushed is not sent: a flush failure leaves the positions where
         // the last successful flush put them.
+        // A goodbye (events on, the client's 1000) ends the session before anything is written
+        // (the first flush sends tungstenite's reply to the close), so whatever the client does
+        // next is recorded after the end.
+        let goodbye = matches!(close, Close::ByClient(code) if self.is_goodbye(code));
+        if goodbye {
+            self.events_goodbye().await;
+        }
         let answer = !matches!(close, Close::Gone);
         self.settle_publishes_on_close(socket, answer).await;
         if answer {
             let _ = timeout(self.shared.config.close_grace, self.flush(socket)).await;
         }
-        self.save_session().await;
-        // Resumable for the window from now: the per-user index must say so (for disconnect).
-        self.index_session().await;
-        if let Close::ByClient = close {
+        if !goodbye {
+            self.save_session().await;
+            // Resumable for the window from now: the per-user index must say so (for
+            // disconnect).
+            self.index_session().await;
+        }
+        if let Close::ByClient(_) = close {
             // tungstenite queued the reply to the client's close frame: send it. A client that
             // closes cleanly reads until that reply (the closing handshake), so it has every
             // message sent before it: the positions are confirmed.
             let replied = timeout(self.shared.config.close_grace, socket.flush()).await;
-            if matches!(replied, Ok(Ok(()))) {
+            if matches!(replied, Ok(Ok(()))) && !goodbye {
                 self.save_session_as(true).await;
             }
         }
@@ -536,6 +546,9 @@ impl Conn {
             self.forget_session().await;
         }
         self.presence_detach();
+        if !goodbye {
+            self.events_detached().await;
+        }
         for topic in self.subs.keys() {
             self.shared.hub.unsubscribe(topic, self.id);
         }

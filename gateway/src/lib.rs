@@ -19,6 +19,8 @@
 //! - `topics_api`: the admin port's `GET /api/topics/{topic}` and `.../history`.
 //! - `census`: connected subscribers per topic, fleet-wide, reported once per heartbeat.
 //! - `presence`: members of topics keyed on the session, surviving drains; `presence` frames.
+//! - `events`: lifecycle events (sessions, topic occupancy, presence, publishes) appended to a
+//!   partitioned log and delivered at least once to the `--webhook-url`.
 //! - [`sizes`]: the message size limit, checked at the door, and the buffers derived from it.
 //! - `publish`: append then fan out; a connection's publishes in flight, in frame order.
 //! - `hub`: topic → local subscribers, restoring `seq` order with `sequencer`.
@@ -62,6 +64,7 @@ mod connection;
 mod control;
 mod drain;
 mod envelope;
+mod events;
 mod fleet;
 mod health;
 mod history;
@@ -158,6 +161,8 @@ pub(crate) struct Shared {
     pub namespaces: Namespaces,
     /// The application's hooks, when any hook URL is configured.
     pub hooks: Option<hooks::Hooks>,
+    /// Lifecycle events, when `--webhook-url` is set.
+    pub events: Option<events::Events>,
     pub pod: String,
     pub store: Store,
     /// Who each user's sessions are, and revocations (the server API's disconnect and revoke).
@@ -195,6 +200,8 @@ pub(crate) struct Shared {
 pub(crate) struct AppSetup {
     pub namespaces: Namespaces,
     pub hooks: Option<(hooks::HookSettings, hooks::AnyTransport)>,
+    /// Lifecycle event delivery, with its secret read.
+    pub events: Option<events::Settings>,
 }
 
 impl AppSetup {
@@ -202,12 +209,14 @@ impl AppSetup {
     /// file or a missing secret fails the start.
     fn from_config(config: &Config) -> Result<Self, GatewayError> {
         let namespaces = config.namespaces()?;
+        let events = events::Settings::from_config(config)?;
         let app = &config.app;
         let any_url = app.hook_url.is_some() || namespaces.any_topic_hooks().next().is_some();
         if !any_url {
             return Ok(Self {
                 namespaces,
                 hooks: None,
+                events,
             });
         }
         let secret = app
@@ -226,6 +235,7 @@ impl AppSetup {
         Ok(Self {
             namespaces,
             hooks: Some((settings, hooks::AnyTransport::Http(transport))),
+            events,
         })
     }
 }
@@ -267,7 +277,12 @@ impl Shared {
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         metrics.conn.capacity.set(config.max_connections as i64);
-        let AppSetup { namespaces, hooks } = app;
+        let AppSetup {
+            namespaces,
+            hooks,
+            events,
+        } = app;
+        let events = events.map(|settings| events::Events::new(settings, &store, metrics.clone()));
         let hooks = hooks
             .map(|(settings, transport)| hooks::Hooks::new(settings, transport, metrics.clone()));
         let shutdown = CancellationToken::new();
@@ -312,6 +327,7 @@ impl Shared {
             config,
             namespaces,
             hooks,
+            events,
         })
     }
 }
@@ -457,6 +473,9 @@ pub async fn run(
         public_addr,
     );
     let root = shared.shutdown.clone();
+    // Before any client: mark this pod alive and detach what a previous run under this name
+    // left attached, so its sessions expire rather than linger.
+    events::start(&shared).await;
     tracing::info!(%pod, %public_addr, %admin_addr, "gateway listening");
 
     // Listen on our control subject before taking clients: a takeover sent by another pod

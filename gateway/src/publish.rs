@@ -112,6 +112,7 @@ impl Shared {
             .append_excluding(topic, &data, id, exclude)
             .await?;
         self.metrics.store.observe("append", started);
+        crate::events::hooks::published(self, topic, None, &appended, &data).await;
         let message = self
             .to_fan_out(topic, &appended, (data, exclude.cloned()))
             .await;
@@ -225,10 +226,22 @@ impl Conn {
             id.as_ref(),
             exclude.as_ref(),
         );
+        let from = shared.events.as_ref().and_then(|_| {
+            let session = self.session.as_ref()?;
+            Some((session.id.to_string(), session.user.clone()))
+        });
         pipeline.in_flight.get_mut().push_back(Box::pin(async move {
             let result = match issued.await {
                 Ok(appended) => {
                     shared.metrics.store.observe("append", started);
+                    let events = crate::events::hooks::published(
+                        &shared,
+                        &topic,
+                        from.as_ref(),
+                        &appended,
+                        &data,
+                    );
+                    events.await;
                     let message = shared.to_fan_out(&topic, &appended, (data, exclude)).await;
                     Ok((appended, message))
                 }

@@ -98,6 +98,8 @@ pub async fn disconnect(
         if let Err(e) = shared.store.delete_session(id).await {
             return unavailable(e);
         }
+        let why = crate::events::Why::Disconnected;
+        crate::events::hooks::ended(&shared, id.as_str(), Some(&req.user), why).await;
     }
     let message = FleetMessage::Disconnect {
         user: req.user.clone(),

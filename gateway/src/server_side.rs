@@ -32,6 +32,7 @@ impl Conn {
                 return self.reply(socket, &reply).await;
             }
         };
+        self.events_subscribed(&topic).await;
         let reply = ServerFrame::Subscribed {
             topic,
             seq: joined.top.as_ref().map(|t| t.seq),
@@ -71,6 +72,7 @@ impl Conn {
         }
         self.shared.hub.unsubscribe(&topic, self.id);
         self.shared.metrics.conn.subscriptions.dec();
+        self.events_unsubscribed(&topic).await;
         self.save_session().await;
         let reply = ServerFrame::Unsubscribed {
             topic,

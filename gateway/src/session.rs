@@ -219,7 +219,10 @@ impl Conn {
         // The positions saved here are the client's own (nothing is replayed yet): a hello
         // that fails from now on leaves a record the client can resume from.
         match self.store_session(false).await {
-            Ok(true) => self.index_session().await,
+            Ok(true) => {
+                self.index_session().await;
+                self.events_attached(resumed).await;
+            }
             Ok(false) => return Err(Close::TakenOver),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot save session");
@@ -357,6 +360,7 @@ impl Conn {
             }
         };
         self.presence_attach(&topic).await;
+        self.events_subscribed(&topic).await;
         let reply = ServerFrame::Subscribed {
             topic: topic.clone(),
             seq: joined.top.as_ref().map(|t| t.seq),
@@ -390,6 +394,7 @@ impl Conn {
         self.shared.hub.unsubscribe(&topic, self.id);
         self.shared.metrics.conn.subscriptions.dec();
         self.presence_leave(&topic).await;
+        self.events_unsubscribed(&topic).await;
         self.save_session().await;
         let reply = ServerFrame::Unsubscribed {
             topic,

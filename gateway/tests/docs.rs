@@ -27,6 +27,7 @@ fn every_namespace_key_hook_flag_and_api_route_is_in_the_backend_doc() {
         "presence",
         "join_leave",
         "presence_max_list",
+        "publish_events",
     ] {
         assert!(
             backend.contains(&format!("| `{key}` |")),
@@ -37,6 +38,7 @@ fn every_namespace_key_hook_flag_and_api_route_is_in_the_backend_doc() {
     for arg in command.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
         let ours = long.starts_with("hook")
+            || long.starts_with("webhook")
             || [
                 "config",
                 "history",
@@ -45,6 +47,7 @@ fn every_namespace_key_hook_flag_and_api_route_is_in_the_backend_doc() {
                 "presence",
                 "join-leave",
                 "presence-max-list",
+                "publish-events",
             ]
             .contains(&long);
         if ours {

@@ -44,6 +44,12 @@ pub struct AppConfig {
     #[arg(long, env = "GATEWAY_PRESENCE_MAX_LIST", default_value_t = 1_000)]
     pub presence_max_list: usize,
 
+    /// Whether each message stored in the default namespace is also a `publish` lifecycle
+    /// event (delivered to `--webhook-url`; not on ephemeral topics).
+    #[arg(long, env = "GATEWAY_PUBLISH_EVENTS", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub publish_events: bool,
+
     /// Base URL of the application's hooks: `POST {url}/connect|subscribe|publish|rpc`.
     /// Unset = no hooks (a namespace asking for one is refused at start).
     #[arg(long, env = "GATEWAY_HOOK_URL")]
@@ -87,6 +93,8 @@ pub enum AppConfigError {
     HookSecret { path: PathBuf, error: String },
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("--publish-events needs --history true: ephemeral messages are not recorded")]
+    PublishEventsWithoutHistory,
     #[error("--join-leave needs --presence true")]
     JoinLeaveWithoutPresence,
     #[error("--publish hook needs `publish` in --hooks")]
@@ -110,6 +118,9 @@ impl AppConfig {
         if self.presence_max_list == 0 {
             return Err(AppConfigError::Zero("presence-max-list"));
         }
+        if self.publish_events && !self.history {
+            return Err(AppConfigError::PublishEventsWithoutHistory);
+        }
         let publish_hook = self.hooks.contains(&TopicHook::Publish);
         if self.publish == PublishPolicy::Hook && !publish_hook {
             return Err(AppConfigError::PublishHookMissing);
@@ -125,6 +136,7 @@ impl AppConfig {
             presence: self.presence,
             join_leave: self.join_leave,
             presence_max_list: self.presence_max_list,
+            publish_events: self.publish_events,
         })
     }
 

@@ -12,12 +12,14 @@ use clap::Args;
 
 mod app;
 mod backends;
+mod events;
 pub mod namespaces;
 mod security;
 mod tls;
 
 pub use app::{AppConfig, AppConfigError};
 pub use backends::{BackendConfig, BackendConfigError};
+pub use events::{EventsConfig, EventsConfigError};
 pub use namespaces::{Namespace, Namespaces, PublishPolicy, TopicHook};
 pub use security::{ProxyConfigError, SecurityConfig};
 
@@ -262,6 +264,10 @@ pub struct Config {
     /// Namespaces and the application's hooks.
     #[command(flatten)]
     pub app: AppConfig,
+
+    /// Lifecycle events delivered to the application's webhook.
+    #[command(flatten)]
+    pub events: EventsConfig,
 }
 
 /// How log lines are written (`--log-format`).
@@ -313,6 +319,8 @@ pub enum ConfigError {
     Proxies(#[from] ProxyConfigError),
     #[error(transparent)]
     App(#[from] AppConfigError),
+    #[error(transparent)]
+    Events(#[from] EventsConfigError),
 }
 
 impl Config {
@@ -423,6 +431,7 @@ impl Config {
             return Err(ConfigError::KeyPrefix(self.key_prefix.clone()));
         }
         self.app.validate()?;
+        self.events.validate()?;
         Ok(())
     }
 

@@ -62,6 +62,8 @@ pub struct Namespace {
     pub presence: bool,
     pub join_leave: bool,
     pub presence_max_list: usize,
+    /// Each stored message is also a `publish` lifecycle event (with `--webhook-url`).
+    pub publish_events: bool,
 }
 
 impl Namespace {
@@ -222,6 +224,7 @@ struct Table {
     presence: Option<bool>,
     join_leave: Option<bool>,
     presence_max_list: Option<usize>,
+    publish_events: Option<bool>,
 }
 
 impl Table {
@@ -297,6 +300,13 @@ impl Table {
         if presence_max_list == 0 {
             return Err((at("presence_max_list"), "must be greater than zero".into()));
         }
+        let publish_events = self.publish_events.unwrap_or(default.publish_events);
+        if publish_events && history.is_none() {
+            return Err((
+                at("publish_events"),
+                "needs history: ephemeral messages are not recorded".into(),
+            ));
+        }
         Ok(Namespace {
             prefix: self.prefix,
             history,
@@ -308,6 +318,7 @@ impl Table {
             presence,
             join_leave,
             presence_max_list,
+            publish_events,
         })
     }
 }

@@ -316,6 +316,7 @@ pub struct Metrics {
     pub health: crate::health::HealthMetrics,
     pub presence: crate::presence::metrics::PresenceMetrics,
     pub hooks: crate::hooks::HookMetrics,
+    pub events: crate::events::EventMetrics,
     registry: Registry,
 }
 
@@ -329,6 +330,7 @@ impl Metrics {
         let health = crate::health::HealthMetrics::default();
         let presence = crate::presence::metrics::PresenceMetrics::default();
         let hooks = crate::hooks::HookMetrics::default();
+        let events = crate::events::EventMetrics::default();
         let mut registry = Registry::default();
         registry.register_collector(Box::new(process::ProcessCollector));
         let gateway = registry.sub_registry_with_prefix("gateway");
@@ -345,6 +347,7 @@ impl Metrics {
         health.register(gateway);
         presence.register(gateway);
         hooks.register(gateway);
+        events.register(gateway);
         Self {
             conn,
             hub,
@@ -354,6 +357,7 @@ impl Metrics {
             health,
             presence,
             hooks,
+            events,
             registry,
         }
     }

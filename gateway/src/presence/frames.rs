@@ -116,7 +116,10 @@ impl Conn {
             .apply(topic, &shared.pod, ttl, &[change])
             .await
         {
-            Ok(events) => record(shared, topic, &events),
+            Ok(events) => {
+                record(shared, topic, &events);
+                crate::events::hooks::presence(shared, topic, &events).await;
+            }
             // Written at the next refresh instead.
             Err(e) => tracing::debug!(%topic, error = %e, "presence attach not written"),
         }
@@ -137,7 +140,10 @@ impl Conn {
             .apply(topic, &shared.pod, ttl, &[change])
             .await
         {
-            Ok(events) => record(shared, topic, &events),
+            Ok(events) => {
+                record(shared, topic, &events);
+                crate::events::hooks::presence(shared, topic, &events).await;
+            }
             Err(e) => {
                 tracing::warn!(%topic, error = %e, "presence leave not written; the member expires")
             }

@@ -361,7 +361,10 @@ async fn flush(shared: &Shared, refresh: bool) {
             .apply(&topic, &shared.pod, ttl, &changes)
             .await
         {
-            Ok(events) => record(shared, &topic, &events),
+            Ok(events) => {
+                record(shared, &topic, &events);
+                crate::events::hooks::presence(shared, &topic, &events).await;
+            }
             Err(e) => {
                 // Retried at the next beat (attaches and detaches alike, in order).
                 tracing::debug!(%topic, error = %e, "presence batch not written");
@@ -390,7 +393,10 @@ async fn sweep(shared: &Shared) {
     let live: Vec<String> = live.into_iter().collect();
     for topic in topics {
         match shared.presence.sweep(&topic, &live).await {
-            Ok(events) => record(shared, &topic, &events),
+            Ok(events) => {
+                record(shared, &topic, &events);
+                crate::events::hooks::presence(shared, &topic, &events).await;
+            }
             Err(e) => tracing::debug!(%topic, error = %e, "presence not swept"),
         }
     }

@@ -8,6 +8,7 @@ pub mod hostile;
 pub mod process;
 pub mod resuming;
 pub mod scale;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::time::Duration;

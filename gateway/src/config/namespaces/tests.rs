@@ -14,6 +14,7 @@ fn default() -> Namespace {
         presence: false,
         join_leave: false,
         presence_max_list: 1_000,
+        publish_events: false,
     }
 }
 
@@ -150,6 +151,14 @@ fn bad_keys_and_values_name_the_key_path() {
         (
             "[[namespaces]]\nprefix = \"a.\"\npresence = true\npresence_max_list = 0",
             "namespaces[0].presence_max_list: must be greater than zero",
+        ),
+        (
+            "[[namespaces]]\nprefix = \"a.\"\nhistory = false\npublish_events = true",
+            "namespaces[0].publish_events: needs history: ephemeral messages are not recorded",
+        ),
+        (
+            "[[namespaces]]\nprefix = \"a.\"\npublish_event = true",
+            "namespaces[0].publish_event: unknown field `publish_event`",
         ),
         (
             "[[namespaces]]\nprefix = \"a b\"",

@@ -1,0 +1,148 @@
+//! The calls the rest of the gateway makes, each one line at its cause and a no-op without
+//! `--webhook-url`: a session attached (fresh: `session.started`) or detached, subscribed or
+//! unsubscribed (`topic.occupied`/`vacated`), ended (`session.ended`), presence changes
+//! (`presence.join`/`leave`) and publishes in namespaces with `publish_events`.
+
+use protocol::Topic;
+use serde_json::json;
+use session_store::now_ms;
+
+use super::store::Tracker;
+use super::{Event, Events, Kind, Why};
+use crate::Shared;
+
+/// A session is connected on this pod after a `hello`. A fresh one records `session.started`;
+/// a resumed one the tracker did not know (events turned on since) has its topics added.
+pub async fn attached<'a>(
+    shared: &Shared,
+    conn: u64,
+    session: &str,
+    user: Option<&str>,
+    resumed: bool,
+    topics: impl Iterator<Item = &'a Topic>,
+) {
+    let Some(events) = &shared.events else { return };
+    if !resumed {
+        let event = Event::new(Kind::SessionStarted).user(user).session(session);
+        events.append(event).await;
+    }
+    match events
+        .tracker
+        .attach(session, user, &shared.pod, conn)
+        .await
+    {
+        Ok(true) if resumed => {
+            for topic in topics {
+                subscribed(shared, session, topic).await;
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%session, error = %e, "events: session not tracked"),
+    }
+}
+
+/// A session's connection here ended; it may resume until one resume window from now.
+pub async fn detached(shared: &Shared, conn: u64, session: &str) {
+    let Some(events) = &shared.events else { return };
+    let deadline = now_ms() + shared.config.resume_window.as_millis() as u64;
+    let pod = &shared.pod;
+    if let Err(e) = events
+        .tracker
+        .detach(session, pod, Some(conn), deadline)
+        .await
+    {
+        tracing::warn!(%session, error = %e, "events: detach not recorded");
+    }
+}
+
+/// A session subscribed `topic`: `topic.occupied` when it is the topic's first session.
+pub async fn subscribed(shared: &Shared, session: &str, topic: &Topic) {
+    let Some(events) = &shared.events else { return };
+    match events.tracker.subscribe(session, topic).await {
+        Ok(true) => {
+            let event = Event::new(Kind::TopicOccupied).topic(topic.as_str());
+            events.append(event).await;
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(%topic, error = %e, "events: subscription not tracked"),
+    }
+}
+
+/// A session unsubscribed `topic`: `topic.vacated` when it was the topic's last session.
+pub async fn unsubscribed(shared: &Shared, session: &str, topic: &Topic) {
+    let Some(events) = &shared.events else { return };
+    match events.tracker.unsubscribe(session, topic).await {
+        Ok(true) => vacated(events, std::slice::from_ref(topic)).await,
+        Ok(false) => {}
+        Err(e) => tracing::warn!(%topic, error = %e, "events: unsubscription not tracked"),
+    }
+}
+
+/// A session is over (`closed` or `disconnected`; `expired` is the sweeper's): one
+/// `session.ended` (only if the tracker had not ended it already) and the topics it vacated.
+pub async fn ended(shared: &Shared, session: &str, user: Option<&str>, why: Why) {
+    let Some(events) = &shared.events else { return };
+    match events.tracker.end(session, false).await {
+        Ok(Some(ended)) => {
+            let user = ended.user.as_deref().or(user);
+            let event = Event::new(Kind::SessionEnded)
+                .user(user)
+                .session(session)
+                .data(json!({"why": why.as_str()}));
+            events.append(event).await;
+            vacated(events, &ended.vacated).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(%session, error = %e, "events: session end not recorded"),
+    }
+}
+
+/// `topic.vacated` for each topic.
+pub async fn vacated(events: &Events, topics: &[Topic]) {
+    for topic in topics {
+        let event = Event::new(Kind::TopicVacated).topic(topic.as_str());
+        events.append(event).await;
+    }
+}
+
+/// The joins and leaves the presence store decided (each once, fleet-wide).
+pub async fn presence(shared: &Shared, topic: &Topic, changes: &[crate::presence::Event]) {
+    let Some(events) = &shared.events else { return };
+    for change in changes {
+        let kind = if change.join {
+            Kind::PresenceJoin
+        } else {
+            Kind::PresenceLeave
+        };
+        let event = Event::new(kind)
+            .user(change.member.user.as_deref())
+            .session(&change.member.session)
+            .topic(topic.as_str())
+            .data(json!({"user_edge": change.user_edge}));
+        events.append(event).await;
+    }
+}
+
+/// A message stored on `topic` (namespaces with `publish_events`), not a duplicate: its `seq`,
+/// `epoch` and `data`, and the publishing session (`None`: the server API).
+pub async fn published(
+    shared: &Shared,
+    topic: &Topic,
+    from: Option<&(String, Option<String>)>,
+    appended: &session_store::Appended,
+    data: &protocol::Payload,
+) {
+    let Some(events) = &shared.events else { return };
+    if appended.duplicate || !shared.namespaces.of(topic).publish_events {
+        return;
+    }
+    let mut event = Event::new(Kind::Publish).topic(topic.as_str()).data(json!({
+        "seq": appended.seq,
+        "epoch": appended.epoch.as_str(),
+        "data": data,
+    }));
+    if let Some((session, user)) = from {
+        event = event.session(session).user(user.as_deref());
+    }
+    events.append(event).await;
+}

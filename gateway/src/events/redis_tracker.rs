@@ -1,0 +1,344 @@
+//! Sessions and topic occupancy in Redis, each key changed by single-key commands or scripts
+//! (so it works on Redis Cluster too):
+//! - `<prefix>:ev-session:{<session>}` hash: `pod` and `conn` (the holder; `pod` empty once
+//!   detached), `user`,
+//!   and a field `t:<topic>` per subscribed topic. It decides: a session ends once, when
+//!   the script that deletes it finds it (detached, for the sweeper).
+//! - `<prefix>:ev-topic:{<topic>}` set of the sessions subscribed: `topic.occupied` when a
+//!   session makes it one, `topic.vacated` when the last one leaves.
+//! - `<prefix>:ev-pod:{<pod>}` sessions a pod holds, and `<prefix>:ev-pods` the pods that hold
+//!   some; `<prefix>:ev-alive:{<pod>}` (PX) says the pod is running.
+//! - `<prefix>:ev-deadlines` sorted set: detached sessions by deadline (Unix ms). It is an index
+//!   only: the session hash says whether the session is still detached when the deadline comes.
+//! - `<prefix>:ev-sweeper` the sweeper's lease.
+
+use std::time::Duration;
+
+use fred::interfaces::ClientLike;
+use fred::types::{ClusterHash, CustomCommand, Value};
+use protocol::Topic;
+use session_store::RedisStore;
+
+use super::EventError;
+use super::redis_log::{Script, bounded, corrupt};
+use super::store::{Ended, Tracker};
+
+/// Sessions of a dead pod detached per `SPOP`, and such rounds per sweep at most.
+const DETACH_BATCH: usize = 500;
+const DETACH_ROUNDS: usize = 200;
+
+const ATTACH: &str = r"
+local new = redis.call('EXISTS', KEYS[1]) == 0
+redis.call('HSET', KEYS[1], 'pod', ARGV[1], 'conn', ARGV[4])
+if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'user', ARGV[3]) end
+return new and 1 or 0";
+
+const DETACH: &str = r"
+if redis.call('HGET', KEYS[1], 'pod') == ARGV[1]
+   and (ARGV[2] == '*' or redis.call('HGET', KEYS[1], 'conn') == ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'pod', '')
+  return 1
+end
+return 0";
+
+const SUBSCRIBED: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], '1') end
+return 0";
+
+const OCCUPY: &str = r"
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 1 then
+  return 1
+end
+return 0";
+
+const VACATE: &str = r"
+if redis.call('SREM', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 0 then
+  return 1
+end
+return 0";
+
+const END: &str = r"
+local pod = redis.call('HGET', KEYS[1], 'pod')
+if not pod then return false end
+if ARGV[1] == '1' and pod ~= '' then return false end
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return all";
+
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0";
+
+#[derive(Debug, Clone)]
+pub struct RedisTracker {
+    store: RedisStore,
+    attach: Script,
+    detach: Script,
+    subscribed: Script,
+    occupy: Script,
+    vacate: Script,
+    end: Script,
+    renew: Script,
+}
+
+impl RedisTracker {
+    pub fn new(store: RedisStore) -> Self {
+        Self {
+            store,
+            attach: Script::new(ATTACH),
+            detach: Script::new(DETACH),
+            subscribed: Script::new(SUBSCRIBED),
+            occupy: Script::new(OCCUPY),
+            vacate: Script::new(VACATE),
+            end: Script::new(END),
+            renew: Script::new(RENEW),
+        }
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}:{kind}:{{{name}}}", self.store.key_prefix())
+    }
+
+    fn session_key(&self, session: &str) -> String {
+        self.key("ev-session", session)
+    }
+
+    fn global(&self, name: &str) -> String {
+        format!("{}:{name}", self.store.key_prefix())
+    }
+
+    async fn script(
+        &self,
+        script: &Script,
+        key: String,
+        args: Vec<String>,
+    ) -> Result<Value, EventError> {
+        let client = self.store.pool().next();
+        bounded(&self.store, script.run(client, vec![key], args)).await
+    }
+
+    async fn command(&self, name: &'static str, args: Vec<String>) -> Result<Value, EventError> {
+        let command = CustomCommand::new(name, ClusterHash::FirstKey, false);
+        bounded(&self.store, self.store.pool().next().custom(command, args)).await
+    }
+
+    async fn flag(
+        &self,
+        script: &Script,
+        key: String,
+        args: Vec<String>,
+    ) -> Result<bool, EventError> {
+        Ok(self.script(script, key, args).await?.as_i64() == Some(1))
+    }
+}
+
+fn texts(value: Value) -> Result<Vec<String>, EventError> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| v.into_string().ok_or_else(|| corrupt("not text")))
+            .collect(),
+        _ => Err(corrupt("not a list")),
+    }
+}
+
+impl Tracker for RedisTracker {
+    async fn attach(
+        &self,
+        session: &str,
+        user: Option<&str>,
+        pod: &str,
+        conn: u64,
+    ) -> Result<bool, EventError> {
+        let args = vec![
+            pod.to_owned(),
+            if user.is_some() { "1" } else { "0" }.to_owned(),
+            user.unwrap_or("").to_owned(),
+            conn.to_string(),
+        ];
+        let new = self
+            .flag(&self.attach, self.session_key(session), args)
+            .await?;
+        self.command("SADD", vec![self.key("ev-pod", pod), session.to_owned()])
+            .await?;
+        self.command("SADD", vec![self.global("ev-pods"), pod.to_owned()])
+            .await?;
+        self.command(
+            "ZREM",
+            vec![self.global("ev-deadlines"), session.to_owned()],
+        )
+        .await?;
+        Ok(new)
+    }
+
+    async fn detach(
+        &self,
+        session: &str,
+        pod: &str,
+        conn: Option<u64>,
+        deadline_ms: u64,
+    ) -> Result<(), EventError> {
+        let conn = conn.map_or_else(|| "*".to_owned(), |c| c.to_string());
+        let detached = self
+            .flag(
+                &self.detach,
+                self.session_key(session),
+                vec![pod.to_owned(), conn],
+            )
+            .await?;
+        if detached {
+            let args = vec![
+                self.global("ev-deadlines"),
+                deadline_ms.to_string(),
+                session.to_owned(),
+            ];
+            self.command("ZADD", args).await?;
+            self.command("SREM", vec![self.key("ev-pod", pod), session.to_owned()])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, session: &str, topic: &Topic) -> Result<bool, EventError> {
+        let field = format!("t:{topic}");
+        self.script(&self.subscribed, self.session_key(session), vec![field])
+            .await?;
+        self.flag(
+            &self.occupy,
+            self.key("ev-topic", topic.as_str()),
+            vec![session.to_owned()],
+        )
+        .await
+    }
+
+    async fn unsubscribe(&self, session: &str, topic: &Topic) -> Result<bool, EventError> {
+        let field = format!("t:{topic}");
+        self.command("HDEL", vec![self.session_key(session), field])
+            .await?;
+        self.flag(
+            &self.vacate,
+            self.key("ev-topic", topic.as_str()),
+            vec![session.to_owned()],
+        )
+        .await
+    }
+
+    async fn end(&self, session: &str, only_detached: bool) -> Result<Option<Ended>, EventError> {
+        let args = vec![if only_detached { "1" } else { "0" }.to_owned()];
+        let fields = texts(
+            self.script(&self.end, self.session_key(session), args)
+                .await?,
+        )?;
+        // Whatever the answer, this deadline is settled: attached (resumed) or ended now.
+        self.command(
+            "ZREM",
+            vec![self.global("ev-deadlines"), session.to_owned()],
+        )
+        .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut user = None;
+        let mut topics = Vec::new();
+        for pair in fields.chunks(2) {
+            let [name, value] = pair else {
+                return Err(corrupt("session hash"));
+            };
+            match name.as_str() {
+                "user" => user = Some(value.clone()),
+                "pod" if !value.is_empty() => {
+                    self.command("SREM", vec![self.key("ev-pod", value), session.to_owned()])
+                        .await?;
+                }
+                "conn" => {}
+                other => {
+                    if let Some(topic) = other.strip_prefix("t:").and_then(|t| Topic::new(t).ok()) {
+                        topics.push(topic);
+                    }
+                }
+            }
+        }
+        topics.sort();
+        let mut vacated = Vec::new();
+        for topic in topics {
+            let key = self.key("ev-topic", topic.as_str());
+            if self
+                .flag(&self.vacate, key, vec![session.to_owned()])
+                .await?
+            {
+                vacated.push(topic);
+            }
+        }
+        Ok(Some(Ended { user, vacated }))
+    }
+
+    async fn expired(&self, now_ms: u64, max: usize) -> Result<Vec<String>, EventError> {
+        let args = vec![
+            self.global("ev-deadlines"),
+            "-inf".into(),
+            now_ms.to_string(),
+            "LIMIT".into(),
+            "0".into(),
+            max.to_string(),
+        ];
+        texts(self.command("ZRANGEBYSCORE", args).await?)
+    }
+
+    async fn alive(&self, pod: &str, ttl: Duration) -> Result<(), EventError> {
+        let args = vec![
+            self.key("ev-alive", pod),
+            "1".into(),
+            "PX".into(),
+            ttl.as_millis().max(1).to_string(),
+        ];
+        self.command("SET", args).await.map(|_| ())
+    }
+
+    async fn dead_pods(&self) -> Result<Vec<String>, EventError> {
+        let pods = texts(
+            self.command("SMEMBERS", vec![self.global("ev-pods")])
+                .await?,
+        )?;
+        let mut dead = Vec::new();
+        for pod in pods {
+            let alive = self
+                .command("EXISTS", vec![self.key("ev-alive", &pod)])
+                .await?;
+            if alive.as_i64() == Some(0) {
+                dead.push(pod);
+            }
+        }
+        Ok(dead)
+    }
+
+    async fn detach_pod(&self, pod: &str, deadline_ms: u64) -> Result<u64, EventError> {
+        let set = self.key("ev-pod", pod);
+        let mut detached = 0;
+        for _ in 0..DETACH_ROUNDS {
+            let sessions = texts(
+                self.command("SPOP", vec![set.clone(), DETACH_BATCH.to_string()])
+                    .await?,
+            )?;
+            if sessions.is_empty() {
+                // Nothing left: forget the pod (a session attached meanwhile re-adds it).
+                self.command("SREM", vec![self.global("ev-pods"), pod.to_owned()])
+                    .await?;
+                break;
+            }
+            for session in sessions {
+                self.detach(&session, pod, None, deadline_ms).await?;
+                detached += 1;
+            }
+        }
+        Ok(detached)
+    }
+
+    async fn sweeper_lease(&self, holder: &str, ttl: Duration) -> Result<bool, EventError> {
+        let args = vec![holder.to_owned(), ttl.as_millis().max(1).to_string()];
+        self.flag(&self.renew, self.global("ev-sweeper"), args)
+            .await
+    }
+}
