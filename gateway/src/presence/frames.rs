@@ -48,9 +48,12 @@ impl Conn {
         let max = super::max_list(&self.shared, &topic);
         let live = live_pods(&self.shared);
         let reply = match self.shared.presence.members(&topic, &live, max).await {
-            Ok(Some(members)) => ServerFrame::Presence {
+            Ok(Some(listing)) => ServerFrame::Presence {
                 topic,
-                members,
+                members: listing.members,
+                pseq: listing.at.as_ref().map(|at| at.pseq),
+                epoch: listing.at.map(|at| at.epoch),
+                recovered: None,
                 reference,
             },
             Ok(None) => ServerFrame::error(
@@ -116,7 +119,7 @@ impl Conn {
             .apply(topic, &shared.pod, ttl, &[change])
             .await
         {
-            Ok(events) => record(shared, topic, &events),
+            Ok(events) => record(shared, topic, &events).await,
             // Written at the next refresh instead.
             Err(e) => tracing::debug!(%topic, error = %e, "presence attach not written"),
         }
@@ -137,7 +140,7 @@ impl Conn {
             .apply(topic, &shared.pod, ttl, &[change])
             .await
         {
-            Ok(events) => record(shared, topic, &events),
+            Ok(events) => record(shared, topic, &events).await,
             Err(e) => {
                 tracing::warn!(%topic, error = %e, "presence leave not written; the member expires")
             }
