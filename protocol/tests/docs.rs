@@ -29,7 +29,7 @@ const CLIENT: [&str; 10] = [
     "rpc",
 ];
 
-const SERVER: [&str; 12] = [
+const SERVER: [&str; 14] = [
     "welcome",
     "subscribed",
     "message",
@@ -40,6 +40,8 @@ const SERVER: [&str; 12] = [
     "history",
     "presence",
     "presence_stats",
+    "join",
+    "leave",
     "rpc_result",
     "error",
 ];
@@ -75,6 +77,8 @@ fn server_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::History { .. } => "history",
         ServerFrame::Presence { .. } => "presence",
         ServerFrame::PresenceStats { .. } => "presence_stats",
+        ServerFrame::Join { .. } => "join",
+        ServerFrame::Leave { .. } => "leave",
         ServerFrame::RpcResult { .. } => "rpc_result",
         ServerFrame::Error { .. } => "error",
     }
