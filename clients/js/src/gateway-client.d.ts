@@ -172,6 +172,8 @@ export interface ClientEvents {
 export interface SubscribeOptions {
   /** Deliver the messages after this position (recovered from the topic's history). */
   since?: Position;
+  /** Without `since` (or a saved position): start this many messages before the latest, the first time. */
+  last?: number;
   /** Called like the `gap` event, for this topic only. */
   onGap?: (gap: GapEvent) => void;
   /** Called like the `join` / `leave` events, for this topic only. */

@@ -662,7 +662,9 @@ export class GatewayClient {
   /**
    * Subscribes `onMessage` to `topic`. `options.since` (`{seq, epoch}`) asks for the messages
    * after that position; without it, a position saved in `storage` is used, else delivery starts
-   * with the next message. `options.onGap` is called like the `gap` event, for this topic;
+   * with the next message; `options.last` (a count) starts that many messages before the latest
+   * instead, the first time only (a room's recent messages on open; later subscribes resume from
+   * the position). `options.onGap` is called like the `gap` event, for this topic;
    * `options.onJoin` / `options.onLeave` like the `join` / `leave` events.
    */
   subscribe(topic, onMessage, options = {}) {
@@ -671,6 +673,7 @@ export class GatewayClient {
     let entry = this._subs.get(topic);
     if (!entry) {
       entry = this._newEntry(topic, options.since || this._saved.get(topic) || null);
+      if (options.last > 0 && entry.seq == null) entry.last = Math.floor(options.last);
       this._subs.set(topic, entry);
       this._saved.delete(topic);
       if (this.state === 'connected') this._sendSubscribe(entry);
@@ -690,6 +693,7 @@ export class GatewayClient {
       pepoch: since && since.pepoch != null ? since.pepoch : null,
       members: null,
       membersAt: null,
+      last: null,
       confirmed: false,
       closed: false,
       server: false,
@@ -705,9 +709,10 @@ export class GatewayClient {
     const frame = { type: 'subscribe', topic: entry.topic };
     const since = positionOf(entry);
     if (since) frame.since = since;
+    else if (entry.last) frame.last = entry.last;
     const ref = this._nextRef++;
     frame.ref = ref;
-    this._pending.set(ref, { kind: 'subscribe', frame, entry, since, sent: true });
+    this._pending.set(ref, { kind: 'subscribe', frame, entry, since, last: !since && !!entry.last, sent: true });
     this._send(frame);
   }
 
@@ -889,10 +894,15 @@ export class GatewayClient {
       entry.epoch = frame.epoch ?? null;
     } else if (since) {
       entry.epoch = frame.epoch ?? null;
+    } else if (req && req.last && frame.recovered) {
+      // The rewound messages follow, all of them older than `seq`: take each.
+      entry.seq = null;
+      entry.epoch = frame.epoch ?? null;
     } else {
       entry.seq = frame.seq ?? null;
       entry.epoch = frame.epoch ?? null;
     }
+    entry.last = null;
     this._confirm(entry);
     this._scheduleSave();
   }

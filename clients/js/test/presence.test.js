@@ -113,3 +113,30 @@ describe('join/leave events', () => {
     assert.deepEqual(saved.positions.room, { seq: 0, epoch: 'e1', pseq: 3, pepoch: 'p2' });
   });
 });
+
+describe('subscribe with last', () => {
+  test('the first subscribe rewinds by count and takes the older messages; a resubscribe uses since', async () => {
+    const server = await FakeServer.start();
+    const client = new GatewayClient(server.url, { WebSocket, backoff: { initialMs: 20, maxMs: 200 }, pingIntervalMs: 0 });
+    cleanups.push(() => server.stop());
+    cleanups.push(() => client.close());
+    const got = [];
+    client.subscribe('room', (m) => got.push(m.seq), { last: 2 });
+    const connecting = client.connect();
+    const conn = await server.conn(0);
+    await conn.welcome();
+    await connecting;
+    const sub = await conn.subscribed(9, 'e1', { recovered: true });
+    assert.equal(sub.last, 2);
+    conn.message('room', 8);
+    conn.message('room', 9);
+    conn.message('room', 10);
+    await until(() => got.length === 3);
+    assert.deepEqual(got, [8, 9, 10]);
+    conn.kill();
+    const c1 = await server.conn(1);
+    await c1.welcome({ resumed: false });
+    const again = await c1.subscribed(10, 'e1', { recovered: true });
+    assert.deepEqual([again.since, again.last], [{ seq: 10, epoch: 'e1' }, undefined]);
+  });
+});
