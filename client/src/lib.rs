@@ -62,10 +62,10 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::{Backoff, ClientConfig, TokenError, TokenSource};
+pub use presence::{PresenceEvent, PresencePosition};
 pub use queries::{
     HistoryMessage, HistoryPage, HistoryQuery, PresenceMember, PresenceStats, valid_method,
 };
-pub use presence::{PresenceEvent, PresencePosition};
 pub use topics::{Gap, GapReason, Message};
 pub use wire::{CloseAdvice, Position};
 

@@ -345,7 +345,10 @@ mod tests {
         t.add("b", Some(pos(1, "e")));
         t.presence.set("a", 7, "p".into());
         let sent = t.sent_positions();
-        assert_eq!((sent["a"].pseq, sent["a"].pepoch.as_deref()), (Some(7), Some("p")));
+        assert_eq!(
+            (sent["a"].pseq, sent["a"].pepoch.as_deref()),
+            (Some(7), Some("p"))
+        );
         assert_eq!(sent["b"].pseq, None);
         assert!(t.remove("a"));
         assert!(t.presence.get("a").is_none(), "forgotten with the topic");

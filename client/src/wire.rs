@@ -327,12 +327,18 @@ mod tests {
             r#"{"type":"leave","topic":"r","pseq":4,"epoch":"p","member":{"user":"ref","session":"s"}}"#,
         )
         .unwrap();
-        assert!(matches!(f, ServerFrame::Presence(PresenceFrame { pseq: 4, .. }, false)));
+        assert!(matches!(
+            f,
+            ServerFrame::Presence(PresenceFrame { pseq: 4, .. }, false)
+        ));
         let f = ServerFrame::parse(
             r#"{"type":"presence","topic":"r","members":[{"user":"ref","session":"s"}],"pseq":4,"epoch":"p","recovered":false}"#,
         )
         .unwrap();
-        assert!(matches!(f, ServerFrame::FreshList(FreshList { pseq: Some(4), .. })));
+        assert!(matches!(
+            f,
+            ServerFrame::FreshList(FreshList { pseq: Some(4), .. })
+        ));
         let f = ServerFrame::parse(r#"{"type":"presence_diff","x":1}"#).unwrap();
         assert!(matches!(f, ServerFrame::Other));
     }

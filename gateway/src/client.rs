@@ -92,7 +92,12 @@ fn event_line(event: &Event) -> Option<Value> {
             "type": if e.join { "join" } else { "leave" }, "topic": e.topic, "pseq": e.pseq,
             "epoch": e.epoch, "member": {"user": e.member.user, "session": e.member.session},
         }),
-        Event::PresenceList { topic, members, pseq, epoch } => json!({
+        Event::PresenceList {
+            topic,
+            members,
+            pseq,
+            epoch,
+        } => json!({
             "type": "presence", "topic": topic, "pseq": pseq, "epoch": epoch, "recovered": false,
             "members": members.iter().map(|m| json!({"user": m.user, "session": m.session})).collect::<Vec<_>>(),
         }),

@@ -367,10 +367,7 @@ impl Conn {
                     resume,
                     positions,
                     presence,
-                } => {
-                    self.hello(socket, token, resume, positions, presence)
-                        .await
-                }
+                } => self.hello(socket, token, resume, positions, presence).await,
                 other => {
                     let reply = ServerFrame::error(
                         ErrorCode::BadRequest,

@@ -414,7 +414,6 @@ impl Conn {
         }
         self.shared.hub.unsubscribe(&topic, self.id);
         self.shared.metrics.conn.subscriptions.dec();
-        self.forget_presence_position(&topic);
         self.presence_leave(&topic).await;
         self.save_session().await;
         let reply = ServerFrame::Unsubscribed {

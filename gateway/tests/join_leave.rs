@@ -128,11 +128,16 @@ async fn joins_and_leaves_reach_every_pod_in_pseq_order() {
     contiguous_after(&seen1, first);
     contiguous_after(&seen2, first + 1);
     assert_eq!(what(&seen1[1..]), what(&seen2), "both pods saw one order");
-    let mut want: Vec<(String, String)> = joined.iter().map(|s| ("join".into(), s.clone())).collect();
+    let mut want: Vec<(String, String)> =
+        joined.iter().map(|s| ("join".into(), s.clone())).collect();
     want.extend(joined[..3].iter().map(|s| ("leave".to_owned(), s.clone())));
     assert_eq!(what(&seen2), want);
     // Every event carries the topic and its presence epoch.
-    assert!(seen2.iter().all(|e| e["topic"] == "room" && e["epoch"] == s2["pepoch"]));
+    assert!(
+        seen2
+            .iter()
+            .all(|e| e["topic"] == "room" && e["epoch"] == s2["pepoch"])
+    );
     // The list agrees with the events, at the position they reached.
     w2.send(json!({"type": "presence", "topic": "room", "ref": 5}))
         .await;
@@ -178,7 +183,12 @@ async fn a_drain_emits_no_join_or_leave() {
     let before = witness.expect("presence").await;
     assert_eq!(before["pseq"].as_u64(), Some(last));
     let listed = |v: &Value| -> BTreeSet<String> {
-        v["members"].as_array().unwrap().iter().map(session).collect()
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(session)
+            .collect()
     };
 
     let (status, _) = pods[0].admin_post("/admin/drain", "").await;
@@ -333,7 +343,12 @@ async fn a_trimmed_log_sends_a_fresh_list() {
     assert!(list.get("ref").is_none());
     assert_eq!(list["pseq"].as_u64(), Some(at + 4));
     assert_eq!(list["epoch"], subscribed["pepoch"]);
-    let listed: BTreeSet<String> = list["members"].as_array().unwrap().iter().map(session).collect();
+    let listed: BTreeSet<String> = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(session)
+        .collect();
     assert_eq!(listed, present);
     let (mut e, _) = gw.hello().await;
     follow(&mut e, "room").await;
@@ -366,7 +381,12 @@ async fn a_lost_log_is_a_new_epoch_and_a_fresh_list() {
     assert_eq!(list["recovered"], false, "{list}");
     let new = list["epoch"].as_str().unwrap().to_owned();
     assert!(new > old, "epochs order by creation: {old} then {new}");
-    let listed: BTreeSet<String> = list["members"].as_array().unwrap().iter().map(session).collect();
+    let listed: BTreeSet<String> = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(session)
+        .collect();
     assert_eq!(listed, BTreeSet::from([session(&wa), session(&wb)]));
     // The old subscriber's next event is a gap in its epoch: it gets the fresh list too.
     let (mut c, _) = gw.hello().await;

@@ -423,8 +423,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            decode(r#"{"type":"subscribe","topic":"a","since":{"seq":3,"epoch":"e","pseq":2,"pepoch":"p"}}"#),
-            Ok(ClientFrame::Subscribe { presence_since: Some(PresencePosition { pseq: 2, .. }), .. })
+            decode(
+                r#"{"type":"subscribe","topic":"a","since":{"seq":3,"epoch":"e","pseq":2,"pepoch":"p"}}"#
+            ),
+            Ok(ClientFrame::Subscribe {
+                presence_since: Some(PresencePosition { pseq: 2, .. }),
+                ..
+            })
         ));
     }
 

@@ -242,7 +242,8 @@ impl Conn {
                 continue;
             }
             if note.epoch == at.epoch && note.pseq == at.pseq + 1 {
-                self.write(socket, Message::Text(note.frame.clone())).await?;
+                self.write(socket, Message::Text(note.frame.clone()))
+                    .await?;
                 self.set_presence_position(
                     &note.topic,
                     PresencePosition {
@@ -293,7 +294,9 @@ impl Conn {
                 return Ok(());
             }
             for event in &events {
-                let Some(logged) = &event.logged else { continue };
+                let Some(logged) = &event.logged else {
+                    continue;
+                };
                 let text = frame(topic, event, logged).to_json();
                 self.write(socket, Message::Text(text.into())).await?;
                 self.set_presence_position(topic, logged.clone());
@@ -341,7 +344,9 @@ impl Conn {
                 }
                 let reply = ServerFrame::error(
                     ErrorCode::LimitReached,
-                    format!("join/leave events of {topic} missed and more than {max} members: use presence_stats"),
+                    format!(
+                        "join/leave events of {topic} missed and more than {max} members: use presence_stats"
+                    ),
                     None,
                 );
                 self.reply(socket, &reply).await

@@ -125,8 +125,10 @@ impl Conn {
         }
     }
 
-    /// After `unsubscribe`: gone, at once.
-    pub(crate) async fn presence_leave(&self, topic: &Topic) {
+    /// After `unsubscribe` (or a refresh that revoked the topic): gone, at once; its join/leave
+    /// events are no longer followed.
+    pub(crate) async fn presence_leave(&mut self, topic: &Topic) {
+        self.forget_presence_position(topic);
         let Some(session) = &self.session else { return };
         if !enabled(&self.shared, topic) {
             return;

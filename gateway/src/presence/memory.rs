@@ -9,10 +9,10 @@ use std::time::Duration;
 use protocol::{Epoch, PresencePosition, Topic};
 use tokio::time::Instant;
 
+use super::user_key;
 use super::{
     Change, Event, EventLog, Listing, LogRead, Op, PresenceError, PresenceStore, Stats, member_of,
 };
-use super::user_key;
 
 #[derive(Debug, Clone)]
 pub struct MemoryPresence {
@@ -188,7 +188,9 @@ impl PresenceStore for MemoryPresence {
         let topics = self.topics.lock().expect("presence lock");
         let at = self.policy.logs(topic).then(|| {
             let mut logs = self.logs.lock().expect("presence log lock");
-            logs.entry(topic.clone()).or_insert_with(Log::new).position()
+            logs.entry(topic.clone())
+                .or_insert_with(Log::new)
+                .position()
         });
         let Some(members) = topics.get(topic) else {
             return Ok(Some(Listing {
@@ -217,7 +219,11 @@ impl PresenceStore for MemoryPresence {
         let mut logs = self.logs.lock().expect("presence log lock");
         let log = logs.entry(topic.clone()).or_insert_with(Log::new);
         let top = log.position();
-        let first = log.events.front().and_then(|e| e.logged.as_ref()).map(|l| l.pseq);
+        let first = log
+            .events
+            .front()
+            .and_then(|e| e.logged.as_ref())
+            .map(|l| l.pseq);
         let complete = since.epoch == log.epoch
             && since.pseq <= log.pseq
             && (since.pseq == log.pseq || first.is_some_and(|first| first <= since.pseq + 1));

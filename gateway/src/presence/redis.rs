@@ -154,7 +154,8 @@ fn text(v: Value) -> Result<String, PresenceError> {
 }
 
 fn number(v: Option<Value>) -> Result<u64, PresenceError> {
-    v.and_then(|v| v.as_u64()).ok_or_else(|| corrupt("not a number"))
+    v.and_then(|v| v.as_u64())
+        .ok_or_else(|| corrupt("not a number"))
 }
 
 /// Reads `{epoch, then kind, session, user key, edge, pseq per event}` (pseq 0: not logged).
