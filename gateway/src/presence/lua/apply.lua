@@ -17,15 +17,17 @@ local until_ms = now + tonumber(ARGV[2])
 local pod = ARGV[1]
 local logged = ARGV[4] ~= ''
 local epoch, pseq, inc = '', 0, ''
-local first_pseq = 0
-if logged then
-  epoch, pseq, inc = log_position(ARGV[4], ARGV[3])
-  first_pseq = pseq
-end
-local events = {epoch}
+local first_pseq = nil
+local events = {''}
 local function emit(kind, session, user, edge)
   local n = 0
   if logged then
+    -- Read at the first event only: a batch of refreshes and detaches changes no position.
+    if first_pseq == nil then
+      epoch, pseq, inc = log_position(ARGV[4], ARGV[3])
+      first_pseq = pseq
+      events[1] = epoch
+    end
     pseq = log_event(pseq, kind, session, user, ARGV[5])
     n = pseq
   end
@@ -63,7 +65,7 @@ if redis.call('HLEN', KEYS[1]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-if logged and pseq ~= first_pseq then
+if first_pseq ~= nil then
   log_save(epoch, inc, pseq, ARGV[3])
 end
 return events

@@ -12,12 +12,8 @@ for pod in string.gmatch(ARGV[1], '[^\n]+') do
 end
 local logged = ARGV[2] ~= ''
 local epoch, pseq, inc = '', 0, ''
-local first_pseq = 0
-if logged then
-  epoch, pseq, inc = log_position(ARGV[2], ARGV[4])
-  first_pseq = pseq
-end
-local events = {epoch}
+local first_pseq = nil
+local events = {''}
 for i = 5, #ARGV do
   local session = ARGV[i]
   local value = redis.call('HGET', KEYS[1], session)
@@ -33,6 +29,11 @@ for i = 5, #ARGV do
     end
     local at = 0
     if logged then
+      if first_pseq == nil then
+        epoch, pseq, inc = log_position(ARGV[2], ARGV[4])
+        first_pseq = pseq
+        events[1] = epoch
+      end
       pseq = log_event(pseq, 'l', session, user, ARGV[3])
       at = pseq
     end
@@ -43,7 +44,7 @@ for i = 5, #ARGV do
     events[#events + 1] = at
   end
 end
-if logged and pseq ~= first_pseq then
+if first_pseq ~= nil then
   log_save(epoch, inc, pseq, ARGV[4])
 end
 return events
