@@ -199,7 +199,7 @@ impl Conn {
                     self.presence_resume(&topic);
                     let since = presence.remove(&topic);
                     let catch_up = since.is_some();
-                    let at = self.presence_start(&topic, since).await;
+                    let at = self.presence_start(&topic, since, None).await;
                     if catch_up && at.is_some() {
                         presence_replay.push(topic.clone());
                     }
@@ -374,9 +374,9 @@ impl Conn {
                 return self.reply(socket, &reply).await;
             }
         };
-        self.presence_attach(&topic).await;
+        let own_join = self.presence_attach(&topic).await;
         let catch_up = presence_since.is_some();
-        let at = self.presence_start(&topic, presence_since).await;
+        let at = self.presence_start(&topic, presence_since, own_join).await;
         let reply = ServerFrame::Subscribed {
             topic: topic.clone(),
             seq: joined.top.as_ref().map(|t| t.seq),

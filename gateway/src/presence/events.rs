@@ -189,18 +189,20 @@ impl Conn {
 
     /// Starts following `topic`'s join/leave events after subscribing (or restoring it on a
     /// resume): from `since` when the client sent one (the caller then writes what was missed
-    /// with [`Conn::presence_catch_up`] after its reply), else from the topic's position now.
-    /// Returns the position for `subscribed`/`welcome`; `None` when the topic has no events.
+    /// with [`Conn::presence_catch_up`] after its reply), else from `joined` (the position of
+    /// this subscription's own join), else from the topic's position now. Returns the position
+    /// for `subscribed`/`welcome`; `None` when the topic has no events.
     pub(crate) async fn presence_start(
         &mut self,
         topic: &Topic,
         since: Option<PresencePosition>,
+        joined: Option<PresencePosition>,
     ) -> Option<PresencePosition> {
         if !self.join_leave(topic) {
             return None;
         }
-        let at = match since {
-            Some(since) => since,
+        let at = match since.or(joined) {
+            Some(at) => at,
             None => match self
                 .shared
                 .presence

@@ -3,7 +3,7 @@
 
 use axum::extract::ws::WebSocket;
 use protocol::client::Ref;
-use protocol::{ErrorCode, ServerFrame, SessionId, Topic};
+use protocol::{ErrorCode, PresencePosition, ServerFrame, SessionId, Topic};
 
 use super::{Change, Op, PresenceStore, enabled, live_pods, record};
 use crate::connection::{Close, Conn};
@@ -102,11 +102,13 @@ impl Conn {
     }
 
     /// After `subscribe`: present, at once. A session already present (subscribed before it
-    /// resumed) is not joined again.
-    pub(crate) async fn presence_attach(&self, topic: &Topic) {
-        let Some(session) = &self.session else { return };
+    /// resumed) is not joined again. Returns the join's position on a join/leave topic (the
+    /// topic's position right after it: the call changed one member), so the subscription
+    /// follows on from there without reading it again.
+    pub(crate) async fn presence_attach(&self, topic: &Topic) -> Option<PresencePosition> {
+        let session = self.session.as_ref()?;
         if !enabled(&self.shared, topic) {
-            return;
+            return None;
         }
         let shared = &self.shared;
         shared
@@ -119,9 +121,15 @@ impl Conn {
             .apply(topic, &shared.pod, ttl, &[change])
             .await
         {
-            Ok(events) => record(shared, topic, &events).await,
+            Ok(events) => {
+                record(shared, topic, &events).await;
+                events.into_iter().find_map(|e| e.logged)
+            }
             // Written at the next refresh instead.
-            Err(e) => tracing::debug!(%topic, error = %e, "presence attach not written"),
+            Err(e) => {
+                tracing::debug!(%topic, error = %e, "presence attach not written");
+                None
+            }
         }
     }
 
