@@ -272,15 +272,28 @@ async fn a_resume_replays_missed_joins_and_leaves_in_order() {
         pod(&redis, &nats, "pod-0").await,
         pod(&redis, &nats, "pod-1").await,
     ];
-    let (mut away, welcome) = pods[0].hello().await;
+    resume_replays(&pods[0], &pods[1]).await;
+}
+
+/// The same on the embedded store (one process, in-memory log).
+#[tokio::test]
+async fn a_resume_replays_missed_joins_and_leaves_embedded() {
+    let gw = TestGateway::with(join_leave_on).await;
+    resume_replays(&gw, &gw).await;
+}
+
+/// Subscribes on `first`, goes away while others join and leave (on both), resumes on
+/// `second` with its positions.
+async fn resume_replays(first: &TestGateway, second: &TestGateway) {
+    let (mut away, welcome) = first.hello().await;
     let subscribed = follow(&mut away, "room").await;
     let at = subscribed["pseq"].as_u64().unwrap();
     drop(away);
     let mut missed = Vec::new();
-    let (mut b, wb) = pods[1].hello().await;
+    let (mut b, wb) = second.hello().await;
     follow(&mut b, "room").await;
     missed.push(("join".to_owned(), session(&wb)));
-    let (mut c, wc) = pods[0].hello().await;
+    let (mut c, wc) = first.hello().await;
     follow(&mut c, "room").await;
     missed.push(("join".to_owned(), session(&wc)));
     c.send(json!({"type": "unsubscribe", "topic": "room"}))
@@ -288,7 +301,7 @@ async fn a_resume_replays_missed_joins_and_leaves_in_order() {
     reply(&mut c, "unsubscribed").await;
     missed.push(("leave".to_owned(), session(&wc)));
 
-    let mut back = pods[1].client().await;
+    let mut back = second.client().await;
     back.send(json!({
         "type": "hello",
         "resume": welcome["resume"],
@@ -302,7 +315,7 @@ async fn a_resume_replays_missed_joins_and_leaves_in_order() {
     contiguous_after(&replayed, at);
     assert_eq!(what(&replayed), missed);
     // Live again: the next event follows on.
-    let (mut d, wd) = pods[0].hello().await;
+    let (mut d, wd) = first.hello().await;
     follow(&mut d, "room").await;
     let live = events(&mut back, 1).await;
     contiguous_after(&live, at + 3);
