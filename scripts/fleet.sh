@@ -139,6 +139,8 @@ start_pod() { # N binary
     extra+=(--agent-listen "$host:$agent")
   fi
   GATEWAY_POD_NAME=$name \
+  GATEWAY_PRESENCE=${GATEWAY_PRESENCE:-true} \
+  GATEWAY_JOIN_LEAVE=${GATEWAY_JOIN_LEAVE:-true} \
   GATEWAY_LISTEN=$host:$port \
   GATEWAY_ADMIN_LISTEN=$host:$admin \
   GATEWAY_REDIS_URL=redis://$host:$redis_port \

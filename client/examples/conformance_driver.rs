@@ -55,6 +55,8 @@ fn event_json(event: &Event) -> Option<Value> {
             json!({"event": "reconnecting", "attempt": attempt, "delay_ms": delay.as_millis() as u64})
         }
         Event::Refreshed { exp } => json!({"event": "refreshed", "exp": exp}),
+        // Not part of the conformance scenarios (yet).
+        Event::Presence(_) | Event::PresenceList { .. } => return None,
         Event::Error(e) => json!({"event": "error", "code": e.code(), "message": e.to_string()}),
         Event::Closed { error: Some(e) } => json!({"event": "stopped", "error": e.to_string()}),
         Event::Closed { error: None } => return None,

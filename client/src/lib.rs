@@ -45,6 +45,7 @@
 
 mod config;
 mod connection;
+mod presence;
 mod queries;
 mod topics;
 mod wire;
@@ -61,6 +62,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::{Backoff, ClientConfig, TokenError, TokenSource};
+pub use presence::{PresenceEvent, PresencePosition};
 pub use queries::{
     HistoryMessage, HistoryPage, HistoryQuery, PresenceMember, PresenceStats, valid_method,
 };
@@ -90,6 +92,18 @@ pub enum Event {
     Gap(Gap),
     /// A message at or below the topic's position, dropped (e.g. an overlapping resume).
     Duplicate { topic: String, seq: u64 },
+    /// A join or leave on a topic with join/leave events, once and in `pseq` order (a resume
+    /// or re-subscribe sends the topic's presence position, so missed ones are replayed).
+    Presence(PresenceEvent),
+    /// Members sent in place of join/leave events the gateway could not replay (its log no
+    /// longer had them, or the presence epoch changed): replaces what was known of the
+    /// topic's members; the events after `pseq` follow.
+    PresenceList {
+        topic: String,
+        members: Vec<PresenceMember>,
+        pseq: u64,
+        epoch: String,
+    },
     /// The connection ended; `code` is the close code (`None`: no close frame).
     Disconnected {
         code: Option<u16>,

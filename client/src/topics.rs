@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
-use crate::wire::{Position, RestoredTopic};
+use crate::presence::PresencePositions;
+use crate::wire::{Position, RestoredTopic, SentPosition};
 
 /// Why messages may be missing on a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +91,8 @@ impl TopicState {
 #[derive(Debug, Default)]
 pub(crate) struct Topics {
     topics: BTreeMap<String, TopicState>,
+    /// Where each join/leave topic is in its events.
+    pub presence: PresencePositions,
 }
 
 fn gap_reason(sent: &Position, epoch: &str) -> GapReason {
@@ -112,7 +115,27 @@ impl Topics {
     }
 
     pub fn remove(&mut self, topic: &str) -> bool {
+        self.presence.remove(topic);
         self.topics.remove(topic).is_some()
+    }
+
+    /// The position to send for `topic`, with its presence position when it has one.
+    pub fn sent_position(&self, topic: &str) -> Option<SentPosition> {
+        let at = self.position(topic)?;
+        let presence = self.presence.get(topic);
+        Some(SentPosition {
+            at,
+            pseq: presence.map(|p| p.pseq),
+            pepoch: presence.map(|p| p.epoch.clone()),
+        })
+    }
+
+    /// Every topic's position as `hello` sends it.
+    pub fn sent_positions(&self) -> BTreeMap<String, SentPosition> {
+        self.topics
+            .keys()
+            .filter_map(|t| Some((t.clone(), self.sent_position(t)?)))
+            .collect()
     }
 
     pub fn contains(&self, topic: &str) -> bool {
@@ -349,6 +372,22 @@ mod tests {
     }
 
     #[test]
+    fn sent_positions_carry_the_presence_position() {
+        let mut t = Topics::default();
+        t.add("a", Some(pos(4, "e")));
+        t.add("b", Some(pos(1, "e")));
+        t.presence.set("a", 7, "p".into());
+        let sent = t.sent_positions();
+        assert_eq!(
+            (sent["a"].pseq, sent["a"].pepoch.as_deref()),
+            (Some(7), Some("p"))
+        );
+        assert_eq!(sent["b"].pseq, None);
+        assert!(t.remove("a"));
+        assert!(t.presence.get("a").is_none(), "forgotten with the topic");
+    }
+
+    #[test]
     fn resumed_topics_keep_positions_when_recovered() {
         let mut t = Topics::default();
         t.add("a", None);
@@ -357,6 +396,8 @@ mod tests {
             seq: 9,
             epoch: "e".into(),
             recovered: true,
+            pseq: None,
+            pepoch: None,
         };
         assert!(t.restored("a", &restored, Some(&pos(4, "e"))).is_none());
         assert_eq!(t.position("a"), Some(pos(4, "e")));

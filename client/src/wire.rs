@@ -14,6 +14,18 @@ pub struct Position {
     pub epoch: String,
 }
 
+/// A position as sent (`hello.positions`, `subscribe.since`): the message position, with the
+/// presence position on topics with join/leave events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct SentPosition {
+    #[serde(flatten)]
+    pub at: Position,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pseq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pepoch: Option<String>,
+}
+
 /// What the client sends.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -24,12 +36,12 @@ pub(crate) enum ClientFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         resume: Option<&'a str>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-        positions: BTreeMap<String, Position>,
+        positions: BTreeMap<String, SentPosition>,
     },
     Subscribe {
         topic: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
-        since: Option<&'a Position>,
+        since: Option<&'a SentPosition>,
         #[serde(rename = "ref")]
         reference: u64,
     },
@@ -72,6 +84,10 @@ pub(crate) struct RestoredTopic {
     pub epoch: String,
     #[serde(default)]
     pub recovered: bool,
+    #[serde(default)]
+    pub pseq: Option<u64>,
+    #[serde(default)]
+    pub pepoch: Option<String>,
 }
 
 /// What the gateway sends. Unknown frame types are ignored (`Other`), so a newer gateway's
@@ -88,6 +104,11 @@ pub(crate) enum ServerFrame {
     Pong(Reference),
     Refreshed(Refreshed),
     Error(ErrorFrame),
+    /// A `join` (`join: true`) or `leave`.
+    Presence(PresenceFrame, bool),
+    /// A `presence` list without `ref`: sent in place of join/leave events that could not be
+    /// replayed (`recovered: false`).
+    FreshList(FreshList),
     /// The reply to a query (`rpc_result`, `history`, `presence`, `presence_stats`), kept whole:
     /// the caller decodes it into its typed result.
     Answer {
@@ -118,8 +139,14 @@ impl ServerFrame {
             "pong" => ServerFrame::Pong(serde_json::from_str(text)?),
             "refreshed" => ServerFrame::Refreshed(serde_json::from_str(text)?),
             "error" => ServerFrame::Error(serde_json::from_str(text)?),
+            "join" => ServerFrame::Presence(serde_json::from_str(text)?, true),
+            "leave" => ServerFrame::Presence(serde_json::from_str(text)?, false),
+
             "rpc_result" | "history" | "presence" | "presence_stats" => {
                 let Reference { reference } = serde_json::from_str(text)?;
+                if reference.is_none() && tag.kind == "presence" {
+                    return Ok(ServerFrame::FreshList(serde_json::from_str(text)?));
+                }
                 let frame = text.to_owned();
                 ServerFrame::Answer { reference, frame }
             }
@@ -143,12 +170,34 @@ pub(crate) struct Welcome {
 }
 
 #[derive(Debug, Deserialize)]
+pub(crate) struct PresenceFrame {
+    pub topic: String,
+    pub pseq: u64,
+    pub epoch: String,
+    pub member: crate::queries::PresenceMember,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct FreshList {
+    pub topic: String,
+    pub members: Vec<crate::queries::PresenceMember>,
+    #[serde(default)]
+    pub pseq: Option<u64>,
+    #[serde(default)]
+    pub epoch: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
 pub(crate) struct Subscribed {
     pub topic: String,
     pub seq: u64,
     pub epoch: String,
     #[serde(default)]
     pub recovered: Option<bool>,
+    #[serde(default)]
+    pub pseq: Option<u64>,
+    #[serde(default)]
+    pub pepoch: Option<String>,
     #[serde(default, rename = "ref")]
     pub reference: Option<u64>,
 }
@@ -287,6 +336,22 @@ mod tests {
                 ..
             }
         ));
+        let f = ServerFrame::parse(
+            r#"{"type":"leave","topic":"r","pseq":4,"epoch":"p","member":{"user":"ref","session":"s"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            f,
+            ServerFrame::Presence(PresenceFrame { pseq: 4, .. }, false)
+        ));
+        let f = ServerFrame::parse(
+            r#"{"type":"presence","topic":"r","members":[{"user":"ref","session":"s"}],"pseq":4,"epoch":"p","recovered":false}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            f,
+            ServerFrame::FreshList(FreshList { pseq: Some(4), .. })
+        ));
         let f = ServerFrame::parse(r#"{"type":"presence_diff","x":1}"#).unwrap();
         assert!(matches!(f, ServerFrame::Other));
     }
@@ -296,9 +361,13 @@ mod tests {
         let mut positions = BTreeMap::new();
         positions.insert(
             "t".to_owned(),
-            Position {
-                seq: 4,
-                epoch: "e1".into(),
+            SentPosition {
+                at: Position {
+                    seq: 4,
+                    epoch: "e1".into(),
+                },
+                pseq: None,
+                pepoch: None,
             },
         );
         let text = ClientFrame::Hello {

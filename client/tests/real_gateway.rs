@@ -1,6 +1,6 @@
-//! `rpc`, `history`, `presence` and `presence_stats` against real gateway processes (in-memory,
-//! loopback ports, killed by PID): one with `--presence --presence-max-list 2`, one with the
-//! example chat backend (`examples/chat-backend/backend.py`) as its hook. The gateway binary is
+//! `rpc`, `history`, `presence`, `presence_stats` and join/leave events against real gateway
+//! processes (in-memory, loopback ports, killed by PID): one with `--presence
+//! --presence-max-list 2`, one with `--presence --join-leave`, one with the example chat backend (`examples/chat-backend/backend.py`) as its hook. The gateway binary is
 //! `GATEWAY_BIN` or the workspace's `target/debug/gateway` (`cargo build -p gateway`); without
 //! one that has `--presence`, the tests say so and pass without running.
 
@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use gateway_client::{Client, ClientConfig, Event, HistoryQuery, Position, PresenceStats};
+use gateway_client::{
+    Client, ClientConfig, Event, HistoryQuery, Position, PresenceEvent, PresenceStats,
+};
 use serde_json::json;
 
 /// A child process, killed when dropped (also when a test fails).
@@ -219,4 +221,37 @@ async fn rpc_answers_and_error_codes_through_the_hook() {
     let off = c.presence_stats("chat.lobby").await.unwrap_err();
     assert_eq!(off.code(), Some("bad_request"), "no --presence");
     c.close().await;
+}
+
+/// The next join/leave event (other events skipped), within 10 s.
+async fn next_presence(events: &mut gateway_client::Events) -> PresenceEvent {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("a join/leave within 10 s")
+            .expect("events go on");
+        if let Event::Presence(e) = event {
+            return e;
+        }
+    }
+}
+
+#[tokio::test]
+async fn join_and_leave_events_in_pseq_order() {
+    let bin = gateway_bin().expect(NO_GATEWAY);
+    let (_gw, url) = gateway(&bin, &["--presence", "--join-leave"], &[]);
+    let (a, mut a_events) = client(&url);
+    a.subscribe("room", None).await.unwrap();
+    let (b, _b_events) = client(&url);
+    b.subscribe("room", None).await.unwrap();
+    let joined = next_presence(&mut a_events).await;
+    assert!(joined.join, "{joined:?}");
+    b.unsubscribe("room").await.unwrap();
+    let left = next_presence(&mut a_events).await;
+    assert!(!left.join, "{left:?}");
+    assert_eq!(left.member.session, joined.member.session);
+    assert_eq!((left.pseq, &left.epoch), (joined.pseq + 1, &joined.epoch));
+    for x in [a, b] {
+        x.close().await;
+    }
 }

@@ -88,6 +88,19 @@ fn event_line(event: &Event) -> Option<Value> {
             json!({"type": "reconnecting", "attempt": attempt, "delay_ms": delay.as_millis() as u64})
         }
         Event::Refreshed { exp } => json!({"type": "refreshed", "exp": exp}),
+        Event::Presence(e) => json!({
+            "type": if e.join { "join" } else { "leave" }, "topic": e.topic, "pseq": e.pseq,
+            "epoch": e.epoch, "member": {"user": e.member.user, "session": e.member.session},
+        }),
+        Event::PresenceList {
+            topic,
+            members,
+            pseq,
+            epoch,
+        } => json!({
+            "type": "presence", "topic": topic, "pseq": pseq, "epoch": epoch, "recovered": false,
+            "members": members.iter().map(|m| json!({"user": m.user, "session": m.session})).collect::<Vec<_>>(),
+        }),
         Event::Error(e) => json!({"type": "error", "code": e.code(), "message": e.to_string()}),
         Event::Duplicate { .. } | Event::Closed { .. } => return None,
     })

@@ -139,6 +139,8 @@ pub struct Conn {
     pub granted: Option<session_store::HookGrant>,
     /// Publishes in flight, oldest first (see `publish`); `None` until the first publish.
     pub publishes: Option<Box<crate::publish::Pipeline>>,
+    /// Where the client is in each join/leave topic (`presence::events`).
+    pub presence_at: crate::presence::events::Positions,
 }
 
 /// Serves one upgraded socket until it closes.
@@ -174,6 +176,7 @@ pub fn serve(
         upgrade,
         granted: None,
         publishes: None,
+        presence_at: None,
     };
     async move {
         let close = conn.run(&mut socket).await;
@@ -235,6 +238,13 @@ impl Conn {
                     // reserved in every idle connection's task (about 12 KiB each).
                     if !batch.is_empty()
                         && let Err(close) = Box::pin(self.deliver(socket, batch)).await
+                    {
+                        return close;
+                    }
+                    if self.session.is_some()
+                        && let Some((notes, behind)) = control.take_presence()
+                        && let Err(close) =
+                            Box::pin(self.presence_notes(socket, notes, behind)).await
                     {
                         return close;
                     }
@@ -356,7 +366,8 @@ impl Conn {
                     token,
                     resume,
                     positions,
-                } => self.hello(socket, token, resume, positions).await,
+                    presence,
+                } => self.hello(socket, token, resume, positions, presence).await,
                 other => {
                     let reply = ServerFrame::error(
                         ErrorCode::BadRequest,
@@ -376,10 +387,11 @@ impl Conn {
             F::Subscribe {
                 topic,
                 since,
+                presence_since,
                 last,
                 reference,
             } => {
-                self.subscribe_from(socket, topic, since, last, reference)
+                self.subscribe_from(socket, topic, since, presence_since, last, reference)
                     .await
             }
             F::Unsubscribe { topic, reference } => self.unsubscribe(socket, topic, reference).await,

@@ -34,6 +34,8 @@ pub struct ConnControl {
     /// Whether `commands` may hold any: checked on every wake-up (each delivery batch), so the
     /// common case, no commands, costs a load rather than a lock.
     has_commands: AtomicBool,
+    /// Join/leave events of its topics (see `presence::events`).
+    presence: crate::presence::events::PresenceQueue,
 }
 
 /// A change the server asks of a connection's subscriptions (`/api/subscribe`,
@@ -55,7 +57,22 @@ impl ConnControl {
             disconnected: AtomicBool::new(false),
             commands: Mutex::new(Vec::new()),
             has_commands: AtomicBool::new(false),
+            presence: Default::default(),
         }
+    }
+
+    /// Queues a join/leave event for the connection and wakes its task.
+    pub fn offer_presence(&self, note: &Arc<crate::presence::events::Note>) {
+        if self.is_closing() {
+            return;
+        }
+        self.presence.offer(note);
+        self.notify.notify_one();
+    }
+
+    /// The queued join/leave events, and whether some did not fit (see `presence::events`).
+    pub fn take_presence(&self) -> Option<(Vec<Arc<crate::presence::events::Note>>, bool)> {
+        self.presence.take()
     }
 
     /// Closes the connection for the server API's `disconnect`: 1008 without reconnect, and its

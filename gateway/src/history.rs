@@ -195,6 +195,7 @@ impl Conn {
         socket: &mut WebSocket,
         topic: Topic,
         since: Option<Position>,
+        presence_since: Option<protocol::PresencePosition>,
         last: Option<u64>,
         reference: Option<Ref>,
     ) -> Result<(), Close> {
@@ -211,7 +212,8 @@ impl Conn {
             }
             (since, _) => since,
         };
-        self.subscribe(socket, topic, since, reference).await
+        self.subscribe(socket, topic, since, presence_since, reference)
+            .await
     }
 
     /// Answers a `history` frame: subscribe permission for the topic is required.

@@ -300,7 +300,14 @@ impl Shared {
         Arc::new(Self {
             pod,
             census: census::AnyCensus::for_store(&store),
-            presence: presence::AnyPresence::for_store(&store),
+            presence: presence::AnyPresence::for_store(
+                &store,
+                presence::EventLog::new(
+                    namespaces.clone(),
+                    config.app.presence_log_size,
+                    config.resume_window,
+                ),
+            ),
             presence_registry: presence::Registry::default(),
             users,
             store,

@@ -38,6 +38,8 @@ impl Conn {
             seq: joined.top.as_ref().map(|t| t.seq),
             epoch: joined.top.map(|t| t.epoch),
             recovered: None,
+            pseq: None,
+            pepoch: None,
             reason: Some("server"),
             reference: None,
         };

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::extract::ws::WebSocket;
 use protocol::{
-    ErrorCode, Position, ResumeToken, ServerFrame, SessionId, Topic, client::Ref,
+    ErrorCode, Position, PresencePosition, ResumeToken, ServerFrame, SessionId, Topic, client::Ref,
     server::ResumedTopic,
 };
 use session_store::{SessionStore, now_ms, recover};
@@ -55,6 +55,7 @@ impl Conn {
         token: Option<String>,
         resume: Option<String>,
         positions: HashMap<Topic, Position>,
+        mut presence: HashMap<Topic, PresencePosition>,
     ) -> Result<(), Close> {
         let Authenticated {
             mut user,
@@ -181,6 +182,7 @@ impl Conn {
 
         let mut topics = HashMap::new();
         let mut replay = Vec::new();
+        let mut presence_replay = Vec::new();
         let mut skipped = 0;
         let mut budget = self.shared.config.replay_budget;
         for (topic, position) in restore {
@@ -195,6 +197,12 @@ impl Conn {
             {
                 Ok(joined) => {
                     self.presence_resume(&topic);
+                    let since = presence.remove(&topic);
+                    let catch_up = since.is_some();
+                    let at = self.presence_start(&topic, since, None).await;
+                    if catch_up && at.is_some() {
+                        presence_replay.push(topic.clone());
+                    }
                     let recovered = joined.recovered.unwrap_or(false);
                     topics.insert(
                         topic.clone(),
@@ -202,6 +210,8 @@ impl Conn {
                             seq: joined.top.as_ref().map(|t| t.seq),
                             epoch: joined.top.map(|t| t.epoch),
                             recovered,
+                            pseq: at.as_ref().map(|at| at.pseq),
+                            pepoch: at.map(|at| at.epoch),
                         },
                     );
                     if recovered {
@@ -256,6 +266,10 @@ impl Conn {
         }
         for topic in replay {
             self.fill(socket, &topic).await?;
+        }
+        // The join/leave events missed while away, after the messages (or a fresh list).
+        for topic in presence_replay {
+            self.presence_catch_up(socket, &topic).await?;
         }
         for topic in server_subs {
             self.server_subscribe(socket, topic).await?;
@@ -315,15 +329,19 @@ impl Conn {
         socket: &mut WebSocket,
         topic: Topic,
         since: Option<Position>,
+        presence_since: Option<PresencePosition>,
         reference: Option<Ref>,
     ) -> Result<(), Close> {
         if let Some(sub) = self.subs.get(&topic) {
             // Already subscribed: confirm where the client is; nothing is sent twice.
+            let at = self.presence_position(&topic).cloned();
             let reply = ServerFrame::Subscribed {
                 topic,
                 seq: (!sub.ephemeral).then_some(sub.fed),
                 epoch: (!sub.ephemeral).then(|| sub.epoch.clone()),
                 recovered: None,
+                pseq: at.as_ref().map(|at| at.pseq),
+                pepoch: at.map(|at| at.epoch),
                 reason: None,
                 reference,
             };
@@ -359,19 +377,26 @@ impl Conn {
                 return self.reply(socket, &reply).await;
             }
         };
-        self.presence_attach(&topic).await;
+        let own_join = self.presence_attach(&topic).await;
         self.events_subscribed(&topic).await;
+        let catch_up = presence_since.is_some();
+        let at = self.presence_start(&topic, presence_since, own_join).await;
         let reply = ServerFrame::Subscribed {
             topic: topic.clone(),
             seq: joined.top.as_ref().map(|t| t.seq),
             epoch: joined.top.map(|t| t.epoch),
             recovered: joined.recovered,
+            pseq: at.as_ref().map(|at| at.pseq),
+            pepoch: at.as_ref().map(|at| at.epoch.clone()),
             reason: None,
             reference,
         };
         self.reply(socket, &reply).await?;
         if joined.recovered == Some(true) {
             self.fill(socket, &topic).await?;
+        }
+        if catch_up && at.is_some() {
+            self.presence_catch_up(socket, &topic).await?;
         }
         self.save_session().await;
         Ok(())

@@ -88,8 +88,13 @@ async fn topic_presence(State(shared): State<Arc<Shared>>, Path(topic): Path<Str
     let max = crate::presence::max_list(&shared, &topic);
     let live = crate::presence::live_pods(&shared);
     match shared.presence.members(&topic, &live, max).await {
-        Ok(Some(members)) => {
-            Json(serde_json::json!({"topic": topic, "members": members})).into_response()
+        Ok(Some(listing)) => {
+            let mut body = serde_json::json!({"topic": topic, "members": listing.members});
+            if let Some(at) = listing.at {
+                body["pseq"] = at.pseq.into();
+                body["epoch"] = at.epoch.as_str().into();
+            }
+            Json(body).into_response()
         }
         Ok(None) => api_error(
             StatusCode::CONFLICT,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::RawJson;
-use crate::names::{Payload, Position, PublishId, Topic};
+use crate::names::{Payload, Position, PresencePosition, PublishId, Topic, WirePosition};
 use crate::server::ErrorCode;
 
 /// A correlation id chosen by the client and echoed in the reply.
@@ -22,10 +22,14 @@ pub enum ClientFrame {
         token: Option<String>,
         resume: Option<String>,
         positions: HashMap<Topic, Position>,
+        /// The presence positions the client sent with them (`pseq` and `pepoch`).
+        presence: HashMap<Topic, PresencePosition>,
     },
     Subscribe {
         topic: Topic,
         since: Option<Position>,
+        /// The presence position sent with `since` (`pseq` and `pepoch`).
+        presence_since: Option<PresencePosition>,
         /// Rewind by count: start `last` messages before the top (ignored with `since`).
         last: Option<u64>,
         reference: Option<Ref>,
@@ -196,10 +200,10 @@ struct Envelope<'a> {
     topic: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<&'a RawJson>,
-    since: Option<Position>,
+    since: Option<WirePosition>,
     token: Option<String>,
     resume: Option<String>,
-    positions: Option<HashMap<Topic, Position>>,
+    positions: Option<HashMap<Topic, WirePosition>>,
     #[serde(borrow)]
     id: Option<std::borrow::Cow<'a, str>>,
     limit: Option<u64>,
@@ -228,15 +232,35 @@ pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
         })?;
         Topic::new(raw).map_err(|reason| DecodeError::InvalidTopic { reason, reference })
     };
+    let (since, presence_since) = match env.since {
+        Some(since) => {
+            let (since, presence) = since.split();
+            (Some(since), presence)
+        }
+        None => (None, None),
+    };
     let frame = match &*kind {
-        "hello" => ClientFrame::Hello {
-            token: env.token,
-            resume: env.resume,
-            positions: env.positions.unwrap_or_default(),
-        },
+        "hello" => {
+            let mut positions = HashMap::new();
+            let mut presence = HashMap::new();
+            for (topic, wire) in env.positions.unwrap_or_default() {
+                let (position, at) = wire.split();
+                if let Some(at) = at {
+                    presence.insert(topic.clone(), at);
+                }
+                positions.insert(topic, position);
+            }
+            ClientFrame::Hello {
+                token: env.token,
+                resume: env.resume,
+                positions,
+                presence,
+            }
+        }
         "subscribe" => ClientFrame::Subscribe {
             topic: topic()?,
-            since: env.since,
+            since,
+            presence_since,
             last: env.last,
             reference,
         },
@@ -251,7 +275,7 @@ pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
         "history" => ClientFrame::History {
             topic: topic()?,
             query: HistoryQuery {
-                since: env.since,
+                since,
                 limit: env.limit,
                 reverse: env.reverse.unwrap_or(false),
             },
@@ -412,7 +436,24 @@ mod tests {
         ));
         assert!(matches!(
             decode(r#"{"type":"hello","positions":{"t":{"seq":1,"epoch":"x"}}}"#),
-            Ok(ClientFrame::Hello { positions, .. }) if positions.len() == 1
+            Ok(ClientFrame::Hello { positions, presence, .. }) if positions.len() == 1 && presence.is_empty()
+        ));
+        match decode(
+            r#"{"type":"hello","positions":{"t":{"seq":1,"epoch":"x","pseq":4,"pepoch":"p"}}}"#,
+        ) {
+            Ok(ClientFrame::Hello { presence, .. }) => {
+                assert_eq!(presence[&Topic::new("t").unwrap()].pseq, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode(
+                r#"{"type":"subscribe","topic":"a","since":{"seq":3,"epoch":"e","pseq":2,"pepoch":"p"}}"#
+            ),
+            Ok(ClientFrame::Subscribe {
+                presence_since: Some(PresencePosition { pseq: 2, .. }),
+                ..
+            })
         ));
     }
 

@@ -24,7 +24,10 @@ pub mod server;
 
 pub use client::{ClientFrame, DecodeError, HistoryQuery};
 pub use close::{CloseAdvice, CloseCode};
-pub use names::{Epoch, InvalidName, Payload, Position, PublishId, ResumeToken, SessionId, Topic};
+pub use names::{
+    Epoch, InvalidName, Payload, Position, PresencePosition, PublishId, ResumeToken, SessionId,
+    Topic, WirePosition,
+};
 pub use redact::redact_url;
 pub use server::{
     ErrorCode, HistoryMessage, MAX_EPOCH_LEN, Member, ServerFrame, encode_ephemeral_message,

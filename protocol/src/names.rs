@@ -263,6 +263,41 @@ pub struct Position {
     pub epoch: Epoch,
 }
 
+/// A client's place in a topic's join/leave events: the last `pseq` it has seen, in which
+/// presence epoch (presence has its own sequence and epoch, independent of the messages').
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresencePosition {
+    pub pseq: u64,
+    pub epoch: Epoch,
+}
+
+/// A position as a client sends it (`hello.positions`, `subscribe.since`): the message
+/// position, optionally with the presence position as `pseq` and `pepoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct WirePosition {
+    pub seq: u64,
+    pub epoch: Epoch,
+    pub pseq: Option<u64>,
+    pub pepoch: Option<Epoch>,
+}
+
+impl WirePosition {
+    /// The message position and, when both `pseq` and `pepoch` were given, the presence one.
+    pub fn split(self) -> (Position, Option<PresencePosition>) {
+        let presence = match (self.pseq, self.pepoch) {
+            (Some(pseq), Some(epoch)) => Some(PresencePosition { pseq, epoch }),
+            _ => None,
+        };
+        (
+            Position {
+                seq: self.seq,
+                epoch: self.epoch,
+            },
+            presence,
+        )
+    }
+}
+
 /// The secret a client presents to resume its session: `<session id>.<secret>`.
 ///
 /// The secret is 256 random bits stored with the session; a token whose secret does not match the

@@ -51,6 +51,12 @@ pub struct ResumedTopic {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epoch: Option<Epoch>,
     pub recovered: bool,
+    /// On a topic with join/leave events: the presence position the connection follows from
+    /// (the client's own when it sent one; missed events or a fresh list follow `welcome`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pseq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pepoch: Option<Epoch>,
 }
 
 /// Every server frame but `message` (see [`MessageFrame`]).
@@ -76,6 +82,12 @@ pub enum ServerFrame {
         epoch: Option<Epoch>,
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// On a topic with join/leave events: the presence position the connection follows
+        /// from (see [`ResumedTopic::pseq`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pseq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pepoch: Option<Epoch>,
         /// `"server"` when the server subscribed the client (connect hook, server API).
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<&'static str>,
@@ -121,12 +133,34 @@ pub enum ServerFrame {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Ref>,
     },
-    /// The members present in a topic.
+    /// The members present in a topic. On a topic with join/leave events, `pseq` and `epoch`
+    /// are its presence position: the events after it follow. Sent without a `ref` and with
+    /// `recovered: false` when missed events could not be replayed (the list replaces them).
     Presence {
         topic: Topic,
         members: Vec<Member>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pseq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<Epoch>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Ref>,
+    },
+    /// A member joined a topic with join/leave events: presence event `pseq` of `epoch`.
+    Join {
+        topic: Topic,
+        pseq: u64,
+        epoch: Epoch,
+        member: Member,
+    },
+    /// A member left a topic with join/leave events.
+    Leave {
+        topic: Topic,
+        pseq: u64,
+        epoch: Epoch,
+        member: Member,
     },
     /// A topic's presence counts.
     PresenceStats {
@@ -305,11 +339,27 @@ mod tests {
                 user: Some("ann".into()),
                 session: "s1".into(),
             }],
+            pseq: None,
+            epoch: None,
+            recovered: None,
             reference: None,
         };
         assert_eq!(
             members.to_json(),
             r#"{"type":"presence","topic":"a","members":[{"user":"ann","session":"s1"}]}"#
+        );
+        let join = ServerFrame::Join {
+            topic: t.clone(),
+            pseq: 4,
+            epoch: Epoch::new("p1"),
+            member: Member {
+                user: None,
+                session: "s2".into(),
+            },
+        };
+        assert_eq!(
+            join.to_json(),
+            r#"{"type":"join","topic":"a","pseq":4,"epoch":"p1","member":{"session":"s2"}}"#
         );
         let stats = ServerFrame::PresenceStats {
             topic: t.clone(),

@@ -29,7 +29,7 @@ const CLIENT: [&str; 10] = [
     "rpc",
 ];
 
-const SERVER: [&str; 13] = [
+const SERVER: [&str; 15] = [
     "welcome",
     "subscribed",
     "message",
@@ -41,6 +41,8 @@ const SERVER: [&str; 13] = [
     "history",
     "presence",
     "presence_stats",
+    "join",
+    "leave",
     "rpc_result",
     "error",
 ];
@@ -77,6 +79,8 @@ fn server_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::Presence { .. } => "presence",
         ServerFrame::PresenceStats { .. } => "presence_stats",
         ServerFrame::Skipped { .. } => "skipped",
+        ServerFrame::Join { .. } => "join",
+        ServerFrame::Leave { .. } => "leave",
         ServerFrame::RpcResult { .. } => "rpc_result",
         ServerFrame::Error { .. } => "error",
     }

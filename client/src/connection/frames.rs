@@ -95,6 +95,9 @@ impl Connection {
                             .await?;
                         continue;
                     }
+                    if let (Some(pseq), Some(pepoch)) = (t.pseq, &t.pepoch) {
+                        self.topics.presence.set(topic, pseq, pepoch.clone());
+                    }
                     let gap = self
                         .topics
                         .restored(topic, t, live.hello_positions.get(topic));
@@ -132,8 +135,15 @@ impl Connection {
                 seq,
                 epoch,
                 recovered,
+                pseq,
+                pepoch,
                 reference,
             }) => {
+                if let (Some(pseq), Some(pepoch)) = (pseq, pepoch)
+                    && self.topics.contains(&topic)
+                {
+                    self.topics.presence.set(&topic, pseq, pepoch);
+                }
                 let since = match reference.and_then(|r| self.pending.remove(&r)) {
                     Some(Pending::Subscribe { topic: t, since }) if t == topic => since,
                     _ => None,
@@ -218,6 +228,37 @@ impl Connection {
                     Some(Pending::Ping | Pending::Refresh) | None => {
                         self.emit(Event::Error(error)).await;
                     }
+                }
+            }
+            ServerFrame::Presence(frame, join) => {
+                if self.topics.contains(&frame.topic)
+                    && self
+                        .topics
+                        .presence
+                        .event(&frame.topic, frame.pseq, &frame.epoch)
+                {
+                    self.emit(Event::Presence(crate::PresenceEvent {
+                        topic: frame.topic,
+                        join,
+                        pseq: frame.pseq,
+                        epoch: frame.epoch,
+                        member: frame.member,
+                    }))
+                    .await;
+                }
+            }
+            ServerFrame::FreshList(list) => {
+                if let (Some(pseq), Some(epoch)) = (list.pseq, list.epoch)
+                    && self.topics.contains(&list.topic)
+                {
+                    self.topics.presence.set(&list.topic, pseq, epoch.clone());
+                    self.emit(Event::PresenceList {
+                        topic: list.topic,
+                        members: list.members,
+                        pseq,
+                        epoch,
+                    })
+                    .await;
                 }
             }
             ServerFrame::Other => {}

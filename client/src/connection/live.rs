@@ -40,7 +40,7 @@ impl Connection {
         let hello = ClientFrame::Hello {
             token: token.as_deref(),
             resume: self.resume.as_deref(),
-            positions: hello_positions.clone(),
+            positions: self.topics.sent_positions(),
         }
         .to_text();
         if sink.send(WsMessage::text(hello)).await.is_err() {
@@ -104,10 +104,11 @@ impl Connection {
 
     pub(super) async fn send_subscribe(&mut self, live: &mut Live, topic: &str) -> Result<(), ()> {
         let since = self.topics.position(topic);
+        let sent = self.topics.sent_position(topic);
         let reference = self.take_ref();
         let frame = ClientFrame::Subscribe {
             topic,
-            since: since.as_ref(),
+            since: sent.as_ref(),
             reference,
         };
         let sent = self.send(live, frame).await;

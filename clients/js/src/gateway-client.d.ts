@@ -10,6 +10,27 @@ export type Json = null | boolean | number | string | Json[] | { [key: string]: 
 export interface Position {
   seq: number;
   epoch: string;
+  /** On a topic with join/leave events: the last presence event's `pseq`, in presence epoch `pepoch`. */
+  pseq?: number;
+  pepoch?: string;
+}
+
+/** A join or leave (namespaces with `join_leave`), in `pseq` order per topic. */
+export interface PresenceEvent {
+  topic: string;
+  pseq: number;
+  /** The topic's presence epoch (its own, not the messages'). */
+  epoch: string;
+  member: PresenceMember;
+}
+
+/** A member list the gateway sent in place of join/leave events it could not replay. */
+export interface FreshPresence {
+  topic: string;
+  members: PresenceMember[];
+  pseq: number;
+  epoch: string;
+  recovered: false;
 }
 
 /** Reconnect advice carried in a close reason: `{"reconnect":bool,"after_ms"?:n,"error"?:s}`. */
@@ -101,7 +122,7 @@ export interface Welcome {
   user?: string;
   resumed: boolean;
   /** `seq`/`epoch` are absent for ephemeral topics. */
-  topics?: Record<string, { seq?: number; epoch?: string; recovered: boolean }>;
+  topics?: Record<string, { seq?: number; epoch?: string; recovered: boolean; pseq?: number; pepoch?: string }>;
 }
 
 export interface CloseInfo {
@@ -128,7 +149,14 @@ export interface ClientEvents {
   welcome: (welcome: Welcome) => void;
   message: (message: Message) => void;
   gap: (gap: GapEvent) => void;
-  duplicate: (info: { topic: string; seq: number }) => void;
+  /** `seq` for a message, `pseq` for a join/leave already reflected. */
+  duplicate: (info: { topic: string; seq?: number; pseq?: number }) => void;
+  join: (event: PresenceEvent) => void;
+  leave: (event: PresenceEvent) => void;
+  /** A fresh list replaced missed join/leave events (`recovered: false`). */
+  presence: (list: FreshPresence) => void;
+  /** The tracked members of a topic changed (see `members(topic)`). */
+  members: (info: { topic: string; members: PresenceMember[] }) => void;
   close: (info: CloseInfo) => void;
   reconnecting: (info: ReconnectInfo) => void;
   refreshed: (info: { exp: number | null }) => void;
@@ -144,8 +172,13 @@ export interface ClientEvents {
 export interface SubscribeOptions {
   /** Deliver the messages after this position (recovered from the topic's history). */
   since?: Position;
+  /** Without `since` (or a saved position): start this many messages before the latest, the first time. */
+  last?: number;
   /** Called like the `gap` event, for this topic only. */
   onGap?: (gap: GapEvent) => void;
+  /** Called like the `join` / `leave` events, for this topic only. */
+  onJoin?: (event: PresenceEvent) => void;
+  onLeave?: (event: PresenceEvent) => void;
 }
 
 export declare class GatewayError extends Error {
@@ -203,6 +236,10 @@ export declare class GatewayClient {
   presence(topic: string): Promise<PresenceMember[]>;
   /** Member and distinct-user counts of the topic's presence. */
   presenceStats(topic: string): Promise<PresenceStats>;
+  /** The members as the join/leave events keep them; null until `presence(topic)` (or a fresh list) gave a list. */
+  members(topic: string): PresenceMember[] | null;
+  /** The presence position of a topic with join/leave events, or null. */
+  presencePosition(topic: string): { pseq: number; epoch: string } | null;
   /** Sends `refresh` with `token`, or with a token from `getToken`; resolves with the new `exp`. */
   refresh(token?: string): Promise<number | null>;
   positions(): Record<string, Position>;

@@ -11,6 +11,10 @@
 //   `storage` too, when given), presents them in `hello`, re-subscribes with `since` when the
 //   session could not be resumed, drops duplicates by `seq`, and reports every loss as a `gap`
 //   event: never silently.
+// - Follows join/leave events (namespaces with `join_leave`) in `pseq` order: resumes with each
+//   topic's `{pseq, pepoch}` so the gateway replays what was missed, keeps the room's member
+//   list current (`members(topic)`, the `members` event), and takes a fresh `presence` list
+//   (`recovered: false`) when the events could not be replayed.
 // - Detects dead connections (no close frame) with app-level pings and a pong timeout.
 // - Refreshes the token with `refresh` before it expires.
 
@@ -94,6 +98,8 @@ export class Subscription {
     this._entry = entry;
     this._onMessage = onMessage;
     this._onGap = options.onGap || null;
+    this._onJoin = options.onJoin || null;
+    this._onLeave = options.onLeave || null;
     this.topic = entry.topic;
     this.closed = false;
   }
@@ -117,7 +123,19 @@ export class Subscription {
 }
 
 function positionOf(entry) {
-  return entry.seq != null && entry.epoch != null ? { seq: entry.seq, epoch: entry.epoch } : null;
+  if (entry.seq == null || entry.epoch == null) return null;
+  const p = { seq: entry.seq, epoch: entry.epoch };
+  // The presence position travels with it (join/leave topics): the gateway replays from there.
+  if (entry.pseq != null && entry.pepoch != null) {
+    p.pseq = entry.pseq;
+    p.pepoch = entry.pepoch;
+  }
+  return p;
+}
+
+/** Whether join/leave event or list `at` (`{pseq, epoch}`) is already reflected by `entry`. */
+function presenceSeen(entry, pseq, epoch) {
+  return entry.pepoch === epoch && entry.pseq != null && pseq <= entry.pseq;
 }
 
 /**
@@ -233,7 +251,10 @@ export class GatewayClient {
     if (wasOpen || this.state !== 'closed') this._setState('closed', { code: 1000 });
   }
 
-  /** Current positions of every subscribed topic: `{topic: {seq, epoch}}`. */
+  /**
+   * Current positions of every subscribed topic: `{topic: {seq, epoch, pseq?, pepoch?}}`
+   * (`pseq`/`pepoch`: the presence position on topics with join/leave events).
+   */
   positions() {
     const out = {};
     for (const entry of this._subs.values()) {
@@ -601,6 +622,37 @@ export class GatewayClient {
     return reply.members;
   }
 
+  /**
+   * The members of `topic` as the join/leave events keep them (`[{user?, session}]`), or null
+   * until a list is known: call `presence(topic)` once after subscribing, then the events (and
+   * any fresh list the gateway sends) keep it current; the `members` event tells each change.
+   */
+  members(topic) {
+    const entry = this._subs.get(topic);
+    return entry && entry.members ? [...entry.members.values()] : null;
+  }
+
+  /** The presence position of `topic` (`{pseq, epoch}`), or null on a topic without events. */
+  presencePosition(topic) {
+    const entry = this._subs.get(topic);
+    return entry && entry.pseq != null ? { pseq: entry.pseq, epoch: entry.pepoch } : null;
+  }
+
+  // A member list at position `{pseq, epoch}`: replaces the tracked members unless the events
+  // already went past it (a list answered while later events were on their way).
+  _takeList(entry, frame) {
+    if (entry.membersAt && presenceSeen({ pseq: entry.membersAt.pseq, pepoch: entry.membersAt.epoch }, frame.pseq, frame.epoch)) {
+      return;
+    }
+    entry.members = new Map(frame.members.map((m) => [m.session, m]));
+    entry.membersAt = { pseq: frame.pseq, epoch: frame.epoch };
+    if (!presenceSeen(entry, frame.pseq, frame.epoch)) {
+      entry.pseq = frame.pseq;
+      entry.pepoch = frame.epoch;
+    }
+    this._emit('members', { topic: entry.topic, members: [...entry.members.values()] });
+  }
+
   /** `{members, users}` of `topic`'s presence: cheap at any size. */
   async presenceStats(topic) {
     checkTopic(topic);
@@ -614,7 +666,10 @@ export class GatewayClient {
   /**
    * Subscribes `onMessage` to `topic`. `options.since` (`{seq, epoch}`) asks for the messages
    * after that position; without it, a position saved in `storage` is used, else delivery starts
-   * with the next message. `options.onGap` is called like the `gap` event, for this topic.
+   * with the next message; `options.last` (a count) starts that many messages before the latest
+   * instead, the first time only (a room's recent messages on open; later subscribes resume from
+   * the position). `options.onGap` is called like the `gap` event, for this topic;
+   * `options.onJoin` / `options.onLeave` like the `join` / `leave` events.
    */
   subscribe(topic, onMessage, options = {}) {
     checkTopic(topic);
@@ -622,6 +677,7 @@ export class GatewayClient {
     let entry = this._subs.get(topic);
     if (!entry) {
       entry = this._newEntry(topic, options.since || this._saved.get(topic) || null);
+      if (options.last > 0 && entry.seq == null) entry.last = Math.floor(options.last);
       this._subs.set(topic, entry);
       this._saved.delete(topic);
       if (this.state === 'connected') this._sendSubscribe(entry);
@@ -637,6 +693,11 @@ export class GatewayClient {
       handles: new Set(),
       seq: since ? since.seq : null,
       epoch: since ? since.epoch : null,
+      pseq: since && since.pseq != null ? since.pseq : null,
+      pepoch: since && since.pepoch != null ? since.pepoch : null,
+      members: null,
+      membersAt: null,
+      last: null,
       confirmed: false,
       closed: false,
       server: false,
@@ -652,9 +713,10 @@ export class GatewayClient {
     const frame = { type: 'subscribe', topic: entry.topic };
     const since = positionOf(entry);
     if (since) frame.since = since;
+    else if (entry.last) frame.last = entry.last;
     const ref = this._nextRef++;
     frame.ref = ref;
-    this._pending.set(ref, { kind: 'subscribe', frame, entry, since, sent: true });
+    this._pending.set(ref, { kind: 'subscribe', frame, entry, since, last: !since && !!entry.last, sent: true });
     this._send(frame);
   }
 
@@ -720,13 +782,20 @@ export class GatewayClient {
         return this._onSubscribed(frame);
       case 'unsubscribed':
         return this._onUnsubscribed(frame);
+      case 'join':
+      case 'leave':
+        return this._onPresenceEvent(frame);
       case 'error':
         return this._onError(frame);
       case 'published':
       case 'pong':
       case 'refreshed':
-      case 'history':
       case 'presence':
+        if (frame.ref == null) return this._onFreshList(frame);
+        // Taken here, in frame order (not when the caller's await resumes, after later frames).
+        if (frame.pseq != null && this._subs.has(frame.topic)) this._takeList(this._subs.get(frame.topic), frame);
+        return this._resolve(frame);
+      case 'history':
       case 'presence_stats':
       case 'rpc_result':
         return this._resolve(frame);
@@ -767,6 +836,11 @@ export class GatewayClient {
       }
       const sent = this._helloPositions[topic] || null;
       const top = { seq: t.seq, epoch: t.epoch };
+      if (t.pseq != null) {
+        // The presence position the gateway follows from (missed events or a list follow).
+        entry.pseq = t.pseq;
+        entry.pepoch = t.pepoch;
+      }
       if (t.recovered) {
         // Missed messages follow, from the position the gateway resumed from.
         if (!sent) entry.seq = null;
@@ -812,6 +886,10 @@ export class GatewayClient {
     }
     const entry = this._subs.get(frame.topic);
     if (!entry || (req && req.entry !== entry)) return;
+    if (frame.pseq != null) {
+      entry.pseq = frame.pseq;
+      entry.pepoch = frame.pepoch;
+    }
     const since = req ? req.since : null;
     const top = { seq: frame.seq, epoch: frame.epoch };
     if (since && frame.recovered === false) {
@@ -822,10 +900,15 @@ export class GatewayClient {
       entry.epoch = frame.epoch ?? null;
     } else if (since) {
       entry.epoch = frame.epoch ?? null;
+    } else if (req && req.last && frame.recovered) {
+      // The rewound messages follow, all of them older than `seq`: take each.
+      entry.seq = null;
+      entry.epoch = frame.epoch ?? null;
     } else {
       entry.seq = frame.seq ?? null;
       entry.epoch = frame.epoch ?? null;
     }
+    entry.last = null;
     this._confirm(entry);
     this._scheduleSave();
   }
@@ -884,6 +967,46 @@ export class GatewayClient {
     this._scheduleSave();
   }
 
+  // A join or leave: the gateway sends each topic's events in pseq order (replaying what a
+  // resume missed); one already reflected (an older list's) is only skipped.
+  _onPresenceEvent(frame) {
+    const entry = this._subs.get(frame.topic);
+    if (!entry) return;
+    if (presenceSeen(entry, frame.pseq, frame.epoch)) {
+      this._emit('duplicate', { topic: frame.topic, pseq: frame.pseq });
+      return;
+    }
+    entry.pseq = frame.pseq;
+    entry.pepoch = frame.epoch;
+    const event = { topic: frame.topic, pseq: frame.pseq, epoch: frame.epoch, member: frame.member };
+    for (const h of entry.handles) {
+      const fn = frame.type === 'join' ? h._onJoin : h._onLeave;
+      if (fn) callSafely(fn, [event]);
+    }
+    this._emit(frame.type, event);
+    const at = entry.membersAt;
+    if (entry.members && !(at && presenceSeen({ pseq: at.pseq, pepoch: at.epoch }, frame.pseq, frame.epoch))) {
+      if (frame.type === 'join') entry.members.set(frame.member.session, frame.member);
+      else entry.members.delete(frame.member.session);
+      entry.membersAt = { pseq: frame.pseq, epoch: frame.epoch };
+      this._emit('members', { topic: entry.topic, members: [...entry.members.values()] });
+    }
+    this._scheduleSave();
+  }
+
+  // A list sent in place of join/leave events the gateway could not replay (trimmed log, a
+  // lost log's new epoch): it replaces the members, and events follow on from its position.
+  _onFreshList(frame) {
+    const entry = this._subs.get(frame.topic);
+    if (!entry) return;
+    entry.members = null;
+    entry.membersAt = null;
+    entry.pseq = null;
+    this._takeList(entry, frame);
+    this._emit('presence', { topic: frame.topic, members: frame.members, pseq: frame.pseq, epoch: frame.epoch, recovered: false });
+    this._scheduleSave();
+  }
+
   _onUnsubscribed(frame) {
     if (frame.ref != null && this._pending.has(frame.ref)) return this._resolve(frame);
     // Removed by the server (e.g. a refreshed token no longer allows it).
@@ -931,7 +1054,12 @@ export class GatewayClient {
       if (typeof v.resume === 'string') this._resume = v.resume;
       for (const [topic, p] of Object.entries(v.positions || {})) {
         if (TOPIC_RE.test(topic) && Number.isFinite(p?.seq) && typeof p?.epoch === 'string') {
-          this._saved.set(topic, { seq: p.seq, epoch: p.epoch });
+          const saved = { seq: p.seq, epoch: p.epoch };
+          if (Number.isFinite(p.pseq) && typeof p.pepoch === 'string') {
+            saved.pseq = p.pseq;
+            saved.pepoch = p.pepoch;
+          }
+          this._saved.set(topic, saved);
         }
       }
     } catch {

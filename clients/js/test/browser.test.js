@@ -152,6 +152,9 @@ describe('browser: demo page and fleet page on a 3-pod local fleet', () => {
     assert.deepEqual(seqs, [seqs[0], seqs[0] + 1, seqs[0] + 2, seqs[0] + 3]);
     assert.match(a[0], /^\d+ alice: Hi Bob/);
     assert.equal(await alice.inputValue('#text'), '', 'the input is cleared after sending');
+    // Who is in the room: both pages, from a list and the join/leave events.
+    for (const p of [alice, bob]) await p.waitForFunction(() => window.demo.members.length === 2, null, { timeout: 5000 });
+    assert.equal(await alice.textContent('#member-count'), '2');
   });
 
   test("a drained pod's page reconnects to another pod and resumes without loss", async (t) => {
@@ -175,6 +178,9 @@ describe('browser: demo page and fleet page on a 3-pod local fleet', () => {
     const resume = await alice.evaluate(() => window.demo.resumes[0]);
     assert.deepEqual([resume.from, resume.to, resume.resumed], ['gw-1', 'gw-2', true]);
     assert.equal(await alice.evaluate(() => window.demo.gaps.length), 0);
+    // The drain moved alice's socket without a leave or a join: the room is the same.
+    assert.equal(await bob.evaluate(() => window.demo.leaves), 0);
+    assert.equal(await alice.evaluate(() => window.demo.members.length), 2);
     timings.browser_drain_resume_ms = resume.ms;
     timings.browser_drain_after_ms = resume.afterMs;
     t.diagnostic(`the drained page resumed its session on ${resume.to} ${resume.ms} ms after the 1001 close (after_ms ${resume.afterMs})`);

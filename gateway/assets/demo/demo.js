@@ -2,7 +2,9 @@
 //
 // Query parameters: `urls` (comma-separated WebSocket URLs, tried in turn; default this page's
 // own `/ws`), `topic` (default `demo.chat`), `name`. The session and positions are kept in
-// sessionStorage, so a reload resumes too.
+// sessionStorage, so a reload resumes too. On open the page shows the topic's last messages
+// (`subscribe` with `last`) and, when the topic has join/leave events (`--presence
+// --join-leave`), who is in the room: a `presence` list once, then kept current by the events.
 import { GatewayClient } from './sdk/gateway-client.js';
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +12,8 @@ const params = new URLSearchParams(location.search);
 const urls = (params.get('urls') || '/ws').split(',').map((s) => s.trim()).filter(Boolean);
 const store = window.sessionStorage;
 const MAX_ROWS = 300;
+/** Messages shown from before the page opened. */
+const LAST = 20;
 
 let topic = params.get('topic') || store.getItem('demo.topic') || 'demo.chat';
 let name = params.get('name') || store.getItem('demo.name') || `guest-${Math.floor(1000 + Math.random() * 9000)}`;
@@ -24,7 +28,7 @@ const client = new GatewayClient(urls.length === 1 ? urls[0] : urls, {
 });
 
 // For people poking around in the console, and for the browser tests.
-const demo = { client, messages: [], log: [], resumes: [], gaps: [], duplicates: 0 };
+const demo = { client, messages: [], log: [], resumes: [], gaps: [], duplicates: 0, members: [], joins: 0, leaves: 0 };
 window.demo = demo;
 
 function now() {
@@ -81,7 +85,62 @@ function onGap(g) {
   log(`gap on ${g.topic}: ${g.reason} (from ${g.from ? g.from.seq : '–'} to ${g.to.seq})`, 'bad');
 }
 
-let sub = client.subscribe(topic, onMessage, { onGap });
+function renderMembers(members) {
+  demo.members = members;
+  const list = $('members');
+  list.replaceChildren();
+  const sorted = [...members].sort((a, b) => (a.user || a.session).localeCompare(b.user || b.session));
+  for (const m of sorted) {
+    const li = document.createElement('li');
+    const you = m.session === client.session;
+    if (you) li.className = 'you';
+    li.textContent = `${m.user || m.session.slice(0, 8)}${you ? ' (you)' : ''}`;
+    li.title = `session ${m.session}`;
+    list.append(li);
+  }
+  $('member-count').textContent = String(members.length);
+}
+
+// Once subscribed: the member list, when the topic has join/leave events (`subscribed` then
+// carries a presence position); the events keep it current from there.
+async function loadMembers(forTopic) {
+  if (forTopic !== topic) return;
+  const off = client.presencePosition(forTopic) == null;
+  $('presence-off').hidden = !off;
+  if (off) {
+    $('member-count').textContent = '–';
+    return;
+  }
+  try {
+    renderMembers(await client.presence(forTopic));
+  } catch (e) {
+    log(`member list not loaded: ${e.code}`, 'bad');
+  }
+}
+
+client.on('members', (m) => {
+  if (m.topic === topic) renderMembers(m.members);
+});
+client.on('presence', (p) => log(`member list refreshed (events missed on ${p.topic}, pseq ${p.pseq})`));
+
+function subscribeTo(t) {
+  const s = client.subscribe(t, onMessage, {
+    onGap,
+    last: LAST,
+    onJoin: (e) => {
+      demo.joins += 1;
+      log(`${e.member.user || e.member.session.slice(0, 8)} joined ${e.topic} (pseq ${e.pseq})`);
+    },
+    onLeave: (e) => {
+      demo.leaves += 1;
+      log(`${e.member.user || e.member.session.slice(0, 8)} left ${e.topic} (pseq ${e.pseq})`);
+    },
+  });
+  s.ready.then(() => loadMembers(t), () => {});
+  return s;
+}
+
+let sub = subscribeTo(topic);
 
 let lostAt = null;
 let lostPod = null;
@@ -135,7 +194,8 @@ $('topic').addEventListener('change', () => {
   $('messages').replaceChildren();
   demo.messages = [];
   $('count').textContent = '0';
-  sub = client.subscribe(topic, onMessage, { onGap });
+  $('members').replaceChildren();
+  sub = subscribeTo(topic);
   log(`switched to topic ${topic}`);
 });
 

@@ -50,6 +50,12 @@ pub struct AppConfig {
           num_args = 0..=1, default_missing_value = "true")]
     pub publish_events: bool,
 
+    /// Join/leave events kept per topic for recovery (a client that missed more gets a fresh
+    /// `presence` list with `recovered: false`).
+    #[arg(long, env = "GATEWAY_PRESENCE_LOG_SIZE", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub presence_log_size: u64,
+
     /// Base URL of the application's hooks: `POST {url}/connect|subscribe|publish|rpc`.
     /// Unset = no hooks (a namespace asking for one is refused at start).
     #[arg(long, env = "GATEWAY_HOOK_URL")]

@@ -62,6 +62,13 @@ async fn serve(
                     }
                     continue;
                 };
+                if crate::presence::events::is_note(&bytes) {
+                    let subs = entry.subscribers.read().expect("subscribers lock");
+                    if !crate::presence::events::deliver_local(topic, &bytes, subs.values()) {
+                        hub.metrics.hub.drop("malformed");
+                    }
+                    continue;
+                }
                 match Envelope::decode(&bytes) {
                     Ok(env) if env.is_ephemeral() => release(topic, entry, hub, env),
                     // A sequenced message on a topic this pod holds ephemeral: the pods disagree

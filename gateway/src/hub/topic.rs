@@ -103,6 +103,13 @@ impl TopicTask {
                         self.catch_up_boxed().await;
                         continue;
                     };
+                    if crate::presence::events::is_note(&bytes) {
+                        let subs = self.entry.subscribers.read().expect("subscribers lock");
+                        if !crate::presence::events::deliver_local(&self.topic, &bytes, subs.values()) {
+                            self.hub.metrics.hub.drop("malformed");
+                        }
+                        continue;
+                    }
                     match Envelope::decode(&bytes) {
                         Ok(env) => {
                             let size = env.data.len();

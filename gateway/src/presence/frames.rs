@@ -3,7 +3,7 @@
 
 use axum::extract::ws::WebSocket;
 use protocol::client::Ref;
-use protocol::{ErrorCode, ServerFrame, SessionId, Topic};
+use protocol::{ErrorCode, PresencePosition, ServerFrame, SessionId, Topic};
 
 use super::{Change, Op, PresenceStore, enabled, live_pods, record};
 use crate::connection::{Close, Conn};
@@ -48,9 +48,12 @@ impl Conn {
         let max = super::max_list(&self.shared, &topic);
         let live = live_pods(&self.shared);
         let reply = match self.shared.presence.members(&topic, &live, max).await {
-            Ok(Some(members)) => ServerFrame::Presence {
+            Ok(Some(listing)) => ServerFrame::Presence {
                 topic,
-                members,
+                members: listing.members,
+                pseq: listing.at.as_ref().map(|at| at.pseq),
+                epoch: listing.at.map(|at| at.epoch),
+                recovered: None,
                 reference,
             },
             Ok(None) => ServerFrame::error(
@@ -99,11 +102,13 @@ impl Conn {
     }
 
     /// After `subscribe`: present, at once. A session already present (subscribed before it
-    /// resumed) is not joined again.
-    pub(crate) async fn presence_attach(&self, topic: &Topic) {
-        let Some(session) = &self.session else { return };
+    /// resumed) is not joined again. Returns the join's position on a join/leave topic (the
+    /// topic's position right after it: the call changed one member), so the subscription
+    /// follows on from there without reading it again.
+    pub(crate) async fn presence_attach(&self, topic: &Topic) -> Option<PresencePosition> {
+        let session = self.session.as_ref()?;
         if !enabled(&self.shared, topic) {
-            return;
+            return None;
         }
         let shared = &self.shared;
         shared
@@ -117,16 +122,22 @@ impl Conn {
             .await
         {
             Ok(events) => {
-                record(shared, topic, &events);
+                record(shared, topic, &events).await;
                 crate::events::hooks::presence(shared, topic, &events).await;
+                events.into_iter().find_map(|e| e.logged)
             }
             // Written at the next refresh instead.
-            Err(e) => tracing::debug!(%topic, error = %e, "presence attach not written"),
+            Err(e) => {
+                tracing::debug!(%topic, error = %e, "presence attach not written");
+                None
+            }
         }
     }
 
-    /// After `unsubscribe`: gone, at once.
-    pub(crate) async fn presence_leave(&self, topic: &Topic) {
+    /// After `unsubscribe` (or a refresh that revoked the topic): gone, at once; its join/leave
+    /// events are no longer followed.
+    pub(crate) async fn presence_leave(&mut self, topic: &Topic) {
+        self.forget_presence_position(topic);
         let Some(session) = &self.session else { return };
         if !enabled(&self.shared, topic) {
             return;
@@ -141,7 +152,7 @@ impl Conn {
             .await
         {
             Ok(events) => {
-                record(shared, topic, &events);
+                record(shared, topic, &events).await;
                 crate::events::hooks::presence(shared, topic, &events).await;
             }
             Err(e) => {

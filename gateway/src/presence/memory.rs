@@ -1,17 +1,84 @@
-//! Presence in process: the embedded default, one pod. Same rules as the Redis store.
+//! Presence in process: the embedded default, one pod. Same rules as the Redis store,
+//! join/leave logs included (a process never loses its log, so only trimming makes events
+//! unrecoverable; an idle topic's log is dropped `EventLog::ttl` after its last event).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::{Member, Topic};
+use protocol::{Epoch, PresencePosition, Topic};
 use tokio::time::Instant;
 
-use super::{Change, Event, Op, PresenceError, PresenceStore, Stats, member_of, user_key};
+use super::user_key;
+use super::{
+    Change, Event, EventLog, Listing, LogRead, Op, PresenceError, PresenceStore, Stats, member_of,
+};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryPresence {
     topics: Arc<Mutex<HashMap<Topic, Members>>>,
+    logs: Arc<Mutex<HashMap<Topic, Log>>>,
+    policy: EventLog,
+}
+
+/// One topic's join/leave log.
+#[derive(Debug)]
+struct Log {
+    epoch: Epoch,
+    pseq: u64,
+    /// The last events, oldest first, each with its pseq.
+    events: VecDeque<Event>,
+    last: Instant,
+}
+
+impl Log {
+    fn new() -> Self {
+        Self {
+            epoch: Epoch::generate(),
+            pseq: 0,
+            events: VecDeque::new(),
+            last: Instant::now(),
+        }
+    }
+
+    fn position(&self) -> PresencePosition {
+        PresencePosition {
+            pseq: self.pseq,
+            epoch: self.epoch.clone(),
+        }
+    }
+
+    fn append(&mut self, event: &mut Event, size: u64) {
+        self.pseq += 1;
+        self.last = Instant::now();
+        event.logged = Some(self.position());
+        self.events.push_back(event.clone());
+        while self.events.len() as u64 > size {
+            self.events.pop_front();
+        }
+    }
+}
+
+impl MemoryPresence {
+    pub fn new(policy: EventLog) -> Self {
+        Self {
+            topics: Arc::default(),
+            logs: Arc::default(),
+            policy,
+        }
+    }
+
+    /// Gives `events` their pseq when `topic` logs them.
+    fn log(&self, topic: &Topic, events: &mut [Event]) {
+        if events.is_empty() || !self.policy.logs(topic) {
+            return;
+        }
+        let mut logs = self.logs.lock().expect("presence log lock");
+        let log = logs.entry(topic.clone()).or_insert_with(Log::new);
+        for event in events {
+            log.append(event, self.policy.size);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +103,7 @@ impl Members {
             join: false,
             member: member_of(session, &user),
             user_edge: n == 0,
+            logged: None,
         })
     }
 }
@@ -68,6 +136,7 @@ impl PresenceStore for MemoryPresence {
                             join: true,
                             member: member_of(&change.session, &user),
                             user_edge: *n == 1,
+                            logged: None,
                         });
                     }
                 }
@@ -84,6 +153,8 @@ impl PresenceStore for MemoryPresence {
         if members.sessions.is_empty() {
             topics.remove(topic);
         }
+        // Under the members' lock: pseq order is the order the changes were decided in.
+        self.log(topic, &mut events);
         Ok(events)
     }
 
@@ -99,10 +170,11 @@ impl PresenceStore for MemoryPresence {
             .filter(|(_, (owner, until, _))| !live.contains(owner) && *until < now)
             .map(|(s, _)| s.clone())
             .collect();
-        let events = gone.iter().filter_map(|s| members.remove(s)).collect();
+        let mut events: Vec<Event> = gone.iter().filter_map(|s| members.remove(s)).collect();
         if members.sessions.is_empty() {
             topics.remove(topic);
         }
+        self.log(topic, &mut events);
         Ok(events)
     }
 
@@ -111,23 +183,62 @@ impl PresenceStore for MemoryPresence {
         topic: &Topic,
         live: &HashSet<String>,
         max: usize,
-    ) -> Result<Option<Vec<Member>>, PresenceError> {
+    ) -> Result<Option<Listing>, PresenceError> {
         let now = Instant::now();
         let topics = self.topics.lock().expect("presence lock");
+        let at = self.policy.logs(topic).then(|| {
+            let mut logs = self.logs.lock().expect("presence log lock");
+            logs.entry(topic.clone())
+                .or_insert_with(Log::new)
+                .position()
+        });
         let Some(members) = topics.get(topic) else {
-            return Ok(Some(Vec::new()));
+            return Ok(Some(Listing {
+                members: Vec::new(),
+                at,
+            }));
         };
         if members.sessions.len() > max {
             return Ok(None);
         }
-        Ok(Some(
-            members
-                .sessions
+        let members = members
+            .sessions
+            .iter()
+            .filter(|(_, (owner, until, _))| live.contains(owner) || *until >= now)
+            .map(|(session, (_, _, user))| member_of(session, user))
+            .collect();
+        Ok(Some(Listing { members, at }))
+    }
+
+    async fn events_since(
+        &self,
+        topic: &Topic,
+        since: &PresencePosition,
+        limit: usize,
+    ) -> Result<LogRead, PresenceError> {
+        let mut logs = self.logs.lock().expect("presence log lock");
+        let log = logs.entry(topic.clone()).or_insert_with(Log::new);
+        let top = log.position();
+        let first = log
+            .events
+            .front()
+            .and_then(|e| e.logged.as_ref())
+            .map(|l| l.pseq);
+        let complete = since.epoch == log.epoch
+            && since.pseq <= log.pseq
+            && (since.pseq == log.pseq || first.is_some_and(|first| first <= since.pseq + 1));
+        let events = complete.then(|| {
+            log.events
                 .iter()
-                .filter(|(_, (owner, until, _))| live.contains(owner) || *until >= now)
-                .map(|(session, (_, _, user))| member_of(session, user))
-                .collect(),
-        ))
+                .filter(|e| e.logged.as_ref().is_some_and(|l| l.pseq > since.pseq))
+                .take(limit.max(1))
+                .map(|e| Event {
+                    user_edge: false,
+                    ..e.clone()
+                })
+                .collect()
+        });
+        Ok(LogRead { top, events })
     }
 
     async fn stats(&self, topic: &Topic) -> Result<Stats, PresenceError> {
@@ -150,6 +261,13 @@ impl PresenceStore for MemoryPresence {
     }
 
     async fn topics(&self) -> Result<Vec<Topic>, PresenceError> {
+        // Called every sweep round: drop the logs of topics idle for longer than their ttl
+        // (no session that saw them can still resume).
+        let ttl = self.policy.ttl;
+        self.logs
+            .lock()
+            .expect("presence log lock")
+            .retain(|_, log| log.last.elapsed() < ttl);
         Ok(self
             .topics
             .lock()

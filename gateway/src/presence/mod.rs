@@ -16,20 +16,27 @@
 //! beats; the store removes each member once, so each leave is counted once whichever pod
 //! sweeps.
 //!
+//! In a namespace with `join_leave`, the store also gives each join and leave the topic's next
+//! presence sequence number `pseq` (in the same step that decides it) and keeps the last
+//! `--presence-log-size` events for recovery ([`EventLog`]); [`events`] sends them to the
+//! topic's subscribers on every pod and replays what a connection missed.
+//!
 //! Layout: this file (the [`PresenceStore`] trait and its data, [`AnyPresence`], whether a topic
 //! has presence, the pod's local registry and its task); [`memory`] and [`redis`] (the two
-//! stores); [`frames`] (the `presence` and `presence_stats` frames, and the connection's hooks).
+//! stores); [`frames`] (the `presence` and `presence_stats` frames, and the connection's hooks);
+//! [`events`] (join/leave fan-out, ordering and recovery).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::{Member, SessionId, Topic};
+use protocol::{Epoch, Member, PresencePosition, SessionId, Topic};
 
 use crate::hub::ConnId;
 use crate::{Shared, Store};
 
+pub mod events;
 pub mod frames;
 pub mod memory;
 pub mod metrics;
@@ -82,6 +89,60 @@ pub struct Event {
     pub member: Member,
     /// The user's first session to join, or last to leave.
     pub user_edge: bool,
+    /// Its place in the topic's join/leave log, when the topic's namespace has `join_leave`.
+    pub logged: Option<PresencePosition>,
+}
+
+/// Which topics log their joins and leaves (`join_leave`), how many events each keeps, and for
+/// how long after the last one: the stores assign `pseq` only for these.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    namespaces: crate::Namespaces,
+    /// Events kept per topic.
+    pub size: u64,
+    /// How long a topic's position and log outlive its last event: two resume windows, so
+    /// every session that can still resume finds them.
+    pub ttl: Duration,
+}
+
+impl EventLog {
+    pub fn new(namespaces: crate::Namespaces, size: u64, resume_window: Duration) -> Self {
+        Self {
+            namespaces,
+            size: size.max(1),
+            ttl: resume_window * 2,
+        }
+    }
+
+    pub fn logs(&self, topic: &Topic) -> bool {
+        let ns = self.namespaces.of(topic);
+        ns.presence && ns.join_leave
+    }
+}
+
+/// A topic's members, and for a topic with join/leave events the position they are at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub members: Vec<Member>,
+    pub at: Option<PresencePosition>,
+}
+
+/// What the log holds after a client's position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRead {
+    /// The topic's presence position now.
+    pub top: PresencePosition,
+    /// The events after the client's position, from the next one on (at most the limit asked
+    /// for), or `None` when they are not all in the log any more or the epoch differs.
+    pub events: Option<Vec<Event>>,
+}
+
+/// A position that matches no epoch: reading from it returns the top alone.
+pub fn nowhere() -> PresencePosition {
+    PresencePosition {
+        pseq: 0,
+        epoch: Epoch::new(""),
+    }
 }
 
 /// Counts of a topic's presence.
@@ -127,13 +188,21 @@ pub trait PresenceStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Event>, PresenceError>> + Send;
 
     /// The members (owned by a pod in `live`, or not yet expired), or `None` when there are
-    /// more than `max`.
+    /// more than `max`; on a topic with join/leave events, with the position they are at.
     fn members(
         &self,
         topic: &Topic,
         live: &HashSet<String>,
         max: usize,
-    ) -> impl Future<Output = Result<Option<Vec<Member>>, PresenceError>> + Send;
+    ) -> impl Future<Output = Result<Option<Listing>, PresenceError>> + Send;
+
+    /// The logged join/leave events after `since` (at most `limit`), and the topic's position.
+    fn events_since(
+        &self,
+        topic: &Topic,
+        since: &PresencePosition,
+        limit: usize,
+    ) -> impl Future<Output = Result<LogRead, PresenceError>> + Send;
 
     /// Member and user counts, in constant time (members not swept yet included).
     fn stats(&self, topic: &Topic) -> impl Future<Output = Result<Stats, PresenceError>> + Send;
@@ -153,10 +222,10 @@ pub enum AnyPresence {
 }
 
 impl AnyPresence {
-    pub fn for_store(store: &Store) -> Self {
+    pub fn for_store(store: &Store, log: EventLog) -> Self {
         match store {
-            Store::Memory(_) => Self::Memory(memory::MemoryPresence::default()),
-            Store::Redis(store) => Self::Redis(redis::RedisPresence::new(store.clone())),
+            Store::Memory(_) => Self::Memory(memory::MemoryPresence::new(log)),
+            Store::Redis(store) => Self::Redis(redis::RedisPresence::new(store.clone(), log)),
         }
     }
 }
@@ -190,8 +259,17 @@ impl PresenceStore for AnyPresence {
         topic: &Topic,
         live: &HashSet<String>,
         max: usize,
-    ) -> Result<Option<Vec<Member>>, PresenceError> {
+    ) -> Result<Option<Listing>, PresenceError> {
         delegate!(self, members(topic, live, max))
+    }
+
+    async fn events_since(
+        &self,
+        topic: &Topic,
+        since: &PresencePosition,
+        limit: usize,
+    ) -> Result<LogRead, PresenceError> {
+        delegate!(self, events_since(topic, since, limit))
     }
 
     async fn stats(&self, topic: &Topic) -> Result<Stats, PresenceError> {
@@ -330,12 +408,14 @@ pub fn live_pods(shared: &Shared) -> HashSet<String> {
     live
 }
 
-/// Counts the events (metrics) and logs them; the store made each one exactly once.
-fn record(shared: &Shared, topic: &Topic, events: &[Event]) {
+/// Counts the events (metrics) and logs them; the store made each one exactly once. Logged
+/// ones (join/leave topics) go out to the topic's subscribers on every pod.
+async fn record(shared: &Shared, topic: &Topic, events: &[Event]) {
     for event in events {
         shared.metrics.presence.event(event.join, event.user_edge);
-        tracing::debug!(%topic, join = event.join, session = %event.member.session, "presence");
+        tracing::debug!(%topic, join = event.join, session = %event.member.session, pseq = ?event.logged.as_ref().map(|l| l.pseq), "presence");
     }
+    events::announce(shared, topic, events).await;
 }
 
 /// Writes one beat's batch (and, on `refresh`, registers the topics for sweeps).
@@ -362,7 +442,7 @@ async fn flush(shared: &Shared, refresh: bool) {
             .await
         {
             Ok(events) => {
-                record(shared, &topic, &events);
+                record(shared, &topic, &events).await;
                 crate::events::hooks::presence(shared, &topic, &events).await;
             }
             Err(e) => {
@@ -394,7 +474,7 @@ async fn sweep(shared: &Shared) {
     for topic in topics {
         match shared.presence.sweep(&topic, &live).await {
             Ok(events) => {
-                record(shared, &topic, &events);
+                record(shared, &topic, &events).await;
                 crate::events::hooks::presence(shared, &topic, &events).await;
             }
             Err(e) => tracing::debug!(%topic, error = %e, "presence not swept"),

@@ -2,7 +2,10 @@
 //! session; value: `<owner pod>|<expiry ms>|<user key>`, the owner empty once detached) and
 //! `<prefix>:presence-users:{<topic>}` (field: the user key; value: its sessions present), both
 //! changed only by the scripts in `lua/` so the counts and the join/leave decisions stay exact.
-//! `<prefix>:presence-topics` (a set) lists the topics to sweep.
+//! `<prefix>:presence-topics` (a set) lists the topics to sweep. A topic with join/leave events
+//! also has `<prefix>:presence-pos:{<topic>}` (`<epoch>|<master_replid>|<pseq>`) and
+//! `<prefix>:presence-log:{<topic>}` (a stream of its last events, ids `<pseq>-1`), written by
+//! the same scripts (see `lua/log.lua` for the epoch rules).
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -11,10 +14,13 @@ use std::time::Duration;
 use fred::interfaces::ClientLike;
 use fred::prelude::{HashesInterface, LuaInterface, SetsInterface};
 use fred::types::{ClusterHash, CustomCommand, Value};
-use protocol::{Member, Topic};
+use protocol::{Epoch, PresencePosition, Topic};
 use session_store::RedisStore;
 
-use super::{Change, Event, Op, PresenceError, PresenceStore, Stats, member_of, user_key};
+use super::{
+    Change, Event, EventLog, Listing, LogRead, Op, PresenceError, PresenceStore, Stats, member_of,
+    user_key,
+};
 
 /// Members per `apply` (or sweep) call: bounds one script's run time.
 const APPLY_BATCH: usize = 500;
@@ -62,18 +68,34 @@ impl Script {
 #[derive(Debug, Clone)]
 pub struct RedisPresence {
     store: RedisStore,
+    log: EventLog,
     apply: Script,
     sweep: Script,
     members: Script,
+    events: Script,
 }
 
 impl RedisPresence {
-    pub fn new(store: RedisStore) -> Self {
+    pub fn new(store: RedisStore, log: EventLog) -> Self {
         Self {
             store,
-            apply: Script::new(include_str!("lua/apply.lua")),
-            sweep: Script::new(include_str!("lua/sweep.lua")),
-            members: Script::new(include_str!("lua/members.lua")),
+            log,
+            apply: Script::new(concat!(
+                include_str!("lua/log.lua"),
+                include_str!("lua/apply.lua")
+            )),
+            sweep: Script::new(concat!(
+                include_str!("lua/log.lua"),
+                include_str!("lua/sweep.lua")
+            )),
+            members: Script::new(concat!(
+                include_str!("lua/log.lua"),
+                include_str!("lua/members.lua")
+            )),
+            events: Script::new(concat!(
+                include_str!("lua/log.lua"),
+                include_str!("lua/events.lua")
+            )),
         }
     }
 
@@ -82,7 +104,18 @@ impl RedisPresence {
         vec![
             format!("{p}:presence:{{{t}}}"),
             format!("{p}:presence-users:{{{t}}}"),
+            format!("{p}:presence-pos:{{{t}}}"),
+            format!("{p}:presence-log:{{{t}}}"),
         ]
+    }
+
+    /// A fresh epoch for the scripts when `topic` logs its events, else "" (no log).
+    fn fresh_epoch(&self, topic: &Topic) -> String {
+        if self.log.logs(topic) {
+            Epoch::generate().as_str().to_owned()
+        } else {
+            String::new()
+        }
     }
 
     fn topics_key(&self) -> String {
@@ -120,19 +153,30 @@ fn text(v: Value) -> Result<String, PresenceError> {
     v.into_string().ok_or_else(|| corrupt("not text"))
 }
 
-/// Reads `{kind, session, user key, edge}` quadruples.
+fn number(v: Option<Value>) -> Result<u64, PresenceError> {
+    v.and_then(|v| v.as_u64())
+        .ok_or_else(|| corrupt("not a number"))
+}
+
+/// Reads `{epoch, then kind, session, user key, edge, pseq per event}` (pseq 0: not logged).
 fn events(reply: Vec<Value>) -> Result<Vec<Event>, PresenceError> {
-    let mut out = Vec::with_capacity(reply.len() / 4);
+    let mut out = Vec::with_capacity(reply.len() / 5);
     let mut items = reply.into_iter();
+    let epoch = Epoch::new(text(items.next().ok_or_else(|| corrupt("no epoch"))?)?);
     while let Some(kind) = items.next() {
         let join = text(kind)? == "j";
         let session = text(items.next().ok_or_else(|| corrupt("no session"))?)?;
         let user = text(items.next().ok_or_else(|| corrupt("no user"))?)?;
         let edge = items.next().and_then(|v| v.as_i64()) == Some(1);
+        let pseq = number(items.next())?;
         out.push(Event {
             join,
             member: member_of(&session, &user),
             user_edge: edge,
+            logged: (pseq > 0).then(|| PresencePosition {
+                pseq,
+                epoch: epoch.clone(),
+            }),
         });
     }
     Ok(out)
@@ -149,7 +193,13 @@ impl PresenceStore for RedisPresence {
         let ttl_ms = ttl.as_millis().max(1);
         let mut out = Vec::new();
         for batch in changes.chunks(APPLY_BATCH) {
-            let mut args = vec![pod.to_owned(), ttl_ms.to_string(), (ttl_ms * 2).to_string()];
+            let mut args = vec![
+                pod.to_owned(),
+                ttl_ms.to_string(),
+                (ttl_ms * 2).to_string(),
+                self.fresh_epoch(topic),
+                self.log.size.to_string(),
+            ];
             for change in batch {
                 let op = match change.op {
                     Op::Attach => "a",
@@ -203,7 +253,12 @@ impl PresenceStore for RedisPresence {
         }
         let mut out = Vec::new();
         for batch in gone.chunks(APPLY_BATCH) {
-            let mut args = vec![live.join("\n")];
+            let mut args = vec![
+                live.join("\n"),
+                self.fresh_epoch(topic),
+                self.log.size.to_string(),
+                self.log.ttl.as_millis().max(1).to_string(),
+            ];
             args.extend(batch.iter().cloned());
             out.extend(events(self.run(&self.sweep, topic, args).await?)?);
         }
@@ -215,10 +270,13 @@ impl PresenceStore for RedisPresence {
         topic: &Topic,
         live: &HashSet<String>,
         max: usize,
-    ) -> Result<Option<Vec<Member>>, PresenceError> {
-        let reply = self
-            .run(&self.members, topic, vec![max.to_string()])
-            .await?;
+    ) -> Result<Option<Listing>, PresenceError> {
+        let args = vec![
+            max.to_string(),
+            self.fresh_epoch(topic),
+            self.log.ttl.as_millis().max(1).to_string(),
+        ];
+        let reply = self.run(&self.members, topic, args).await?;
         let mut items = reply.into_iter();
         let now = items
             .next()
@@ -227,7 +285,13 @@ impl PresenceStore for RedisPresence {
         if now < 0 {
             return Ok(None);
         }
-        let mut out = Vec::new();
+        let epoch = text(items.next().ok_or_else(|| corrupt("no epoch"))?)?;
+        let pseq = number(items.next())?;
+        let at = (!epoch.is_empty()).then(|| PresencePosition {
+            pseq,
+            epoch: Epoch::new(epoch),
+        });
+        let mut members = Vec::new();
         while let Some(session) = items.next() {
             let session = text(session)?;
             let value = text(items.next().ok_or_else(|| corrupt("no member value"))?)?;
@@ -239,14 +303,60 @@ impl PresenceStore for RedisPresence {
             };
             let expiry: i64 = expiry.parse().map_err(|_| corrupt("member expiry"))?;
             if live.contains(owner) || expiry >= now {
-                out.push(member_of(&session, user));
+                members.push(member_of(&session, user));
             }
         }
-        Ok(Some(out))
+        Ok(Some(Listing { members, at }))
+    }
+
+    async fn events_since(
+        &self,
+        topic: &Topic,
+        since: &PresencePosition,
+        limit: usize,
+    ) -> Result<LogRead, PresenceError> {
+        let args = vec![
+            Epoch::generate().as_str().to_owned(),
+            self.log.ttl.as_millis().max(1).to_string(),
+            since.epoch.as_str().to_owned(),
+            since.pseq.to_string(),
+            limit.max(1).to_string(),
+        ];
+        let reply = self.run(&self.events, topic, args).await?;
+        let mut items = reply.into_iter();
+        let epoch = Epoch::new(text(items.next().ok_or_else(|| corrupt("no epoch"))?)?);
+        let top = PresencePosition {
+            pseq: number(items.next())?,
+            epoch: epoch.clone(),
+        };
+        if number(items.next())? == 0 {
+            return Ok(LogRead { top, events: None });
+        }
+        let mut out = Vec::new();
+        while let Some(kind) = items.next() {
+            let join = text(kind)? == "j";
+            let session = text(items.next().ok_or_else(|| corrupt("no session"))?)?;
+            let user = text(items.next().ok_or_else(|| corrupt("no user"))?)?;
+            let pseq = number(items.next())?;
+            out.push(Event {
+                join,
+                member: member_of(&session, &user),
+                // Not stored: only the call that made an event counts it.
+                user_edge: false,
+                logged: Some(PresencePosition {
+                    pseq,
+                    epoch: epoch.clone(),
+                }),
+            });
+        }
+        Ok(LogRead {
+            top,
+            events: Some(out),
+        })
     }
 
     async fn stats(&self, topic: &Topic) -> Result<Stats, PresenceError> {
-        let [members, users]: [String; 2] = self.keys(topic).try_into().expect("two keys");
+        let [members, users, ..]: [String; 4] = self.keys(topic).try_into().expect("four keys");
         let pool = self.store.pool();
         let (members, users) = self
             .bounded(async {
@@ -272,7 +382,7 @@ impl PresenceStore for RedisPresence {
             let Ok(topic) = Topic::new(&name) else {
                 continue;
             };
-            let [members, _]: [String; 2] = self.keys(&topic).try_into().expect("two keys");
+            let members = self.keys(&topic).swap_remove(0);
             if self
                 .bounded(self.store.pool().hlen::<u64, _>(members))
                 .await?

@@ -7,8 +7,8 @@ resumes with the resume token and every topic's ``{seq, epoch}`` position, drops
 
 from .client import GatewayClient
 from .events import (Backoff, Connected, Disconnected, Duplicate, ErrorEvent, Event,
-                     GatewayError, Reconnecting, Refreshed, Stopped, Unsubscribed,
-                     parse_close_reason, token_expiry)
+                     GatewayError, PresenceChange, PresenceList, Reconnecting, Refreshed, Stopped,
+                     Unsubscribed, parse_close_reason, token_expiry)
 from .queries import HistoryMessage, HistoryPage, PresenceMember, PresenceStats
 from .subscription import Subscription
 from .topics import Gap, Message, Position
@@ -18,6 +18,6 @@ PROTOCOL_VERSION = 1
 __all__ = [
     "PROTOCOL_VERSION", "Backoff", "Connected", "Disconnected", "Duplicate", "ErrorEvent",
     "Event", "Gap", "GatewayClient", "GatewayError", "HistoryMessage", "HistoryPage", "Message",
-    "Position", "PresenceMember", "PresenceStats", "Reconnecting", "Refreshed", "Stopped",
+    "Position", "PresenceChange", "PresenceList", "PresenceMember", "PresenceStats", "Reconnecting", "Refreshed", "Stopped",
     "Subscription", "Unsubscribed", "parse_close_reason", "token_expiry",
 ]

@@ -14,8 +14,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .events import (Backoff, Connected, Disconnected, Duplicate, ErrorEvent, Event,
-                     EventHandler, GatewayError, Reconnecting, Refreshed, Stopped, Unsubscribed,
-                     parse_close_reason, token_expiry)
+                     EventHandler, GatewayError, PresenceChange, PresenceList, Reconnecting,
+                     Refreshed, Stopped, Unsubscribed, parse_close_reason, token_expiry)
 from .queries import (HistoryPage, PresenceMember, PresenceStats, history_frame, presence_members,
                       rpc_frame)
 from .subscription import Subscription
@@ -111,6 +111,11 @@ class GatewayClient:
         """The session's resume token (keep it secret). A process that restarts resumes its
         session with ``GatewayClient(..., resume=token)`` and ``subscribe(topic, since=...)``."""
         return self._resume
+
+    def presence_position(self, topic: str) -> Optional[tuple[int, str]]:
+        """``(pseq, presence epoch)`` of a subscribed topic with join/leave events: resumes and
+        re-subscribes send it, so the gateway replays the joins and leaves missed meanwhile."""
+        return self._topics.presence_position(topic)
 
     def positions(self) -> dict[str, Position]:
         """Every subscribed topic's position, as the next ``hello`` presents it."""
@@ -223,7 +228,7 @@ class GatewayClient:
                 hello["resume"] = self._resume
             self._hello_positions = self._topics.positions()
             if self._hello_positions:
-                hello["positions"] = {t: p.to_json() for t, p in self._hello_positions.items()}
+                hello["positions"] = {t: self._topics.sent_position(t) for t in self._hello_positions}
             await ws.send(json.dumps(hello))
             first = await asyncio.wait_for(ws.recv(), self.connect_timeout)
             up_since = await self._on_frame_safely(first)
@@ -347,7 +352,7 @@ class GatewayClient:
         since = self._topics.position(topic)
         frame: dict[str, Any] = {"type": "subscribe", "topic": topic, "ref": ref}
         if since is not None:
-            frame["since"] = since.to_json()
+            frame["since"] = self._topics.sent_position(topic)
         self._pending[ref] = ("subscribe", topic, since)
         await self._send(frame)
 
@@ -417,6 +422,7 @@ class GatewayClient:
             req = self._pending.pop(frame.get("ref"), None)
             since = req[2] if isinstance(req, tuple) and req[0] == "subscribe" else None
             top = Position(frame["seq"], frame["epoch"])
+            self._topics.set_presence(frame["topic"], frame.get("pseq"), frame.get("pepoch"))
             self._gap(self._topics.subscribed(frame["topic"], top, frame.get("recovered"), since))
             self._confirm(frame["topic"])
         elif kind == "unsubscribed":
@@ -425,6 +431,15 @@ class GatewayClient:
                 for sub in self._subs.pop(frame["topic"], set()):
                     sub._end()
                 self._emit(Unsubscribed(frame["topic"], frame.get("reason")))
+        elif kind in ("join", "leave"):
+            if self._topics.presence_event(frame["topic"], frame["pseq"], frame["epoch"]):
+                self._emit(PresenceChange(frame["topic"], kind == "join", frame["pseq"],
+                                          frame["epoch"], frame["member"]))
+        elif kind == "presence" and frame.get("ref") is None:
+            # A fresh list in place of events that could not be replayed.
+            if frame["topic"] in self._topics:
+                self._topics.set_presence(frame["topic"], frame["pseq"], frame["epoch"])
+                self._emit(PresenceList(frame["topic"], frame["members"], frame["pseq"], frame["epoch"]))
         elif kind == "error":
             self._on_error(frame)
         elif kind in ("published", "pong", "refreshed", "rpc_result", "history", "presence",
@@ -462,6 +477,7 @@ class GatewayClient:
                 self._pending[ref] = ("unsubscribe", topic)
                 await self._send({"type": "unsubscribe", "topic": topic, "ref": ref})
                 continue
+            self._topics.set_presence(topic, t.get("pseq"), t.get("pepoch"))
             self._gap(self._topics.restored(topic, t["seq"], t["epoch"], bool(t.get("recovered")),
                                             self._hello_positions.get(topic)))
             self._confirm(topic)

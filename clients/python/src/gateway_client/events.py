@@ -76,8 +76,31 @@ class Stopped:
     error: GatewayError
 
 
+@dataclass(frozen=True)
+class PresenceChange:
+    """A join (``join`` True) or leave on a topic with join/leave events, once and in ``pseq``
+    order; ``member`` is ``{"user"?, "session"}``, ``epoch`` the topic's presence epoch."""
+
+    topic: str
+    join: bool
+    pseq: int
+    epoch: str
+    member: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PresenceList:
+    """Members sent in place of join/leave events the gateway could not replay: it replaces
+    what was known of the topic's members; the events after ``pseq`` follow."""
+
+    topic: str
+    members: list[dict[str, Any]]
+    pseq: int
+    epoch: str
+
+
 Event = Union[Connected, Disconnected, Reconnecting, Duplicate, Refreshed, Unsubscribed,
-              ErrorEvent, Stopped]
+              ErrorEvent, Stopped, PresenceChange, PresenceList]
 EventHandler = Callable[[Event], Any]
 
 

@@ -1,5 +1,6 @@
 """Per-topic bookkeeping: positions, de-duplication by ``seq`` and gap detection, following the
-client rules of the protocol ("Ordering and de-duplication"). Pure: no I/O."""
+client rules of the protocol ("Ordering and de-duplication"), and on topics with join/leave
+events the presence position (``pseq`` in a presence epoch). Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ Item = Union[Message, Gap]
 class _State:
     seq: Optional[int] = None
     epoch: Optional[str] = None
+    pseq: Optional[int] = None
+    pepoch: Optional[str] = None
 
     def position(self) -> Optional[Position]:
         if self.seq is None or self.epoch is None:
@@ -78,6 +81,41 @@ class Topics:
     def position(self, topic: str) -> Optional[Position]:
         state = self._topics.get(topic)
         return state.position() if state else None
+
+    def presence_position(self, topic: str) -> Optional[tuple[int, str]]:
+        """``(pseq, presence epoch)`` of a topic with join/leave events, else None."""
+        state = self._topics.get(topic)
+        if state is None or state.pseq is None or state.pepoch is None:
+            return None
+        return state.pseq, state.pepoch
+
+    def set_presence(self, topic: str, pseq: Optional[int], epoch: Optional[str]) -> None:
+        """The presence position the gateway follows from (``subscribed``, ``welcome``, a
+        fresh list)."""
+        state = self._topics.get(topic)
+        if state is not None and pseq is not None and epoch is not None:
+            state.pseq, state.pepoch = pseq, epoch
+
+    def presence_event(self, topic: str, pseq: int, epoch: str) -> bool:
+        """A join or leave: True when it is new (the position moves to it)."""
+        state = self._topics.get(topic)
+        if state is None:
+            return False
+        if state.pepoch == epoch and state.pseq is not None and pseq <= state.pseq:
+            return False
+        state.pseq, state.pepoch = pseq, epoch
+        return True
+
+    def sent_position(self, topic: str) -> Optional[dict[str, Any]]:
+        """The position as ``hello`` and ``subscribe`` send it, presence position included."""
+        state = self._topics.get(topic)
+        p = state.position() if state else None
+        if state is None or p is None:
+            return None
+        out = p.to_json()
+        if state.pseq is not None and state.pepoch is not None:
+            out["pseq"], out["pepoch"] = state.pseq, state.pepoch
+        return out
 
     def positions(self) -> dict[str, Position]:
         out = {}

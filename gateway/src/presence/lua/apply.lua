@@ -1,10 +1,12 @@
 -- One pod's presence changes of one topic, atomically. KEYS[1] = members hash (field: session,
 -- value: "<pod>|<expires ms>|<user>"), KEYS[2] = users hash (field: user key, value: its
--- sessions present). ARGV[1] = pod, ARGV[2] = member ttl (ms), ARGV[3] = key ttl (ms), then
--- triples: op ('a' attach, 'd' detach, 'l' leave), session, user key (the user id prefixed
--- with 'u:', or 's:<session>' for an anonymous session).
--- Returns the events: {kind ('j' or 'l'), session, user key, edge (1: the user's first join or
--- last leave)}, flattened.
+-- sessions present), KEYS[3] and KEYS[4] = the join/leave position and log (see log.lua).
+-- ARGV[1] = pod, ARGV[2] = member ttl (ms), ARGV[3] = key ttl (ms), ARGV[4] = a fresh epoch
+-- when the topic logs join/leave events, else '', ARGV[5] = log size, then triples: op ('a'
+-- attach, 'd' detach, 'l' leave), session, user key (the user id prefixed with 'u:', or
+-- 's:<session>' for an anonymous session).
+-- Returns {epoch or '', then per event: kind ('j' or 'l'), session, user key, edge (1: the
+-- user's first join or last leave), pseq (0 when not logged)}, flattened.
 --
 -- A session already present is never joined again: a resume on another pod only moves its
 -- owner. A detach (its connection ended) only applies while this pod owns the member, so a
@@ -13,18 +15,36 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local until_ms = now + tonumber(ARGV[2])
 local pod = ARGV[1]
-local events = {}
-for i = 4, #ARGV, 3 do
+local logged = ARGV[4] ~= ''
+local epoch, pseq, inc = '', 0, ''
+local first_pseq = nil
+local events = {''}
+local function emit(kind, session, user, edge)
+  local n = 0
+  if logged then
+    -- Read at the first event only: a batch of refreshes and detaches changes no position.
+    if first_pseq == nil then
+      epoch, pseq, inc = log_position(ARGV[4], ARGV[3])
+      first_pseq = pseq
+      events[1] = epoch
+    end
+    pseq = log_event(pseq, kind, session, user, ARGV[5])
+    n = pseq
+  end
+  events[#events + 1] = kind
+  events[#events + 1] = session
+  events[#events + 1] = user
+  events[#events + 1] = edge and 1 or 0
+  events[#events + 1] = n
+end
+for i = 6, #ARGV, 3 do
   local op, session, user = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local cur = redis.call('HGET', KEYS[1], session)
   if op == 'a' then
     redis.call('HSET', KEYS[1], session, pod .. '|' .. until_ms .. '|' .. user)
     if not cur then
       local n = redis.call('HINCRBY', KEYS[2], user, 1)
-      events[#events + 1] = 'j'
-      events[#events + 1] = session
-      events[#events + 1] = user
-      events[#events + 1] = (n == 1) and 1 or 0
+      emit('j', session, user, n == 1)
     end
   elseif op == 'd' then
     if cur and string.sub(cur, 1, #pod + 1) == pod .. '|' then
@@ -37,15 +57,15 @@ for i = 4, #ARGV, 3 do
       if n <= 0 then
         redis.call('HDEL', KEYS[2], user)
       end
-      events[#events + 1] = 'l'
-      events[#events + 1] = session
-      events[#events + 1] = user
-      events[#events + 1] = (n <= 0) and 1 or 0
+      emit('l', session, user, n <= 0)
     end
   end
 end
 if redis.call('HLEN', KEYS[1]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+if first_pseq ~= nil then
+  log_save(epoch, inc, pseq, ARGV[3])
 end
 return events
