@@ -356,7 +356,11 @@ impl Conn {
                     token,
                     resume,
                     positions,
-                } => self.hello(socket, token, resume, positions).await,
+                    subscribe,
+                } => {
+                    self.hello(socket, token, resume, positions, subscribe)
+                        .await
+                }
                 other => {
                     let reply = ServerFrame::error(
                         ErrorCode::BadRequest,

@@ -55,6 +55,7 @@ impl Conn {
         token: Option<String>,
         resume: Option<String>,
         positions: HashMap<Topic, Position>,
+        subscribe: Vec<Topic>,
     ) -> Result<(), Close> {
         let Authenticated {
             mut user,
@@ -257,9 +258,15 @@ impl Conn {
         for topic in server_subs {
             self.server_subscribe(socket, topic).await?;
         }
-        if resumed {
+        // The client's own initial subscriptions, each exactly like a `subscribe` without
+        // `ref` (grants, limits and hooks apply), saved once for all of them.
+        let mut added = false;
+        for topic in subscribe {
+            added |= self.subscribe_unsaved(socket, topic, None, None).await?;
+        }
+        if resumed || added {
             // Save what the replay sent, so a client resuming without positions after this
-            // connection dies starts where the replay stopped.
+            // connection dies starts where the replay stopped (and the new subscriptions).
             self.save_session().await;
         }
         Ok(())
@@ -314,6 +321,24 @@ impl Conn {
         since: Option<Position>,
         reference: Option<Ref>,
     ) -> Result<(), Close> {
+        if self
+            .subscribe_unsaved(socket, topic, since, reference)
+            .await?
+        {
+            self.save_session().await;
+        }
+        Ok(())
+    }
+
+    /// [`Conn::subscribe`] without saving the session: whether a subscription was added (the
+    /// caller saves, once for several).
+    async fn subscribe_unsaved(
+        &mut self,
+        socket: &mut WebSocket,
+        topic: Topic,
+        since: Option<Position>,
+        reference: Option<Ref>,
+    ) -> Result<bool, Close> {
         if let Some(sub) = self.subs.get(&topic) {
             // Already subscribed: confirm where the client is; nothing is sent twice.
             let reply = ServerFrame::Subscribed {
@@ -324,7 +349,7 @@ impl Conn {
                 reason: None,
                 reference,
             };
-            return self.reply(socket, &reply).await;
+            return self.reply(socket, &reply).await.map(|()| false);
         }
         if !self.grants.can_subscribe(&topic) {
             let reply = ServerFrame::error(
@@ -332,7 +357,7 @@ impl Conn {
                 format!("may not subscribe to {topic}"),
                 reference,
             );
-            return self.reply(socket, &reply).await;
+            return self.reply(socket, &reply).await.map(|()| false);
         }
         if self.subs.len() >= self.shared.config.max_subscriptions {
             let reply = ServerFrame::error(
@@ -343,17 +368,17 @@ impl Conn {
                 ),
                 reference,
             );
-            return self.reply(socket, &reply).await;
+            return self.reply(socket, &reply).await.map(|()| false);
         }
         if !self.subscribe_hook(socket, &topic, reference).await? {
-            return Ok(());
+            return Ok(false);
         }
         let mut budget = self.shared.config.replay_budget;
         let joined = match self.join(&topic, since, true, &mut budget).await {
             Ok(joined) => joined,
             Err(e) => {
                 let reply = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference);
-                return self.reply(socket, &reply).await;
+                return self.reply(socket, &reply).await.map(|()| false);
             }
         };
         self.presence_attach(&topic).await;
@@ -369,8 +394,7 @@ impl Conn {
         if joined.recovered == Some(true) {
             self.fill(socket, &topic).await?;
         }
-        self.save_session().await;
-        Ok(())
+        Ok(true)
     }
 
     pub(crate) async fn unsubscribe(
