@@ -139,6 +139,10 @@ pub struct Conn {
     pub granted: Option<session_store::HookGrant>,
     /// Publishes in flight, oldest first (see `publish`); `None` until the first publish.
     pub publishes: Option<Box<crate::publish::Pipeline>>,
+    /// While set, replies are handed to the socket but not flushed: a `hello` with
+    /// subscriptions writes `welcome` and their replies together (one write instead of one per
+    /// frame; a loopback write costs about as much as the rest of a subscribe).
+    pub batch_replies: bool,
 }
 
 /// Serves one upgraded socket until it closes.
@@ -174,6 +178,7 @@ pub fn serve(
         upgrade,
         granted: None,
         publishes: None,
+        batch_replies: false,
     };
     async move {
         let close = conn.run(&mut socket).await;
@@ -466,8 +471,11 @@ impl Conn {
         socket: &mut WebSocket,
         frame: &ServerFrame,
     ) -> Result<(), Close> {
-        self.write(socket, Message::Text(frame.to_json().into()))
-            .await
+        let message = Message::Text(frame.to_json().into());
+        if self.batch_replies {
+            return self.feed(socket, message).await;
+        }
+        self.write(socket, message).await
     }
 
     pub async fn write(&mut self, socket: &mut WebSocket, message: Message) -> Result<(), Close> {

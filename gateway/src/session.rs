@@ -238,31 +238,44 @@ impl Conn {
             resumed,
             topics,
         };
-        self.reply(socket, &welcome).await?;
-        // The handshake is over: let the next one in.
-        self.handshake = None;
-        if skipped > 0 {
-            let reply = ServerFrame::error(
-                ErrorCode::LimitReached,
-                format!(
-                    "{skipped} subscriptions not restored: at most {} per connection",
-                    self.shared.config.max_subscriptions
-                ),
-                None,
-            );
-            self.reply(socket, &reply).await?;
+        // With subscriptions to follow, `welcome` and their replies go out in one write (a
+        // resume's replay flushes its own pages, `welcome` with the first).
+        let batched = !subscribe.is_empty();
+        self.batch_replies = batched;
+        let replied: Result<bool, Close> = async {
+            self.reply(socket, &welcome).await?;
+            // The handshake is over: let the next one in.
+            self.handshake = None;
+            if skipped > 0 {
+                let reply = ServerFrame::error(
+                    ErrorCode::LimitReached,
+                    format!(
+                        "{skipped} subscriptions not restored: at most {} per connection",
+                        self.shared.config.max_subscriptions
+                    ),
+                    None,
+                );
+                self.reply(socket, &reply).await?;
+            }
+            for topic in replay {
+                self.fill(socket, &topic).await?;
+            }
+            for topic in server_subs {
+                self.server_subscribe(socket, topic).await?;
+            }
+            // The client's own initial subscriptions, each exactly like a `subscribe` without
+            // `ref` (grants, limits and hooks apply), saved once for all of them.
+            let mut added = false;
+            for topic in subscribe {
+                added |= self.subscribe_unsaved(socket, topic, None, None).await?;
+            }
+            Ok(added)
         }
-        for topic in replay {
-            self.fill(socket, &topic).await?;
-        }
-        for topic in server_subs {
-            self.server_subscribe(socket, topic).await?;
-        }
-        // The client's own initial subscriptions, each exactly like a `subscribe` without
-        // `ref` (grants, limits and hooks apply), saved once for all of them.
-        let mut added = false;
-        for topic in subscribe {
-            added |= self.subscribe_unsaved(socket, topic, None, None).await?;
+        .await;
+        self.batch_replies = false;
+        let added = replied?;
+        if batched {
+            self.flush(socket).await?;
         }
         if resumed || added {
             // Save what the replay sent, so a client resuming without positions after this
