@@ -4,7 +4,7 @@
 # here is stopped by PID on exit.
 #
 #   scripts/bench.sh [all|memory|memory-cluster|handshakes|fanout|overload|cluster-fanout|
-#                     crosspod|drain|rebalance|storm|hooks|throughput]...
+#                     crosspod|drain|rebalance|storm|hooks|ephemeral|throughput]...
 #
 # The targets of docs/benchmarks.md are printed by `wsload compare` as a ratio to the reference
 # run of the same sitting (the raw baseline; the embedded gateway for cluster-fanout). overload
@@ -26,7 +26,7 @@ PIDS=()
 # not share ports.
 OFF=${BENCH_PORT_OFFSET:-0}
 GW_PORT=$((18080 + OFF)) ADMIN_PORT=$((19090 + OFF)) BASELINE_PORT=$((19300 + OFF))
-REDIS_PORT=$((16379 + OFF)) NATS_PORT=$((14222 + OFF))
+REDIS_PORT=$((16379 + OFF)) NATS_PORT=$((14222 + OFF)) HOOK_PORT=$((18700 + OFF))
 
 cleanup() {
   for pid in "${PIDS[@]:-}"; do
@@ -146,12 +146,20 @@ handshakes() {
     --connect-rate 50000 --connect-concurrency 128 --gateway-pid "$GW_PID" --hold 0 \
     --json "$OUT/handshakes.json"
   cleanup
+  # The same with the topic in `hello.subscribe`: one round trip per session, like the baseline.
+  TASKSET="taskset -c 0" start_gateway hs "$GW_PORT" "$ADMIN_PORT"
+  sleep 1
+  taskset -c 1 "$WSLOAD" connect --url ws://127.0.0.1:$GW_PORT/ws --clients 10000 --topics 100 \
+    --connect-rate 50000 --connect-concurrency 128 --gateway-pid "$GW_PID" --hold 0 \
+    --hello-subscribe --json "$OUT/handshakes-hello-subscribe.json"
+  cleanup
   TASKSET="taskset -c 0" start_baseline_pinned
   taskset -c 1 "$WSLOAD" connect --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws \
     --clients 10000 --topics 100 --connect-rate 50000 --connect-concurrency 128 \
     --gateway-pid "$BL_PID" --hold 0 --json "$OUT/handshakes-baseline.json"
   cleanup
   compare handshakes handshakes handshakes-baseline
+  compare handshakes handshakes-hello-subscribe handshakes-baseline
 }
 
 start_baseline_pinned() {
@@ -285,22 +293,45 @@ hooks() {
   local secret=$OUT/hook.secret round
   echo bench-hook-secret >"$secret"
   for round in 1 2 3; do
-    start_gateway hooks-off 18080 19090
-    "$WSLOAD" connect --url 'ws://127.0.0.1:18080/ws?user=bench' --clients 2000 --topics 10 \
+    start_gateway hooks-off "$GW_PORT" "$ADMIN_PORT"
+    "$WSLOAD" connect --url "ws://127.0.0.1:$GW_PORT/ws?user=bench" --clients 2000 --topics 10 \
       --connect-rate 50000 --connect-concurrency 64 --gateway-pid "$GW_PID" --hold 0 \
       --json "$OUT/hooks-off-$round.json"
     cleanup
-    python3 examples/chat-backend/backend.py --port 18700 --secret-file "$secret" --grant-all \
+    python3 examples/chat-backend/backend.py --port "$HOOK_PORT" --secret-file "$secret" --grant-all \
       >"$OUT/chat-backend.log" 2>&1 &
     PIDS+=("$!")
-    wait_port 18700
-    start_gateway hooks-on 18080 19090 --hook-url http://127.0.0.1:18700 \
+    wait_port "$HOOK_PORT"
+    start_gateway hooks-on "$GW_PORT" "$ADMIN_PORT" --hook-url "http://127.0.0.1:$HOOK_PORT" \
       --hook-secret-file "$secret" --hook-concurrency 256
-    "$WSLOAD" connect --url 'ws://127.0.0.1:18080/ws?user=bench' --clients 2000 --topics 10 \
+    "$WSLOAD" connect --url "ws://127.0.0.1:$GW_PORT/ws?user=bench" --clients 2000 --topics 10 \
       --connect-rate 50000 --connect-concurrency 64 --gateway-pid "$GW_PID" --hold 0 \
       --json "$OUT/hooks-on-$round.json"
     cleanup
   done
+}
+
+# Ephemeral vs history topics: messages/s into the system from one pod (Redis + NATS behind
+# it). The same `wsload throughput` run (32 publishers x 32 in flight, 100 topics) on topics of
+# a `history = false` namespace (no Redis on publish: straight to NATS) and on ordinary ones,
+# alternated $EPHEMERAL_REPEATS times on one gateway so both see the same machine.
+ephemeral() {
+  local cfg=$OUT/ephemeral.toml round kind prefix
+  printf '[[namespaces]]\nprefix = "eph."\nhistory = false\n' >"$cfg"
+  start_backends
+  start_gateway eph "$GW_PORT" "$ADMIN_PORT" "${FLEET[@]}" --config "$cfg"
+  sleep 1
+  for round in $(seq 1 "${EPHEMERAL_REPEATS:-2}"); do
+    for kind in history ephemeral; do
+      prefix=tp-
+      [ "$kind" = ephemeral ] && prefix=eph.
+      "$WSLOAD" throughput --url ws://127.0.0.1:$GW_PORT/ws --gateway-pid "$GW_PID" \
+        --redis 127.0.0.1:$REDIS_PORT --topics 100 --topic-prefix "$prefix" --publishers 32 \
+        --window 32 --duration "${THROUGHPUT_SECONDS:-8}" --label "$kind" \
+        --json "$OUT/ephemeral-$kind-$round.json"
+    done
+  done
+  cleanup
 }
 
 # shellcheck source=scripts/bench_throughput.sh
@@ -315,7 +346,7 @@ for r in "${runs[@]}"; do
       rebalance; storm; throughput ;;
     memory-cluster) memory_cluster ;;
     cluster-fanout) cluster_fanout ;;
-    memory|handshakes|fanout|overload|crosspod|drain|rebalance|storm|hooks|throughput) "$r" ;;
+    memory|handshakes|fanout|overload|crosspod|drain|rebalance|storm|hooks|ephemeral|throughput) "$r" ;;
     *) echo "unknown benchmark: $r" >&2; exit 2 ;;
   esac
 done

@@ -141,6 +141,10 @@ pub struct Conn {
     pub publishes: Option<Box<crate::publish::Pipeline>>,
     /// Where the client is in each join/leave topic (`presence::events`).
     pub presence_at: crate::presence::events::Positions,
+    /// While set, replies are handed to the socket but not flushed: a `hello` with
+    /// subscriptions writes `welcome` and their replies together (one write instead of one per
+    /// frame; a loopback write costs about as much as the rest of a subscribe).
+    pub batch_replies: bool,
 }
 
 /// Serves one upgraded socket until it closes.
@@ -177,6 +181,7 @@ pub fn serve(
         granted: None,
         publishes: None,
         presence_at: None,
+        batch_replies: false,
     };
     async move {
         let close = conn.run(&mut socket).await;
@@ -367,7 +372,11 @@ impl Conn {
                     resume,
                     positions,
                     presence,
-                } => self.hello(socket, token, resume, positions, presence).await,
+                    subscribe,
+                } => {
+                    self.hello(socket, token, resume, positions, presence, subscribe)
+                        .await
+                }
                 other => {
                     let reply = ServerFrame::error(
                         ErrorCode::BadRequest,
@@ -478,8 +487,11 @@ impl Conn {
         socket: &mut WebSocket,
         frame: &ServerFrame,
     ) -> Result<(), Close> {
-        self.write(socket, Message::Text(frame.to_json().into()))
-            .await
+        let message = Message::Text(frame.to_json().into());
+        if self.batch_replies {
+            return self.feed(socket, message).await;
+        }
+        self.write(socket, message).await
     }
 
     pub async fn write(&mut self, socket: &mut WebSocket, message: Message) -> Result<(), Close> {

@@ -17,7 +17,7 @@
 //! without positions restarts from the first message it was not sent.
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use protocol::{Epoch, Payload, Position, SessionId, Topic, encode_message, encode_skipped};
 use session_store::SessionStore;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -243,6 +243,19 @@ impl Conn {
         message: Message,
         deadline: Instant,
     ) -> Result<(), Close> {
+        // A socket that can take the frame now takes it without a timer: arming and dropping a
+        // timeout per frame was a measurable part of a delivery's cost (perf, 1,000
+        // subscribers). Only a socket whose buffer is full waits for the kernel, under the
+        // deadline.
+        match std::future::poll_fn(|cx| socket.poll_ready_unpin(cx)).now_or_never() {
+            Some(Ok(())) => {
+                return socket
+                    .start_send_unpin(message)
+                    .map_err(|e| self.write_failed(e));
+            }
+            Some(Err(e)) => return Err(self.write_failed(e)),
+            None => {}
+        }
         match timeout_at(deadline, socket.feed(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.write_failed(e)),

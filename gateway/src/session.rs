@@ -56,6 +56,7 @@ impl Conn {
         resume: Option<String>,
         positions: HashMap<Topic, Position>,
         mut presence: HashMap<Topic, PresencePosition>,
+        subscribe: Vec<Topic>,
     ) -> Result<(), Close> {
         let Authenticated {
             mut user,
@@ -250,33 +251,54 @@ impl Conn {
             resumed,
             topics,
         };
-        self.reply(socket, &welcome).await?;
-        // The handshake is over: let the next one in.
-        self.handshake = None;
-        if skipped > 0 {
-            let reply = ServerFrame::error(
-                ErrorCode::LimitReached,
-                format!(
-                    "{skipped} subscriptions not restored: at most {} per connection",
-                    self.shared.config.max_subscriptions
-                ),
-                None,
-            );
-            self.reply(socket, &reply).await?;
+        // With subscriptions to follow, `welcome` and their replies go out in one write (a
+        // resume's replay flushes its own pages, `welcome` with the first).
+        let batched = !subscribe.is_empty();
+        self.batch_replies = batched;
+        let replied: Result<bool, Close> = async {
+            self.reply(socket, &welcome).await?;
+            // The handshake is over: let the next one in.
+            self.handshake = None;
+            if skipped > 0 {
+                let reply = ServerFrame::error(
+                    ErrorCode::LimitReached,
+                    format!(
+                        "{skipped} subscriptions not restored: at most {} per connection",
+                        self.shared.config.max_subscriptions
+                    ),
+                    None,
+                );
+                self.reply(socket, &reply).await?;
+            }
+            for topic in replay {
+                self.fill(socket, &topic).await?;
+            }
+            // The join/leave events missed while away, after the messages (or a fresh list).
+            for topic in presence_replay {
+                self.presence_catch_up(socket, &topic).await?;
+            }
+            for topic in server_subs {
+                self.server_subscribe(socket, topic).await?;
+            }
+            // The client's own initial subscriptions, each exactly like a `subscribe` without
+            // `ref` (grants, limits and hooks apply), saved once for all of them.
+            let mut added = false;
+            for topic in subscribe {
+                added |= self
+                    .subscribe_unsaved(socket, topic, None, None, None)
+                    .await?;
+            }
+            Ok(added)
         }
-        for topic in replay {
-            self.fill(socket, &topic).await?;
+        .await;
+        self.batch_replies = false;
+        let added = replied?;
+        if batched {
+            self.flush(socket).await?;
         }
-        // The join/leave events missed while away, after the messages (or a fresh list).
-        for topic in presence_replay {
-            self.presence_catch_up(socket, &topic).await?;
-        }
-        for topic in server_subs {
-            self.server_subscribe(socket, topic).await?;
-        }
-        if resumed {
+        if resumed || added {
             // Save what the replay sent, so a client resuming without positions after this
-            // connection dies starts where the replay stopped.
+            // connection dies starts where the replay stopped (and the new subscriptions).
             self.save_session().await;
         }
         Ok(())
@@ -332,6 +354,25 @@ impl Conn {
         presence_since: Option<PresencePosition>,
         reference: Option<Ref>,
     ) -> Result<(), Close> {
+        if self
+            .subscribe_unsaved(socket, topic, since, presence_since, reference)
+            .await?
+        {
+            self.save_session().await;
+        }
+        Ok(())
+    }
+
+    /// [`Conn::subscribe`] without saving the session: whether a subscription was added (the
+    /// caller saves, once for several).
+    async fn subscribe_unsaved(
+        &mut self,
+        socket: &mut WebSocket,
+        topic: Topic,
+        since: Option<Position>,
+        presence_since: Option<PresencePosition>,
+        reference: Option<Ref>,
+    ) -> Result<bool, Close> {
         if let Some(sub) = self.subs.get(&topic) {
             // Already subscribed: confirm where the client is; nothing is sent twice.
             let at = self.presence_position(&topic).cloned();
@@ -345,7 +386,7 @@ impl Conn {
                 reason: None,
                 reference,
             };
-            return self.reply(socket, &reply).await;
+            return self.reply(socket, &reply).await.map(|()| false);
         }
         if !self.grants.can_subscribe(&topic) {
             let reply = ServerFrame::error(
@@ -353,7 +394,7 @@ impl Conn {
                 format!("may not subscribe to {topic}"),
                 reference,
             );
-            return self.reply(socket, &reply).await;
+            return self.reply(socket, &reply).await.map(|()| false);
         }
         if self.subs.len() >= self.shared.config.max_subscriptions {
             let reply = ServerFrame::error(
@@ -364,17 +405,17 @@ impl Conn {
                 ),
                 reference,
             );
-            return self.reply(socket, &reply).await;
+            return self.reply(socket, &reply).await.map(|()| false);
         }
         if !self.subscribe_hook(socket, &topic, reference).await? {
-            return Ok(());
+            return Ok(false);
         }
         let mut budget = self.shared.config.replay_budget;
         let joined = match self.join(&topic, since, true, &mut budget).await {
             Ok(joined) => joined,
             Err(e) => {
                 let reply = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference);
-                return self.reply(socket, &reply).await;
+                return self.reply(socket, &reply).await.map(|()| false);
             }
         };
         let own_join = self.presence_attach(&topic).await;
@@ -398,8 +439,7 @@ impl Conn {
         if catch_up && at.is_some() {
             self.presence_catch_up(socket, &topic).await?;
         }
-        self.save_session().await;
-        Ok(())
+        Ok(true)
     }
 
     pub(crate) async fn unsubscribe(

@@ -231,3 +231,63 @@ async fn many_subscribers_get_every_message_in_order() {
         assert_eq!(seqs(&msgs), (1..=100).collect::<Vec<_>>());
     }
 }
+
+#[tokio::test]
+async fn hello_with_initial_subscriptions_answers_welcome_then_subscribed_in_order() {
+    let gw = TestGateway::with(|c| c.max_subscriptions = 2).await;
+    gw.publish_api("chat.1", json!("before")).await;
+
+    // A bad topic name refuses the whole hello; the connection may say hello again.
+    let mut a = gw.client().await;
+    a.send(json!({"type": "hello", "subscribe": ["chat.1", "no spaces"]}))
+        .await;
+    assert_eq!(a.expect("error").await["code"], "bad_request");
+
+    a.send(json!({"type": "hello", "subscribe": ["chat.1", "chat.2", "chat.1", "chat.3"]}))
+        .await;
+    let welcome = a.expect("welcome").await;
+    assert_eq!(welcome["resumed"], false);
+    let first = a.expect("subscribed").await;
+    assert_eq!(
+        (&first["topic"], first["seq"].as_u64()),
+        (&json!("chat.1"), Some(1))
+    );
+    assert!(
+        first.get("ref").is_none() && first.get("reason").is_none(),
+        "{first}"
+    );
+    let second = a.expect("subscribed").await;
+    assert_eq!(
+        (&second["topic"], second["seq"].as_u64()),
+        (&json!("chat.2"), Some(0))
+    );
+    // Named twice: confirmed like a second `subscribe`, nothing re-sent.
+    let again = a.expect("subscribed").await;
+    assert_eq!(
+        (&again["topic"], again["seq"].as_u64()),
+        (&json!("chat.1"), Some(1))
+    );
+    assert!(again.get("recovered").is_none());
+    // Past --max-subscriptions: the same error a `subscribe` gets.
+    assert_eq!(a.expect("error").await["code"], "limit_reached");
+
+    // Live from the positions `subscribed` reported.
+    let (mut b, _) = gw.hello().await;
+    let seq = b.publish("chat.2", json!("live")).await;
+    let m = a.expect("message").await;
+    assert_eq!(
+        (&m["topic"], m["seq"].as_u64()),
+        (&json!("chat.2"), Some(seq))
+    );
+
+    // The subscriptions are in the session record: a resume restores both.
+    a.leave().await;
+    let mut c = gw.client().await;
+    c.send(json!({"type": "hello", "resume": welcome["resume"]}))
+        .await;
+    let resumed = c.expect("welcome").await;
+    assert_eq!(resumed["resumed"], true);
+    let topics = resumed["topics"].as_object().unwrap();
+    assert_eq!(topics.len(), 2, "{resumed}");
+    assert_eq!(topics["chat.2"]["seq"], seq);
+}

@@ -192,10 +192,18 @@ pub struct Run {
     pub closes: Mutex<BTreeMap<u16, u64>>,
     /// When the current storm started.
     pub storm_at: Mutex<Option<Instant>>,
+    /// Fresh sessions subscribe in their `hello` (see `--hello-subscribe`).
+    pub hello_subscribe: bool,
 }
 
 impl Run {
-    pub fn new(mode: Mode, net: Net, balancer: Balancer, max_duration: Duration) -> Arc<Self> {
+    pub fn new(
+        mode: Mode,
+        net: Net,
+        balancer: Balancer,
+        max_duration: Duration,
+        hello_subscribe: bool,
+    ) -> Arc<Self> {
         let started = Instant::now();
         let (phase, _) = watch::channel(Phase::Run);
         Arc::new(Self {
@@ -213,6 +221,7 @@ impl Run {
             events: Mutex::new(Vec::new()),
             closes: Mutex::new(BTreeMap::new()),
             storm_at: Mutex::new(None),
+            hello_subscribe,
         })
     }
 

@@ -260,6 +260,13 @@ impl Session {
             hello["resume"] = json!(token);
             hello["positions"] = self.positions();
         }
+        // A fresh session may name its topics in the hello: the gateway answers `welcome` and
+        // then one `subscribed` per topic, in order (a resume keeps the two-step path: its
+        // topics come back in `welcome.topics`).
+        let in_hello = self.run.hello_subscribe && self.resume.is_none();
+        if in_hello {
+            hello["subscribe"] = json!(self.report.topics);
+        }
         Self::send(ws, hello).await?;
         let welcome = self.reply(ws).await?;
         if welcome["type"] != "welcome" {
@@ -288,15 +295,17 @@ impl Session {
             if restored.contains(&topic) {
                 continue;
             }
-            let mut sub = json!({"type": "subscribe", "topic": topic});
-            let since = self.report.tracker.stream(&topic).map(|s| s.last());
-            if let (Some(seq), Some(epoch)) = (since, self.epochs.get(&topic)) {
-                sub["since"] = json!({"seq": seq, "epoch": epoch});
+            if !in_hello {
+                let mut sub = json!({"type": "subscribe", "topic": topic});
+                let since = self.report.tracker.stream(&topic).map(|s| s.last());
+                if let (Some(seq), Some(epoch)) = (since, self.epochs.get(&topic)) {
+                    sub["since"] = json!({"seq": seq, "epoch": epoch});
+                }
+                Self::send(ws, sub).await?;
             }
-            Self::send(ws, sub).await?;
             let reply = self.reply(ws).await?;
-            if reply["type"] != "subscribed" {
-                return Err(format!("expected subscribed, got {reply}"));
+            if reply["type"] != "subscribed" || reply["topic"] != topic.as_str() {
+                return Err(format!("expected subscribed to {topic}, got {reply}"));
             }
             if reply.get("recovered").is_some() && reply["recovered"] != true {
                 self.run

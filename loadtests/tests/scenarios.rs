@@ -360,3 +360,73 @@ async fn rebalance_onto_a_new_pod_loses_nothing() {
     assert_eq!(report["new_pod_seen"], true, "{report}");
     assert_clean(&report);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_the_topics_in_hello_waits_for_each_subscribed() {
+    let pod = Pod::start(|_| {}).await;
+    let url = pod.ws_url();
+    let args: connect::ConnectArgs = parse(&[
+        "--url",
+        &url,
+        "--clients",
+        "20",
+        "--topics",
+        "3",
+        "--hold",
+        "0",
+        "--hello-subscribe",
+    ]);
+    let report = connect::run(args).await.unwrap();
+    // A session is ready only once `subscribed` arrived for its topic: a gateway that ignored
+    // `hello.subscribe` would leave every session waiting until it failed.
+    assert_eq!(
+        (report["ready"].as_u64(), report["failed"].as_u64()),
+        (Some(20), Some(0)),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_on_an_ephemeral_namespace_stores_nothing() {
+    let redis = RedisServer::start();
+    let nats = NatsServer::start();
+    let file = std::env::temp_dir().join(format!("wsload-ephemeral-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        "[[namespaces]]\nprefix = \"eph.\"\nhistory = false\n",
+    )
+    .unwrap();
+    let config = file.clone();
+    let pod = Pod::in_fleet(&redis.url(), &nats.url(), "eph", move |c| {
+        c.app.config_file = Some(config);
+    })
+    .await;
+    let (url, node) = (pod.ws_url(), redis.addr().to_string());
+    let args: throughput::ThroughputArgs = parse(&[
+        "--url",
+        &url,
+        "--redis",
+        &node,
+        "--publishers",
+        "2",
+        "--window",
+        "8",
+        "--topics",
+        "4",
+        "--topic-prefix",
+        "eph.",
+        "--messages",
+        "300",
+        "--duration",
+        "60",
+    ]);
+    let report = throughput::run(args).await.unwrap();
+    assert_eq!(
+        (report["acked"].as_u64(), report["errors"].as_u64()),
+        (Some(300), Some(0)),
+        "{report}"
+    );
+    // Acknowledged without a seq and without touching history: no topic key in Redis.
+    assert_eq!(redis.cmd(&["KEYS", "gw:seq:*"]).trim(), "", "{report}");
+    let _ = std::fs::remove_file(&file);
+}

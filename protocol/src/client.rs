@@ -24,6 +24,9 @@ pub enum ClientFrame {
         positions: HashMap<Topic, Position>,
         /// The presence positions the client sent with them (`pseq` and `pepoch`).
         presence: HashMap<Topic, PresencePosition>,
+        /// Topics to subscribe once the session is open, each answered like a `subscribe`
+        /// without `ref` (one round trip for a connection and its subscriptions).
+        subscribe: Vec<Topic>,
     },
     Subscribe {
         topic: Topic,
@@ -204,6 +207,8 @@ struct Envelope<'a> {
     token: Option<String>,
     resume: Option<String>,
     positions: Option<HashMap<Topic, WirePosition>>,
+    /// `hello`'s initial subscriptions (a rare frame: owned strings are fine).
+    subscribe: Option<Vec<String>>,
     #[serde(borrow)]
     id: Option<std::borrow::Cow<'a, str>>,
     limit: Option<u64>,
@@ -255,6 +260,13 @@ pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
                 resume: env.resume,
                 positions,
                 presence,
+                subscribe: env
+                    .subscribe
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|raw| Topic::new(raw))
+                    .collect::<Result<_, _>>()
+                    .map_err(|reason| DecodeError::InvalidTopic { reason, reference })?,
             }
         }
         "subscribe" => ClientFrame::Subscribe {
@@ -455,6 +467,25 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn decodes_hello_with_initial_subscriptions() {
+        match decode(r#"{"type":"hello","subscribe":["a","b.c"]}"#) {
+            Ok(ClientFrame::Hello { subscribe, .. }) => {
+                let names: Vec<&str> = subscribe.iter().map(|t| t.as_str()).collect();
+                assert_eq!(names, ["a", "b.c"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode(r#"{"type":"hello"}"#),
+            Ok(ClientFrame::Hello { subscribe, .. }) if subscribe.is_empty()
+        ));
+        let e = decode(r#"{"type":"hello","subscribe":["a","no spaces"]}"#).unwrap_err();
+        assert!(matches!(e, DecodeError::InvalidTopic { .. }), "{e:?}");
+        let e = decode(r#"{"type":"hello","subscribe":"a"}"#).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadRequest);
     }
 
     #[test]

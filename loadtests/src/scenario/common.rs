@@ -55,6 +55,10 @@ pub struct Common {
     /// Bearer token of the admin endpoints, if they require one.
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Fresh sessions name their topics in `hello.subscribe` (one round trip: `welcome`, then a
+    /// `subscribed` per topic) instead of sending a `subscribe` for each after `welcome`.
+    #[arg(long)]
+    pub hello_subscribe: bool,
 }
 
 impl Common {
@@ -72,6 +76,7 @@ impl Common {
             Net::new(self.sources),
             Balancer::new(&initial, &again, least_conn),
             max,
+            self.hello_subscribe,
         ))
     }
 }

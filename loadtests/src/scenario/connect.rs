@@ -222,6 +222,7 @@ async fn spawn_workers(args: &ConnectArgs, n: usize) -> anyhow::Result<Gathered>
                 &(c.connect_concurrency / n).max(1).to_string(),
             ])
             .args(["--per-worker", &share.max(1).to_string()])
+            .args(c.hello_subscribe.then_some("--hello-subscribe"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

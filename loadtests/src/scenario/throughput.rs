@@ -37,9 +37,13 @@ pub struct ThroughputArgs {
     /// `--max-publishes-in-flight` are read at once; more wait in the socket).
     #[arg(long, default_value_t = 32)]
     pub window: usize,
-    /// Topics the publishes are spread over (`tp-<run>-<n>`).
+    /// Topics the publishes are spread over (`<prefix><run>-<n>`).
     #[arg(long, default_value_t = 1)]
     pub topics: usize,
+    /// The topics' name prefix: names a namespace of the gateway's `--config`, e.g. an
+    /// ephemeral one (`history = false`) to compare with history topics.
+    #[arg(long, default_value = "tp-")]
+    pub topic_prefix: String,
     /// Publishes to acknowledge in total, at most.
     #[arg(long, default_value_t = 1_000_000)]
     pub messages: u64,
@@ -88,7 +92,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
     let run_id = format!("{:x}", rand::random::<u32>());
     let topics: Arc<Vec<String>> = Arc::new(
         (0..args.topics)
-            .map(|n| format!("tp-{run_id}-{n}"))
+            .map(|n| format!("{}{run_id}-{n}", args.topic_prefix))
             .collect(),
     );
     let payload: Arc<str> = serde_json::to_string(&"x".repeat(args.payload))?.into();
