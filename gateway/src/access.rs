@@ -24,6 +24,8 @@ pub(crate) struct Authenticated {
     pub exp: Option<u64>,
     /// The token's `jti`, checked against revocations.
     pub jti: Option<String>,
+    /// The token's `info` claim, for presence (the connect hook's `info` wins over it).
+    pub info: Option<serde_json::Value>,
 }
 
 impl Conn {
@@ -48,6 +50,7 @@ impl Conn {
                         user: Some(identity.user),
                         exp: identity.exp,
                         jti: identity.jti,
+                        info: identity.info,
                     })
                 }
                 Err(e) => {

@@ -32,6 +32,8 @@ pub struct Admitted {
     pub granted: Option<HookGrant>,
     /// Topics to subscribe the client to after `welcome`.
     pub subscribe: Vec<Topic>,
+    /// The session's presence `info`, when the hook gave one (not `null`).
+    pub info: Option<serde_json::Value>,
 }
 
 /// JSON `null`, for an `rpc` without `data`.
@@ -147,6 +149,7 @@ impl Conn {
             user,
             granted,
             subscribe,
+            info: answer.info.filter(|i| !i.is_null()),
         }))
     }
 

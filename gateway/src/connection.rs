@@ -110,6 +110,8 @@ pub struct SessionState {
     pub id: SessionId,
     pub secret: String,
     pub user: Option<String>,
+    /// What presence shows of the session besides its user (`Member.info`).
+    pub info: Option<serde_json::Value>,
     pub created_ms: u64,
     /// The generation this connection claimed: only it may save the session.
     pub generation: u64,

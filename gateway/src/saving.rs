@@ -22,6 +22,7 @@ impl Conn {
             created_ms: s.created_ms,
             last_pod: self.shared.pod.clone(),
             granted: self.granted.clone(),
+            info: s.info.clone(),
         })
     }
 

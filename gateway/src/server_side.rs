@@ -10,8 +10,10 @@ use crate::control::ServerCommand;
 
 impl Conn {
     /// Subscribes the client to `topic` on the server's behalf (the connect hook's `subscribe`
-    /// list): no grants or subscribe hook are checked, the application chose it. The client
-    /// gets `subscribed` with `reason: "server"`.
+    /// list, `/api/subscribe`): no grants or subscribe hook are checked, the application chose
+    /// it. Presence is as for a client's `subscribe`: the session joins (a `join` for the
+    /// others) and follows the topic's join/leave events from its own join on. The client gets
+    /// `subscribed` with `reason: "server"` (and `pseq`/`pepoch` on a join/leave topic).
     pub(crate) async fn server_subscribe(
         &mut self,
         socket: &mut WebSocket,
@@ -32,14 +34,16 @@ impl Conn {
                 return self.reply(socket, &reply).await;
             }
         };
+        let own_join = self.presence_attach(&topic).await;
         self.events_subscribed(&topic).await;
+        let at = self.presence_start(&topic, None, own_join).await;
         let reply = ServerFrame::Subscribed {
             topic,
             seq: joined.top.as_ref().map(|t| t.seq),
             epoch: joined.top.map(|t| t.epoch),
             recovered: None,
-            pseq: None,
-            pepoch: None,
+            pseq: at.as_ref().map(|at| at.pseq),
+            pepoch: at.map(|at| at.epoch),
             reason: Some("server"),
             reference: None,
         };
@@ -63,7 +67,8 @@ impl Conn {
         Ok(())
     }
 
-    /// Removes a subscription on the server's behalf: `unsubscribed` with `reason: "server"`.
+    /// Removes a subscription on the server's behalf, like a client's `unsubscribe` (the member
+    /// leaves at once: one `leave`): `unsubscribed` with `reason: "server"`.
     async fn server_unsubscribe(
         &mut self,
         socket: &mut WebSocket,
@@ -74,6 +79,7 @@ impl Conn {
         }
         self.shared.hub.unsubscribe(&topic, self.id);
         self.shared.metrics.conn.subscriptions.dec();
+        self.presence_leave(&topic).await;
         self.events_unsubscribed(&topic).await;
         self.save_session().await;
         let reply = ServerFrame::Unsubscribed {

@@ -62,6 +62,7 @@ impl Conn {
             mut user,
             exp: token_exp,
             jti,
+            info: mut fresh_info,
         } = self.authenticate(token)?;
         let previous = match resume.as_deref().map(ResumeToken::parse) {
             Some(Ok(token)) => match self.shared.store.load_session(&token.session).await {
@@ -100,7 +101,12 @@ impl Conn {
                 user = admitted.user;
                 self.granted = admitted.granted;
                 server_subs = admitted.subscribe;
+                // The application's backend has the last word over the token's claim.
+                if admitted.info.is_some() {
+                    fresh_info = admitted.info;
+                }
             }
+            self.check_info(socket, fresh_info.as_ref()).await?;
             if user.is_none() && self.shared.auth.mode() == crate::auth::AuthMode::Required {
                 return Err(Close::Auth("unauthorized"));
             }
@@ -120,6 +126,7 @@ impl Conn {
                         id: record.id,
                         secret: record.secret,
                         user: record.user,
+                        info: record.info,
                         created_ms: record.created_ms,
                         generation: 0,
                     },
@@ -133,6 +140,7 @@ impl Conn {
                         id: token.session,
                         secret: token.secret,
                         user,
+                        info: fresh_info,
                         created_ms: now_ms(),
                         generation: 0,
                     },

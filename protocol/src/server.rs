@@ -209,6 +209,10 @@ pub struct Member {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     pub session: String,
+    /// What the application said about the session (the token's `info` claim or the connect
+    /// hook's `info`), as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
 
 /// One message of a `history` page.
@@ -338,6 +342,7 @@ mod tests {
             members: vec![Member {
                 user: Some("ann".into()),
                 session: "s1".into(),
+                info: Some(serde_json::json!({"name": "Ann"})),
             }],
             pseq: None,
             epoch: None,
@@ -346,7 +351,7 @@ mod tests {
         };
         assert_eq!(
             members.to_json(),
-            r#"{"type":"presence","topic":"a","members":[{"user":"ann","session":"s1"}]}"#
+            r#"{"type":"presence","topic":"a","members":[{"user":"ann","session":"s1","info":{"name":"Ann"}}]}"#
         );
         let join = ServerFrame::Join {
             topic: t.clone(),
@@ -355,6 +360,7 @@ mod tests {
             member: Member {
                 user: None,
                 session: "s2".into(),
+                info: None,
             },
         };
         assert_eq!(

@@ -380,6 +380,7 @@ fn record(id: SessionId, user: Option<&str>) -> SessionRecord {
             publish: vec![],
             expire_at: Some(1_900_000_000),
         }),
+        info: Some(serde_json::json!({"name": "Alice", "tags": ["a", 1]})),
     }
 }
 

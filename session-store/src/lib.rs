@@ -187,6 +187,10 @@ pub struct SessionRecord {
     /// restores it. `None` for sessions whose grants come from a token or the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granted: Option<HookGrant>,
+    /// The session's presence `info` (from its token or the connect hook), so a resume lists
+    /// the member the same way without asking again. Absent in records from before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
 
 /// Grants and expiry set by the application's connect hook.
@@ -489,6 +493,23 @@ mod tests {
                 .get(&Topic::new("x").unwrap(), with(1))
                 .max_len,
             1
+        );
+    }
+
+    #[test]
+    fn records_from_before_info_still_decode() {
+        let old = r#"{"id":"0123456789abcdef0123456789abcdef","secret":"ab","user":"ann","subscriptions":{},"created_ms":1,"last_pod":"p"}"#;
+        let record: SessionRecord = serde_json::from_str(old).expect("old record");
+        assert_eq!(record.info, None);
+        let with = SessionRecord {
+            info: Some(serde_json::json!({"name": "Ann"})),
+            ..record
+        };
+        let json = serde_json::to_string(&with).expect("encode");
+        assert!(json.contains(r#""info":{"name":"Ann"}"#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<SessionRecord>(&json).expect("decode"),
+            with
         );
     }
 }

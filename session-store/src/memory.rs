@@ -56,6 +56,7 @@ struct StoredRecord {
     last_pod: String,
     /// Boxed: only sessions admitted by a connect hook have one.
     granted: Option<Box<crate::HookGrant>>,
+    info: Option<Box<serde_json::Value>>,
 }
 
 impl StoredRecord {
@@ -73,6 +74,7 @@ impl StoredRecord {
             created_ms: r.created_ms,
             last_pod: r.last_pod.clone(),
             granted: r.granted.clone().map(Box::new),
+            info: r.info.clone().map(Box::new),
         })
     }
 
@@ -86,6 +88,7 @@ impl StoredRecord {
             created_ms: self.created_ms,
             last_pod: self.last_pod.clone(),
             granted: self.granted.as_deref().cloned(),
+            info: self.info.as_deref().cloned(),
         }
     }
 }

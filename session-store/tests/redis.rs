@@ -85,6 +85,7 @@ fn record() -> SessionRecord {
         created_ms: 1,
         last_pod: "gateway-1".into(),
         granted: None,
+        info: None,
     }
 }
 

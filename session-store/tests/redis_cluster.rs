@@ -72,6 +72,7 @@ async fn topics_on_every_master_sessions_and_a_moved_slot() {
         created_ms: 1,
         last_pod: "pod-a".into(),
         granted: None,
+        info: None,
     };
     assert!(
         store

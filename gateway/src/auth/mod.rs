@@ -198,6 +198,8 @@ pub struct Identity {
     pub exp: Option<u64>,
     /// The `jti` claim, when the token has one.
     pub jti: Option<String>,
+    /// The `info` claim (presence info), when the token has one and it is not `null`.
+    pub info: Option<serde_json::Value>,
     pub grants: Grants,
 }
 
@@ -231,6 +233,9 @@ struct Claims {
     /// The token's id, for `/api/revoke {jti}`.
     #[serde(default)]
     jti: Option<String>,
+    /// Any JSON the issuer wants other members to see in presence (`Member.info`).
+    #[serde(default)]
+    info: Option<serde_json::Value>,
 }
 
 /// Verifies tokens. Cheap to clone (shared).
@@ -442,6 +447,7 @@ impl Authenticator {
             user: sub,
             exp: claims.exp,
             jti: claims.jti.filter(|j| j.len() <= 256),
+            info: claims.info.filter(|i| !i.is_null()),
             grants,
         })
     }

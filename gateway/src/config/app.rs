@@ -56,6 +56,12 @@ pub struct AppConfig {
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub presence_log_size: u64,
 
+    /// Largest presence `info` of a session, in bytes of compact JSON (from the token's `info`
+    /// claim or the connect hook's answer): a larger one refuses the `hello` (`too_large`).
+    #[arg(long, env = "GATEWAY_PRESENCE_INFO_MAX_BYTES", default_value_t = 1_024,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub presence_info_max_bytes: u64,
+
     /// Base URL of the application's hooks: `POST {url}/connect|subscribe|publish|rpc`.
     /// Unset = no hooks (a namespace asking for one is refused at start).
     #[arg(long, env = "GATEWAY_HOOK_URL")]

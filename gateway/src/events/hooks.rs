@@ -114,11 +114,15 @@ pub async fn presence(shared: &Shared, topic: &Topic, changes: &[crate::presence
         } else {
             Kind::PresenceLeave
         };
+        let mut data = json!({"user_edge": change.user_edge});
+        if let Some(info) = &change.member.info {
+            data["info"] = info.clone();
+        }
         let event = Event::new(kind)
             .user(change.member.user.as_deref())
             .session(&change.member.session)
             .topic(topic.as_str())
-            .data(json!({"user_edge": change.user_edge}));
+            .data(data);
         events.append(event).await;
     }
 }

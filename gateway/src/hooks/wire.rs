@@ -91,6 +91,8 @@ pub struct ConnectAnswer {
     /// Topics subscribed for the client right after `welcome`.
     #[serde(default)]
     pub subscribe: Vec<String>,
+    /// The session's presence `info` (wins over the token's `info` claim).
+    pub info: Option<serde_json::Value>,
     pub error: Option<Refusal>,
     /// With `error`: whether the client should try again later.
     #[serde(default)]

@@ -1,14 +1,53 @@
 //! The `presence` and `presence_stats` frames, and the connection's presence hooks: attach on
-//! subscribe (and on resume), leave on `unsubscribe`, detach when the connection ends.
+//! subscribe (and on resume), leave on `unsubscribe`, detach when the connection ends; and the
+//! bound on a session's `info` checked at `hello`.
 
 use axum::extract::ws::WebSocket;
 use protocol::client::Ref;
 use protocol::{ErrorCode, PresencePosition, ServerFrame, SessionId, Topic};
 
-use super::{Change, Op, PresenceStore, enabled, live_pods, record};
+use super::{Change, Op, PresenceStore, Who, enabled, live_pods, record};
 use crate::connection::{Close, Conn};
 
 impl Conn {
+    /// Refuses a fresh `hello` whose `info` (the token's claim or the connect hook's answer)
+    /// is larger than `--presence-info-max-bytes` as compact JSON: `too_large`, then a close
+    /// with `info_too_large` that asks the client not to retry (the same token or backend
+    /// answer would be refused again).
+    pub(crate) async fn check_info(
+        &mut self,
+        socket: &mut WebSocket,
+        info: Option<&serde_json::Value>,
+    ) -> Result<(), Close> {
+        let max = self.shared.config.app.presence_info_max_bytes;
+        let Some(info) = info else { return Ok(()) };
+        let len = serde_json::to_string(info).map_or(usize::MAX, |s| s.len());
+        if len as u64 <= max {
+            return Ok(());
+        }
+        let message = format!("info is {len} bytes, more than {max}");
+        let reply = ServerFrame::error(ErrorCode::TooLarge, message, None);
+        self.reply(socket, &reply).await?;
+        Err(Close::Refused {
+            error: "info_too_large".into(),
+            reconnect: false,
+        })
+    }
+
+    /// The user and info this connection's session is listed with.
+    fn who(&self) -> Who {
+        let Some(session) = &self.session else {
+            return Who::default();
+        };
+        Who {
+            user: session.user.clone(),
+            info: session
+                .info
+                .as_ref()
+                .and_then(|i| serde_json::to_string(i).ok()),
+        }
+    }
+
     /// Whether `topic` has presence here, answering the frame's error when not (or forbidden).
     async fn presence_allowed(
         &mut self,
@@ -92,12 +131,9 @@ impl Conn {
     pub(crate) fn presence_resume(&self, topic: &Topic) {
         let Some(session) = &self.session else { return };
         if enabled(&self.shared, topic) {
-            self.shared.presence_registry.attach_later(
-                topic,
-                self.id,
-                &session.id,
-                session.user.clone(),
-            );
+            self.shared
+                .presence_registry
+                .attach_later(topic, self.id, &session.id, self.who());
         }
     }
 
@@ -111,10 +147,11 @@ impl Conn {
             return None;
         }
         let shared = &self.shared;
+        let who = self.who();
         shared
             .presence_registry
-            .attach(topic, self.id, &session.id, session.user.clone());
-        let change = change(Op::Attach, &session.id, session.user.clone());
+            .attach(topic, self.id, &session.id, who.clone());
+        let change = change(Op::Attach, &session.id, who);
         let ttl = shared.config.resume_window;
         match shared
             .presence
@@ -144,7 +181,7 @@ impl Conn {
         }
         let shared = &self.shared;
         shared.presence_registry.forget(topic, self.id, &session.id);
-        let change = change(Op::Leave, &session.id, session.user.clone());
+        let change = change(Op::Leave, &session.id, self.who());
         let ttl = shared.config.resume_window;
         match shared
             .presence
@@ -175,10 +212,11 @@ impl Conn {
     }
 }
 
-fn change(op: Op, session: &SessionId, user: Option<String>) -> Change {
+fn change(op: Op, session: &SessionId, who: Who) -> Change {
     Change {
         op,
         session: session.to_string(),
-        user,
+        user: who.user,
+        info: who.info,
     }
 }

@@ -83,15 +83,15 @@ impl MemoryPresence {
 
 #[derive(Debug, Default)]
 struct Members {
-    /// session → (owner pod, "" when detached; expiry; user key)
-    sessions: HashMap<String, (String, Instant, String)>,
+    /// session → (owner pod, "" when detached; expiry; user key; info)
+    sessions: HashMap<String, (String, Instant, String, Option<String>)>,
     /// user key → sessions present
     users: HashMap<String, u64>,
 }
 
 impl Members {
     fn remove(&mut self, session: &str) -> Option<Event> {
-        let (_, _, user) = self.sessions.remove(session)?;
+        let (_, _, user, info) = self.sessions.remove(session)?;
         let n = self.users.get_mut(&user).map_or(0, |n| {
             *n -= 1;
             *n
@@ -101,7 +101,7 @@ impl Members {
         }
         Some(Event {
             join: false,
-            member: member_of(session, &user),
+            member: member_of(session, &user, info.as_deref()),
             user_edge: n == 0,
             logged: None,
         })
@@ -124,7 +124,7 @@ impl PresenceStore for MemoryPresence {
             let user = user_key(change.user.as_deref(), &change.session);
             match change.op {
                 Op::Attach => {
-                    let entry = (pod.to_owned(), until, user.clone());
+                    let entry = (pod.to_owned(), until, user.clone(), change.info.clone());
                     if members
                         .sessions
                         .insert(change.session.clone(), entry)
@@ -134,7 +134,7 @@ impl PresenceStore for MemoryPresence {
                         *n += 1;
                         events.push(Event {
                             join: true,
-                            member: member_of(&change.session, &user),
+                            member: member_of(&change.session, &user, change.info.as_deref()),
                             user_edge: *n == 1,
                             logged: None,
                         });
@@ -144,7 +144,7 @@ impl PresenceStore for MemoryPresence {
                     if let Some(entry) = members.sessions.get_mut(&change.session)
                         && entry.0 == pod
                     {
-                        *entry = (String::new(), until, user);
+                        *entry = (String::new(), until, user, change.info.clone());
                     }
                 }
                 Op::Leave => events.extend(members.remove(&change.session)),
@@ -167,7 +167,7 @@ impl PresenceStore for MemoryPresence {
         let gone: Vec<String> = members
             .sessions
             .iter()
-            .filter(|(_, (owner, until, _))| !live.contains(owner) && *until < now)
+            .filter(|(_, (owner, until, _, _))| !live.contains(owner) && *until < now)
             .map(|(s, _)| s.clone())
             .collect();
         let mut events: Vec<Event> = gone.iter().filter_map(|s| members.remove(s)).collect();
@@ -204,8 +204,8 @@ impl PresenceStore for MemoryPresence {
         let members = members
             .sessions
             .iter()
-            .filter(|(_, (owner, until, _))| live.contains(owner) || *until >= now)
-            .map(|(session, (_, _, user))| member_of(session, user))
+            .filter(|(_, (owner, until, _, _))| live.contains(owner) || *until >= now)
+            .map(|(session, (_, _, user, info))| member_of(session, user, info.as_deref()))
             .collect();
         Ok(Some(Listing { members, at }))
     }

@@ -24,7 +24,8 @@
 //! Layout: this file (the [`PresenceStore`] trait and its data, [`AnyPresence`], whether a topic
 //! has presence, the pod's local registry and its task); [`memory`] and [`redis`] (the two
 //! stores); [`frames`] (the `presence` and `presence_stats` frames, and the connection's hooks);
-//! [`events`] (join/leave fan-out, ordering and recovery).
+//! [`events`] (join/leave fan-out, ordering and recovery); [`value`] (how a member, its
+//! `info` included, is stored).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -41,6 +42,9 @@ pub mod frames;
 pub mod memory;
 pub mod metrics;
 pub mod redis;
+pub mod value;
+
+pub use value::member_of;
 
 /// Every this many heartbeats a pod sweeps every presence topic for expired members.
 pub const SWEEP_BEATS: u32 = 5;
@@ -80,6 +84,15 @@ pub struct Change {
     pub op: Op,
     pub session: String,
     pub user: Option<String>,
+    /// The session's `info` as compact JSON, stored with the member.
+    pub info: Option<String>,
+}
+
+/// Who a member is besides its session: its user and its `info` (compact JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Who {
+    pub user: Option<String>,
+    pub info: Option<String>,
 }
 
 /// A member joining or leaving, as the store decided it (once per member and change).
@@ -157,14 +170,6 @@ pub fn user_key(user: Option<&str>, session: &str) -> String {
     match user {
         Some(user) => format!("u:{user}"),
         None => format!("s:{session}"),
-    }
-}
-
-/// The member a user key and session stand for.
-pub fn member_of(session: &str, user_key: &str) -> Member {
-    Member {
-        user: user_key.strip_prefix("u:").map(str::to_owned),
-        session: session.to_owned(),
     }
 }
 
@@ -289,7 +294,7 @@ impl PresenceStore for AnyPresence {
 #[derive(Debug, Clone)]
 struct Local {
     conn: ConnId,
-    user: Option<String>,
+    who: Who,
 }
 
 /// This pod's members: the attached ones (refreshed), and the changes not written yet (the
@@ -304,7 +309,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    fn attach(&self, topic: &Topic, conn: ConnId, session: &SessionId, user: Option<String>) {
+    fn attach(&self, topic: &Topic, conn: ConnId, session: &SessionId, who: Who) {
         let mut attached = self.attached.lock().expect("presence lock");
         let members = attached.entry(topic.clone()).or_insert_with(|| {
             self.new_topics
@@ -313,7 +318,7 @@ impl Registry {
                 .insert(topic.clone());
             HashMap::new()
         });
-        members.insert(session.clone(), Local { conn, user });
+        members.insert(session.clone(), Local { conn, who });
     }
 
     /// Forgets the member; `true` when `conn` was the one holding it here.
@@ -335,7 +340,8 @@ impl Registry {
             let change = Change {
                 op: Op::Detach,
                 session: session.to_string(),
-                user: local.user,
+                user: local.who.user,
+                info: local.who.info,
             };
             self.pending
                 .lock()
@@ -347,12 +353,13 @@ impl Registry {
     /// Attaches here now and writes it with the next batch: for resumed sessions, whose member
     /// is still present (detached, or owned by the pod they left), so nothing is lost meanwhile
     /// and a drain's thousands of resumes cost one call per topic and beat.
-    fn attach_later(&self, topic: &Topic, conn: ConnId, session: &SessionId, user: Option<String>) {
-        self.attach(topic, conn, session, user.clone());
+    fn attach_later(&self, topic: &Topic, conn: ConnId, session: &SessionId, who: Who) {
+        self.attach(topic, conn, session, who.clone());
         let change = Change {
             op: Op::Attach,
             session: session.to_string(),
-            user,
+            user: who.user,
+            info: who.info,
         };
         self.pending
             .lock()
@@ -388,7 +395,8 @@ impl Registry {
                 changes.extend(members.iter().map(|(session, local)| Change {
                     op: Op::Attach,
                     session: session.to_string(),
-                    user: local.user.clone(),
+                    user: local.who.user.clone(),
+                    info: local.who.info.clone(),
                 }));
             }
         }
@@ -527,13 +535,17 @@ mod tests {
         let r = Registry::default();
         let (s1, s2) = (SessionId::generate(), SessionId::generate());
         // Resumed here (attach later), then its connection ended: only the detach goes out.
-        r.attach_later(&t(), 1, &s1, None);
+        r.attach_later(&t(), 1, &s1, Who::default());
         r.detach(&t(), 1, &s1);
         // Ended, then resumed on this pod by a new connection: the detach is dropped, the
         // attach goes out.
-        r.attach(&t(), 2, &s2, None);
+        r.attach(&t(), 2, &s2, Who::default());
         r.detach(&t(), 2, &s2);
-        r.attach_later(&t(), 3, &s2, Some("ann".into()));
+        let ann = Who {
+            user: Some("ann".into()),
+            info: Some("{}".into()),
+        };
+        r.attach_later(&t(), 3, &s2, ann);
         assert_eq!(
             ops(&r.batch(false)),
             vec![(Op::Detach, s1.to_string()), (Op::Attach, s2.to_string())]
@@ -550,7 +562,7 @@ mod tests {
     fn user_keys_tell_anonymous_sessions_apart() {
         assert_eq!(user_key(Some("ann"), "s1"), "u:ann");
         assert_eq!(user_key(None, "s1"), "s:s1");
-        assert_eq!(member_of("s1", "u:ann").user.as_deref(), Some("ann"));
-        assert_eq!(member_of("s1", "s:s1").user, None);
+        assert_eq!(member_of("s1", "u:ann", None).user.as_deref(), Some("ann"));
+        assert_eq!(member_of("s1", "s:s1", None).user, None);
     }
 }

@@ -1,5 +1,6 @@
 //! Presence in Redis, per topic under its hash tag: `<prefix>:presence:{<topic>}` (field: the
-//! session; value: `<owner pod>|<expiry ms>|<user key>`, the owner empty once detached) and
+//! session; value: `<owner pod>|<expiry ms>|<user key, with the info before it when the session
+//! has one>` (see [`super::value`]), the owner empty once detached) and
 //! `<prefix>:presence-users:{<topic>}` (field: the user key; value: its sessions present), both
 //! changed only by the scripts in `lua/` so the counts and the join/leave decisions stay exact.
 //! `<prefix>:presence-topics` (a set) lists the topics to sweep. A topic with join/leave events
@@ -19,7 +20,7 @@ use session_store::RedisStore;
 
 use super::{
     Change, Event, EventLog, Listing, LogRead, Op, PresenceError, PresenceStore, Stats, member_of,
-    user_key,
+    user_key, value,
 };
 
 /// Members per `apply` (or sweep) call: bounds one script's run time.
@@ -158,20 +159,28 @@ fn number(v: Option<Value>) -> Result<u64, PresenceError> {
         .ok_or_else(|| corrupt("not a number"))
 }
 
-/// Reads `{epoch, then kind, session, user key, edge, pseq per event}` (pseq 0: not logged).
+/// Info as the scripts return it: '' for none.
+fn info_of(v: Option<Value>) -> Result<Option<String>, PresenceError> {
+    let info = text(v.ok_or_else(|| corrupt("no info"))?)?;
+    Ok((!info.is_empty()).then_some(info))
+}
+
+/// Reads `{epoch, then kind, session, user key, info, edge, pseq per event}` (pseq 0: not
+/// logged).
 fn events(reply: Vec<Value>) -> Result<Vec<Event>, PresenceError> {
-    let mut out = Vec::with_capacity(reply.len() / 5);
+    let mut out = Vec::with_capacity(reply.len() / 6);
     let mut items = reply.into_iter();
     let epoch = Epoch::new(text(items.next().ok_or_else(|| corrupt("no epoch"))?)?);
     while let Some(kind) = items.next() {
         let join = text(kind)? == "j";
         let session = text(items.next().ok_or_else(|| corrupt("no session"))?)?;
         let user = text(items.next().ok_or_else(|| corrupt("no user"))?)?;
+        let info = info_of(items.next())?;
         let edge = items.next().and_then(|v| v.as_i64()) == Some(1);
         let pseq = number(items.next())?;
         out.push(Event {
             join,
-            member: member_of(&session, &user),
+            member: member_of(&session, &user, info.as_deref()),
             user_edge: edge,
             logged: (pseq > 0).then(|| PresencePosition {
                 pseq,
@@ -209,6 +218,7 @@ impl PresenceStore for RedisPresence {
                 args.push(op.to_owned());
                 args.push(change.session.clone());
                 args.push(user_key(change.user.as_deref(), &change.session));
+                args.push(change.info.clone().unwrap_or_default());
             }
             out.extend(events(self.run(&self.apply, topic, args).await?)?);
         }
@@ -237,8 +247,7 @@ impl PresenceStore for RedisPresence {
             let mut items = page.into_iter();
             while let (Some(session), Some(value)) = (items.next(), items.next()) {
                 let (session, value) = (text(session)?, text(value)?);
-                let mut fields = value.splitn(3, '|');
-                let (Some(owner), Some(expiry)) = (fields.next(), fields.next()) else {
+                let Some((owner, expiry, _, _)) = value::decode_value(&value) else {
                     continue;
                 };
                 let expiry: u64 = expiry.parse().unwrap_or(u64::MAX);
@@ -295,15 +304,12 @@ impl PresenceStore for RedisPresence {
         while let Some(session) = items.next() {
             let session = text(session)?;
             let value = text(items.next().ok_or_else(|| corrupt("no member value"))?)?;
-            let mut parts = value.splitn(3, '|');
-            let (Some(owner), Some(expiry), Some(user)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
+            let Some((owner, expiry, user, info)) = value::decode_value(&value) else {
                 return Err(corrupt("member value"));
             };
             let expiry: i64 = expiry.parse().map_err(|_| corrupt("member expiry"))?;
             if live.contains(owner) || expiry >= now {
-                members.push(member_of(&session, user));
+                members.push(member_of(&session, user, info));
             }
         }
         Ok(Some(Listing { members, at }))
@@ -337,10 +343,11 @@ impl PresenceStore for RedisPresence {
             let join = text(kind)? == "j";
             let session = text(items.next().ok_or_else(|| corrupt("no session"))?)?;
             let user = text(items.next().ok_or_else(|| corrupt("no user"))?)?;
+            let info = info_of(items.next())?;
             let pseq = number(items.next())?;
             out.push(Event {
                 join,
-                member: member_of(&session, &user),
+                member: member_of(&session, &user, info.as_deref()),
                 // Not stored: only the call that made an event counts it.
                 user_edge: false,
                 logged: Some(PresencePosition {

@@ -3,7 +3,7 @@
 -- the client's epoch ('' for none), ARGV[4] = its pseq, ARGV[5] = most events returned.
 -- Returns {epoch, top pseq, complete (1: the events after the client's pseq follow, from the
 -- next one on; 0: they are gone or the epoch differs), then per event: kind, session, user
--- key, pseq}.
+-- key, info ('' for none, and for events logged before info existed), pseq}.
 local epoch, top = log_position(ARGV[1], ARGV[2])
 local since = tonumber(ARGV[4])
 if ARGV[3] ~= epoch or since > top then
@@ -26,6 +26,7 @@ for _, entry in ipairs(entries) do
   out[#out + 1] = f.k
   out[#out + 1] = f.s
   out[#out + 1] = f.u
+  out[#out + 1] = f.i or ''
   out[#out + 1] = tonumber(string.match(entry[1], '^(%d+)'))
 end
 return out

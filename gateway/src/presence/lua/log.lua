@@ -1,7 +1,7 @@
 -- Shared head of the presence scripts that assign or read `pseq` (the Rust side prepends it).
 -- KEYS[3] = the topic's presence position, "<epoch>|<master_replid>|<pseq>"; KEYS[4] = its
 -- join/leave log, a stream with ids "<pseq>-1" and fields k ('j' or 'l'), s (session), u (user
--- key). One hash slot with the members (the topic is the hash tag), so an event's pseq is
+-- key) and, when the member has info, i (its compact JSON). One hash slot with the members (the topic is the hash tag), so an event's pseq is
 -- assigned in the same script that changes the members.
 --
 -- Same epoch rules as messages: the position is trusted only while its key exists and was
@@ -42,10 +42,40 @@ local function log_position(fresh, ttl)
 end
 
 -- Appends one event to the log (trimmed to `size`); returns its pseq.
-local function log_event(pseq, kind, session, user, size)
+local function log_event(pseq, kind, session, user, info, size)
   pseq = pseq + 1
-  redis.call('XADD', KEYS[4], 'MAXLEN', size, pseq .. '-1', 'k', kind, 's', session, 'u', user)
+  if info == '' then
+    redis.call('XADD', KEYS[4], 'MAXLEN', size, pseq .. '-1', 'k', kind, 's', session, 'u', user)
+  else
+    redis.call('XADD', KEYS[4], 'MAXLEN', size, pseq .. '-1', 'k', kind, 's', session, 'u', user,
+      'i', info)
+  end
   return pseq
+end
+
+-- The owner, expiry, user key and info ('' for none) of a stored member value (see
+-- apply.lua); nil when it is not one.
+local function member_parts(value)
+  local owner, expires, tail = string.match(value, '^([^|]*)|(%d+)|(.*)$')
+  if not owner then
+    return nil
+  end
+  if string.sub(tail, 1, 1) ~= 'i' then
+    return owner, expires, tail, ''
+  end
+  local len = string.match(tail, '^i(%d+):')
+  if not len then
+    return nil
+  end
+  local start = #len + 3
+  local info = string.sub(tail, start, start + tonumber(len) - 1)
+  return owner, expires, string.sub(tail, start + tonumber(len)), info
+end
+
+-- The info stored in a member value ('' for none).
+local function member_info(value)
+  local _, _, _, info = member_parts(value)
+  return info or ''
 end
 
 local function log_save(epoch, inc, pseq, ttl)

@@ -3,7 +3,7 @@
 -- pods, newline-separated; ARGV[2] = a fresh epoch when the topic logs join/leave events, else
 -- '', ARGV[3] = log size, ARGV[4] = the log's key ttl (ms); ARGV[5..] = candidate sessions
 -- (found by an HSCAN, which is not atomic: each is checked again here). Returns the leave
--- events as apply.lua does.
+-- events as apply.lua does (with the info stored with each member).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = {}
@@ -17,9 +17,9 @@ local events = {''}
 for i = 5, #ARGV do
   local session = ARGV[i]
   local value = redis.call('HGET', KEYS[1], session)
-  local owner, expires, user
+  local owner, expires, user, info
   if value then
-    owner, expires, user = string.match(value, '^([^|]*)|(%d+)|(.*)$')
+    owner, expires, user, info = member_parts(value)
   end
   if owner and not live[owner] and tonumber(expires) < now then
     redis.call('HDEL', KEYS[1], session)
@@ -34,12 +34,13 @@ for i = 5, #ARGV do
         first_pseq = pseq
         events[1] = epoch
       end
-      pseq = log_event(pseq, 'l', session, user, ARGV[3])
+      pseq = log_event(pseq, 'l', session, user, info, ARGV[3])
       at = pseq
     end
     events[#events + 1] = 'l'
     events[#events + 1] = session
     events[#events + 1] = user
+    events[#events + 1] = info
     events[#events + 1] = (n <= 0) and 1 or 0
     events[#events + 1] = at
   end
