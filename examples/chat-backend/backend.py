@@ -11,7 +11,8 @@ The rules of this example chat:
 - connect: the user is the token's `sub`, else the `user` query parameter or `session`
   cookie (stand-ins for the application's own login); `banned` is refused; everyone may read
   and write `chat.*` and `cursor.*` and read `user.<name>`, to which they are subscribed by
-  the server.
+  the server. A `name` query parameter becomes the session's presence `info`
+  (`{"name": ...}`), which other members see in presence lists and join/leave events.
 - subscribe: rooms whose name contains `secret` are refused; resubscribe (a resume's restored
   subscriptions, in one call) refuses the same ones.
 - publish: a message containing "spam" is refused; others are stored as
@@ -57,12 +58,17 @@ def connect(req):
     if user == "banned":
         return {"error": {"code": "banned", "message": "this user is banned"}, "reconnect": False}
     if STATE["grant_all"]:
-        return {"user": user, "grants": {"sub": ["*"], "pub": ["*"]}}
-    return {
-        "user": user,
-        "grants": {"sub": ["chat.*", "cursor.*", "user." + user], "pub": ["chat.*", "cursor.*"]},
-        "subscribe": ["user." + user],
-    }
+        answer = {"user": user, "grants": {"sub": ["*"], "pub": ["*"]}}
+    else:
+        answer = {
+            "user": user,
+            "grants": {"sub": ["chat.*", "cursor.*", "user." + user], "pub": ["chat.*", "cursor.*"]},
+            "subscribe": ["user." + user],
+        }
+    name = (query.get("name") or [None])[0]
+    if name:
+        answer["info"] = {"name": name}
+    return answer
 
 
 def subscribe(req):
