@@ -1,7 +1,8 @@
 //! A member's `info` (design §12): from the token's `info` claim or the connect hook's answer
 //! (the hook wins), bounded by `--presence-info-max-bytes`, listed in `presence`, carried by
 //! `join`/`leave` on every pod and kept through a resume on another pod; and server-side
-//! subscriptions (`/api/subscribe`, `/api/unsubscribe`) join and leave like a client's.
+//! subscriptions (`/api/subscribe`, `/api/unsubscribe`) join and leave like a client's; the
+//! webhook's presence events carry it as `data.info`.
 
 mod support;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::backend::Backend;
 use support::hostile::{granting, hs256, secret_file};
+use support::webhook::{Receiver, of};
 use support::{Client, TestGateway};
 use test_support::{NatsServer, RedisServer};
 
@@ -269,4 +271,43 @@ async fn server_side_subscriptions_join_and_leave() {
     let next = witness.expect("leave").await;
     assert_eq!(next["member"]["session"], bob_welcome["session"], "{next}");
     assert_eq!(next["pseq"], leave["pseq"].as_u64().unwrap() + 1);
+}
+
+/// The webhook's `presence.join` and `presence.leave` carry the member's info as `data.info`
+/// (and leave it out for a member without).
+#[tokio::test]
+async fn webhook_presence_events_carry_the_info() {
+    let rx = Receiver::start().await;
+    let gw = TestGateway::with(|c| {
+        presence_on(c);
+        rx.configure(c);
+        c.events.webhook_retry_max = Duration::from_millis(300);
+    })
+    .await;
+    let info = json!({"name": "Ann"});
+    let (mut ann, welcome) = hello(
+        &gw,
+        json!({"type": "hello", "token": token("ann", Some(info.clone()))}),
+    )
+    .await;
+    let (mut bob, bob_welcome) =
+        hello(&gw, json!({"type": "hello", "token": token("bob", None)})).await;
+    for c in [&mut ann, &mut bob] {
+        c.subscribe("room.9").await;
+        c.send(json!({"type": "unsubscribe", "topic": "room.9"}))
+            .await;
+        reply(c, "unsubscribed").await;
+    }
+    let events = rx
+        .wait_for("both leaves", Duration::from_secs(60), |e| {
+            of(e, "presence.leave").len() == 2
+        })
+        .await;
+    for kind in ["presence.join", "presence.leave"] {
+        let of_kind = of(&events, kind);
+        let find = |s: &Value| *of_kind.iter().find(|e| e["session"] == *s).unwrap();
+        assert_eq!(find(&welcome["session"])["data"]["info"], info, "{kind}");
+        let plain = &find(&bob_welcome["session"])["data"];
+        assert!(plain.get("info").is_none(), "{kind}: {plain}");
+    }
 }
