@@ -82,6 +82,10 @@ pub struct PresenceMember {
     #[serde(default)]
     pub user: Option<String>,
     pub session: String,
+    /// What the application attached to the session (the token's `info` claim or the connect
+    /// hook's `info`); `None` when it has none.
+    #[serde(default)]
+    pub info: Option<Value>,
 }
 
 /// The size of a topic's presence.

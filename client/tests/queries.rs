@@ -40,7 +40,7 @@ async fn fake_gateway(listener: TcpListener) -> Vec<Value> {
             ("presence", _) if topic == "big" => json!({"type": "error", "code": "limit_reached",
                 "message": "more than 1000 members: use presence_stats", "ref": r}),
             ("presence", _) => json!({"type": "presence", "topic": topic, "ref": r,
-                "members": [{"session": "a1"}, {"user": "ann", "session": "b2"}]}),
+                "members": [{"session": "a1"}, {"user": "ann", "session": "b2", "info": {"name": "Ann"}}]}),
             ("presence_stats", _) => json!({"type": "presence_stats", "topic": topic, "ref": r,
                 "members": 2, "users": 1}),
             other => panic!("unexpected request {other:?}"),
@@ -89,6 +89,8 @@ async fn queries_get_typed_answers_and_errors_by_ref() {
     assert_eq!(members.len(), 2);
     assert_eq!(members[1].user.as_deref(), Some("ann"));
     assert_eq!(members[0].user, None);
+    assert_eq!(members[1].info, Some(json!({"name": "Ann"})));
+    assert_eq!(members[0].info, None);
     let big = client.presence("big").await.unwrap_err();
     assert_eq!(big.code(), Some("limit_reached"));
     let stats = client.presence_stats("room").await.unwrap();

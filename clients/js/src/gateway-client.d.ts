@@ -269,6 +269,8 @@ export interface PresenceMember {
   /** The token's `sub`, for an authenticated session. */
   user?: string;
   session: string;
+  /** What the application attached to the session (the token's `info` claim or the connect hook's `info`), when it has one. */
+  info?: unknown;
 }
 
 export interface PresenceStats {

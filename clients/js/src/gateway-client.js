@@ -614,7 +614,7 @@ export class GatewayClient {
     return page;
   }
 
-  /** The members present in `topic` (`[{user?, session}]`); rejects `limit_reached` on big topics. */
+  /** The members present in `topic` (`[{user?, session, info?}]`); rejects `limit_reached` on big topics. */
   async presence(topic) {
     checkTopic(topic);
     if (!this._wantOpen && this.state !== 'connected') throw new GatewayError('closed', 'connect() first');
@@ -623,7 +623,7 @@ export class GatewayClient {
   }
 
   /**
-   * The members of `topic` as the join/leave events keep them (`[{user?, session}]`), or null
+   * The members of `topic` as the join/leave events keep them (`[{user?, session, info?}]`), or null
    * until a list is known: call `presence(topic)` once after subscribing, then the events (and
    * any fresh list the gateway sends) keep it current; the `members` event tells each change.
    */

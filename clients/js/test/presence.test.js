@@ -14,7 +14,7 @@ afterEach(async () => {
 
 const ann = { user: 'ann', session: 's-ann' };
 const bob = { session: 's-bob' };
-const cy = { session: 's-cy' };
+const cy = { user: 'cy', session: 's-cy', info: { name: 'Cy', tags: ['a'] } };
 
 /** A client subscribed to `room` at message seq 0 and presence position `pseq` of `pepoch`. */
 async function inRoom(pseq = 3, pepoch = 'p1', options = {}) {
@@ -94,6 +94,8 @@ describe('join/leave events', () => {
     assert.deepEqual(await listing, [ann, bob]);
     await until(() => client.presencePosition('room')?.pseq === 7);
     assert.deepEqual(client.members('room').map((m) => m.session).sort(), ['s-bob', 's-cy']);
+    // A member's info is kept as the gateway sent it.
+    assert.deepEqual(client.members('room').find((m) => m.session === 's-cy'), cy);
     assert.equal(events.filter((e) => e.name === 'members').length, 3);
   });
 

@@ -284,7 +284,7 @@ def test_rpc_history_presence_get_typed_answers_and_errors_by_ref() -> None:
                 reply = {"type": "error", "code": "limit_reached", "message": "use stats", "ref": ref}
             elif req["type"] == "presence":
                 reply = {"type": "presence", "topic": topic, "ref": ref,
-                         "members": [{"session": "a1"}, {"user": "ann", "session": "b2"}]}
+                         "members": [{"session": "a1"}, {"user": "ann", "session": "b2", "info": {"name": "Ann"}}]}
             else:
                 reply = {"type": "presence_stats", "topic": topic, "ref": ref, "members": 2, "users": 1}
             await ws.send(json.dumps(reply))
@@ -303,7 +303,7 @@ def test_rpc_history_presence_get_typed_answers_and_errors_by_ref() -> None:
                 assert (page.seq, page.epoch, page.recovered) == (5, "e1", False)
                 assert [(m.seq, m.data) for m in page.messages] == [(5, {"t": "m5"}), (4, "m4")]
                 assert page.last_position() == Position(4, "e1")
-                assert await c.presence("room") == [PresenceMember("a1"), PresenceMember("b2", "ann")]
+                assert await c.presence("room") == [PresenceMember("a1"), PresenceMember("b2", "ann", {"name": "Ann"})]
                 with pytest.raises(GatewayError) as big:
                     await c.presence("big")
                 assert big.value.code == "limit_reached"

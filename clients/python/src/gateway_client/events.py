@@ -79,7 +79,7 @@ class Stopped:
 @dataclass(frozen=True)
 class PresenceChange:
     """A join (``join`` True) or leave on a topic with join/leave events, once and in ``pseq``
-    order; ``member`` is ``{"user"?, "session"}``, ``epoch`` the topic's presence epoch."""
+    order; ``member`` is ``{"user"?, "session", "info"?}``, ``epoch`` the topic's presence epoch."""
 
     topic: str
     join: bool

@@ -8,7 +8,7 @@ connection (up to ``request_timeout``), one in flight when it drops fails with
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .topics import Position
@@ -52,10 +52,12 @@ class HistoryPage:
 @dataclass(frozen=True)
 class PresenceMember:
     """A member of a topic's presence: one per subscribed session (``user``: the token's
-    ``sub``, ``None`` for anonymous sessions)."""
+    ``sub``, ``None`` for anonymous sessions; ``info``: the JSON the application attached to the
+    session, from the token's ``info`` claim or the connect hook, ``None`` when it has none)."""
 
     session: str
     user: Optional[str] = None
+    info: Any = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -88,4 +90,4 @@ def history_frame(topic: str, since: Optional[Position], limit: Optional[int],
 
 
 def presence_members(frame: dict[str, Any]) -> list[PresenceMember]:
-    return [PresenceMember(str(m["session"]), m.get("user")) for m in frame["members"]]
+    return [PresenceMember(str(m["session"]), m.get("user"), m.get("info")) for m in frame["members"]]
