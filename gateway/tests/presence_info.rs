@@ -311,3 +311,56 @@ async fn webhook_presence_events_carry_the_info() {
         assert!(plain.get("info").is_none(), "{kind}: {plain}");
     }
 }
+
+/// Members written straight into Redis, one as a pod from before `info` wrote them and one with
+/// info: both are listed (the old one without info), and when they expire the sweep (Lua)
+/// reads each one's user key and info correctly: one leave each, and the counts come back.
+#[tokio::test]
+async fn members_stored_with_and_without_info_are_listed_and_swept() {
+    let redis = RedisServer::start();
+    let nats = NatsServer::start();
+    let gw = pod(&redis, &nats, "pod-0").await;
+    let (mut witness, _) = hello(&gw, json!({"type": "hello", "token": token("wit", None)})).await;
+    witness.subscribe("room").await;
+    let hour_ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000;
+    let info = r#"{"name":"N|e:w"}"#;
+    let put = |expiry: u128| {
+        let old = format!("|{expiry}|u:old");
+        let new = format!("|{expiry}|i{}:{info}u:new", info.len());
+        redis.cmd(&["HSET", "gw:presence:{room}", "old-s", &old, "new-s", &new]);
+    };
+    put(hour_ahead);
+    redis.cmd(&["HINCRBY", "gw:presence-users:{room}", "u:old", "1"]);
+    redis.cmd(&["HINCRBY", "gw:presence-users:{room}", "u:new", "1"]);
+    let old = listed(&mut witness, "room", &json!("old-s")).await;
+    assert_eq!(old["user"], "old");
+    assert!(old.get("info").is_none(), "{old}");
+    let new = listed(&mut witness, "room", &json!("new-s")).await;
+    assert_eq!(new["user"], "new");
+    assert_eq!(new["info"], json!({"name": "N|e:w"}));
+
+    put(1);
+    let mut leaves = [witness.expect("leave").await, witness.expect("leave").await];
+    leaves.sort_by_key(|l| l["member"]["session"].as_str().unwrap().to_owned());
+    assert_eq!(
+        leaves[0]["member"],
+        json!({"user": "new", "session": "new-s", "info": {"name": "N|e:w"}})
+    );
+    assert_eq!(
+        leaves[1]["member"],
+        json!({"user": "old", "session": "old-s"})
+    );
+    witness
+        .send(json!({"type": "presence_stats", "topic": "room", "ref": 3}))
+        .await;
+    let stats = reply(&mut witness, "presence_stats").await;
+    assert_eq!(
+        (stats["members"].as_u64(), stats["users"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+}
