@@ -19,17 +19,7 @@ fn join_leave_on(c: &mut gateway::Config) {
 }
 
 async fn pod(redis: &RedisServer, nats: &NatsServer, name: &str) -> TestGateway {
-    let (r, n, name) = (redis.url(), nats.url(), name.to_owned());
-    TestGateway::with(move |c| {
-        join_leave_on(c);
-        c.redis_url = Some(r);
-        c.nats_url = vec![n];
-        c.pod_name = Some(name);
-        c.store_timeout = Duration::from_millis(1_000);
-        c.drain_rate = 50;
-        c.drain_window = Duration::from_secs(2);
-    })
-    .await
+    TestGateway::fleet_pod(redis, nats, name, join_leave_on).await
 }
 
 /// The next `n` frames, each of which must be a `join` or `leave`.

@@ -24,15 +24,7 @@ fn presence_on(c: &mut gateway::Config) {
 }
 
 async fn pod(redis: &RedisServer, nats: &NatsServer, name: &str) -> TestGateway {
-    let (r, n, name) = (redis.url(), nats.url(), name.to_owned());
-    TestGateway::with(move |c| {
-        presence_on(c);
-        c.redis_url = Some(r);
-        c.nats_url = vec![n];
-        c.pod_name = Some(name);
-        c.store_timeout = Duration::from_millis(1_000);
-    })
-    .await
+    TestGateway::fleet_pod(redis, nats, name, presence_on).await
 }
 
 /// A token of `user` granting every topic, with `info` as its `info` claim when given.

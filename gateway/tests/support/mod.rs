@@ -55,6 +55,27 @@ impl TestGateway {
         Self::with(|_| {}).await
     }
 
+    /// A pod named `name` of a fleet on `redis` and `nats`, with short store timeouts and a
+    /// quick drain (for the presence tests' drains), then `edit`.
+    pub async fn fleet_pod(
+        redis: &test_support::RedisServer,
+        nats: &test_support::NatsServer,
+        name: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> Self {
+        let (r, n, name) = (redis.url(), nats.url(), name.to_owned());
+        Self::with(move |c| {
+            c.redis_url = Some(r);
+            c.nats_url = vec![n];
+            c.pod_name = Some(name);
+            c.store_timeout = Duration::from_millis(1_000);
+            c.drain_rate = 50;
+            c.drain_window = Duration::from_secs(2);
+            edit(c);
+        })
+        .await
+    }
+
     pub async fn with(edit: impl FnOnce(&mut Config)) -> Self {
         let mut c = config();
         edit(&mut c);
