@@ -307,6 +307,7 @@ impl Shared {
                     config.app.presence_log_size,
                     config.resume_window,
                 ),
+                events.as_ref().and_then(|e| e.outbox.clone()),
             ),
             presence_registry: presence::Registry::default(),
             users,

@@ -7,7 +7,7 @@ use protocol::Topic;
 use serde_json::json;
 use session_store::now_ms;
 
-use super::store::Tracker;
+use super::store::{Ended, Tracker};
 use super::{Event, Events, Kind, Why};
 use crate::Shared;
 
@@ -22,13 +22,10 @@ pub async fn attached<'a>(
     topics: impl Iterator<Item = &'a Topic>,
 ) {
     let Some(events) = &shared.events else { return };
-    if !resumed {
-        let event = Event::new(Kind::SessionStarted).user(user).session(session);
-        events.append(event).await;
-    }
+    let started = (!resumed).then(|| Event::new(Kind::SessionStarted).user(user).session(session));
     match events
         .tracker
-        .attach(session, user, &shared.pod, conn)
+        .attach(session, user, &shared.pod, conn, started.as_ref())
         .await
     {
         Ok(true) if resumed => {
@@ -36,7 +33,12 @@ pub async fn attached<'a>(
                 subscribed(shared, session, topic).await;
             }
         }
-        Ok(_) => {}
+        Ok(true) => {
+            if let Some(started) = &started {
+                events.record(session, started).await;
+            }
+        }
+        Ok(false) => {}
         Err(e) => tracing::warn!(%session, error = %e, "events: session not tracked"),
     }
 }
@@ -58,11 +60,9 @@ pub async fn detached(shared: &Shared, conn: u64, session: &str) {
 /// A session subscribed `topic`: `topic.occupied` when it is the topic's first session.
 pub async fn subscribed(shared: &Shared, session: &str, topic: &Topic) {
     let Some(events) = &shared.events else { return };
-    match events.tracker.subscribe(session, topic).await {
-        Ok(true) => {
-            let event = Event::new(Kind::TopicOccupied).topic(topic.as_str());
-            events.append(event).await;
-        }
+    let occupied = Event::new(Kind::TopicOccupied).topic(topic.as_str());
+    match events.tracker.subscribe(session, topic, &occupied).await {
+        Ok(true) => events.record(topic.as_str(), &occupied).await,
         Ok(false) => {}
         Err(e) => tracing::warn!(%topic, error = %e, "events: subscription not tracked"),
     }
@@ -71,8 +71,9 @@ pub async fn subscribed(shared: &Shared, session: &str, topic: &Topic) {
 /// A session unsubscribed `topic`: `topic.vacated` when it was the topic's last session.
 pub async fn unsubscribed(shared: &Shared, session: &str, topic: &Topic) {
     let Some(events) = &shared.events else { return };
-    match events.tracker.unsubscribe(session, topic).await {
-        Ok(true) => vacated(events, std::slice::from_ref(topic)).await,
+    let event = Event::vacated(topic);
+    match events.tracker.unsubscribe(session, topic, &event).await {
+        Ok(true) => events.record(topic.as_str(), &event).await,
         Ok(false) => {}
         Err(e) => tracing::warn!(%topic, error = %e, "events: unsubscription not tracked"),
     }
@@ -82,30 +83,30 @@ pub async fn unsubscribed(shared: &Shared, session: &str, topic: &Topic) {
 /// `session.ended` (only if the tracker had not ended it already) and the topics it vacated.
 pub async fn ended(shared: &Shared, session: &str, user: Option<&str>, why: Why) {
     let Some(events) = &shared.events else { return };
-    match events.tracker.end(session, false).await {
-        Ok(Some(ended)) => {
-            let user = ended.user.as_deref().or(user);
-            let event = Event::new(Kind::SessionEnded)
-                .user(user)
-                .session(session)
-                .data(json!({"why": why.as_str()}));
-            events.append(event).await;
-            vacated(events, &ended.vacated).await;
-        }
+    let event = Event::new(Kind::SessionEnded)
+        .user(user)
+        .session(session)
+        .data(json!({"why": why.as_str()}));
+    match events.tracker.end(session, false, &event).await {
+        Ok(Some(ended)) => record_ended(events, session, &ended).await,
         Ok(None) => {}
         Err(e) => tracing::warn!(%session, error = %e, "events: session end not recorded"),
     }
 }
 
-/// `topic.vacated` for each topic.
-pub async fn vacated(events: &Events, topics: &[Topic]) {
-    for topic in topics {
-        let event = Event::new(Kind::TopicVacated).topic(topic.as_str());
-        events.append(event).await;
+/// The `session.ended` (when this end decided it) and `topic.vacated` events of an end, in
+/// that order.
+pub async fn record_ended(events: &Events, session: &str, ended: &Ended) {
+    if let Some(event) = &ended.ended {
+        events.record(session, event).await;
+    }
+    for event in &ended.vacated {
+        events.record(event.topic.as_deref().unwrap_or(""), event).await;
     }
 }
 
-/// The joins and leaves the presence store decided (each once, fleet-wide).
+/// The joins and leaves the presence store decided (each once, fleet-wide), staged with them
+/// by the Redis store; the memory store's are built here.
 pub async fn presence(shared: &Shared, topic: &Topic, changes: &[crate::presence::Event]) {
     let Some(events) = &shared.events else { return };
     for change in changes {
@@ -114,16 +115,24 @@ pub async fn presence(shared: &Shared, topic: &Topic, changes: &[crate::presence
         } else {
             Kind::PresenceLeave
         };
+        let member = &change.member;
+        if let Some((id, json)) = &change.staged {
+            let key = member.user.as_deref().unwrap_or(&member.session);
+            events
+                .record_json(topic.as_str(), kind.as_str(), id, key, json)
+                .await;
+            continue;
+        }
         let mut data = json!({"user_edge": change.user_edge});
-        if let Some(info) = &change.member.info {
+        if let Some(info) = &member.info {
             data["info"] = info.clone();
         }
         let event = Event::new(kind)
-            .user(change.member.user.as_deref())
-            .session(&change.member.session)
+            .user(member.user.as_deref())
+            .session(&member.session)
             .topic(topic.as_str())
             .data(data);
-        events.append(event).await;
+        events.record(topic.as_str(), &event).await;
     }
 }
 

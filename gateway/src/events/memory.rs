@@ -45,13 +45,9 @@ impl MemoryLog {
     }
 }
 
-fn encode(event: &Event) -> Result<String, EventError> {
-    serde_json::to_string(event).map_err(|e| EventError::Corrupt(e.to_string()))
-}
-
 impl EventLog for MemoryLog {
-    async fn append(&self, partition: u32, event: &Event) -> Result<(), EventError> {
-        let json = encode(event)?;
+    async fn append(&self, partition: u32, json: &str) -> Result<(), EventError> {
+        let json = json.to_owned();
         let mut p = self.partition(partition)?;
         p.next_id += 1;
         let id = p.next_id.to_string();
@@ -150,7 +146,9 @@ impl Tracker for MemoryTracker {
         user: Option<&str>,
         pod: &str,
         conn: u64,
+        _started: Option<&Event>,
     ) -> Result<bool, EventError> {
+        // One process: the decision and the event the caller appends next are lost together.
         let mut state = self.state();
         let state = &mut *state;
         let new = !state.sessions.contains_key(session);
@@ -188,7 +186,7 @@ impl Tracker for MemoryTracker {
         Ok(())
     }
 
-    async fn subscribe(&self, session: &str, topic: &Topic) -> Result<bool, EventError> {
+    async fn subscribe(&self, session: &str, topic: &Topic, _: &Event) -> Result<bool, EventError> {
         let mut state = self.state();
         if let Some(s) = state.sessions.get_mut(session) {
             s.topics.insert(topic.clone());
@@ -197,7 +195,12 @@ impl Tracker for MemoryTracker {
         Ok(occupants.insert(session.to_owned()) && occupants.len() == 1)
     }
 
-    async fn unsubscribe(&self, session: &str, topic: &Topic) -> Result<bool, EventError> {
+    async fn unsubscribe(
+        &self,
+        session: &str,
+        topic: &Topic,
+        _: &Event,
+    ) -> Result<bool, EventError> {
         let mut state = self.state();
         if let Some(s) = state.sessions.get_mut(session) {
             s.topics.remove(topic);
@@ -205,7 +208,12 @@ impl Tracker for MemoryTracker {
         Ok(leave(&mut state, session, topic))
     }
 
-    async fn end(&self, session: &str, only_detached: bool) -> Result<Option<Ended>, EventError> {
+    async fn end(
+        &self,
+        session: &str,
+        only_detached: bool,
+        ended: &Event,
+    ) -> Result<Option<Ended>, EventError> {
         let mut state = self.state();
         match state.sessions.get(session) {
             None => return Ok(None),
@@ -221,8 +229,9 @@ impl Tracker for MemoryTracker {
             .collect();
         vacated.sort();
         Ok(Some(Ended {
+            ended: Some(ended.clone().user(s.user.as_deref())),
             user: s.user,
-            vacated,
+            vacated: vacated.iter().map(Event::vacated).collect(),
         }))
     }
 

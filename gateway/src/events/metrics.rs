@@ -21,8 +21,11 @@ pub struct PartitionLabel {
 pub struct EventMetrics {
     /// Events written to the log, per type.
     pub appended: Family<TypeLabel, Counter>,
-    /// Events that could not be written (the store did not answer): lost, and logged.
+    /// Events that could not be appended (the store did not answer). With Redis they stay
+    /// staged and the sweeper relays them; in memory they are lost, and logged.
     pub append_failed: Family<TypeLabel, Counter>,
+    /// Staged events the sweeper appended because the pod that staged them did not.
+    pub relayed: Counter,
     /// Events the webhook acknowledged with a 2xx.
     pub delivered: Counter,
     /// Batch POSTs that failed (error, timeout, non-2xx) and are retried.
@@ -48,8 +51,13 @@ impl EventMetrics {
         );
         r.register(
             "events_append_failed",
-            "Lifecycle events that could not be written (store unavailable), by type",
+            "Lifecycle events that could not be appended (store unavailable), by type",
             self.append_failed.clone(),
+        );
+        r.register(
+            "events_relayed",
+            "Staged lifecycle events the sweeper appended for a pod that did not",
+            self.relayed.clone(),
         );
         r.register(
             "events_delivered",

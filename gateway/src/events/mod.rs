@@ -36,6 +36,7 @@ pub mod delivery;
 pub mod hooks;
 pub mod memory;
 pub mod metrics;
+pub mod outbox;
 pub mod redis_log;
 pub mod redis_tracker;
 pub mod store;
@@ -46,6 +47,7 @@ mod tests_stores;
 pub use metrics::EventMetrics;
 
 use crate::{ConfigError, Store};
+use outbox::RedisOutbox;
 use store::{AnyLog, AnyTracker, EventLog, Tracker};
 
 /// Why a log or tracker call failed.
@@ -156,6 +158,15 @@ impl Event {
         self
     }
 
+    /// `topic.vacated` for `topic`.
+    pub fn vacated(topic: &protocol::Topic) -> Self {
+        Self::new(Kind::TopicVacated).topic(topic.as_str())
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("an event serializes")
+    }
+
     /// The partition key: the user, else the session, else the topic. A user's events (all
     /// its sessions') are in one partition, in the order they were appended.
     pub fn key(&self) -> &str {
@@ -187,6 +198,8 @@ pub struct Settings {
     pub retry_max: Duration,
     pub partitions: u32,
     pub backlog_max: u64,
+    /// How long a pod's cover of an outbox lasts (see [`outbox`]).
+    pub outbox_cover: Duration,
 }
 
 /// Events of a pod: the log, the session tracker and the delivery settings. Absent (no
@@ -195,6 +208,8 @@ pub struct Settings {
 pub struct Events {
     pub log: AnyLog,
     pub tracker: AnyTracker,
+    /// With Redis: where the store's scripts stage the events they decide.
+    pub outbox: Option<RedisOutbox>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -210,6 +225,7 @@ impl std::fmt::Debug for Settings {
             .field("retry_max", &self.retry_max)
             .field("partitions", &self.partitions)
             .field("backlog_max", &self.backlog_max)
+            .field("outbox_cover", &self.outbox_cover)
             .finish()
     }
 }
@@ -233,6 +249,7 @@ impl Settings {
             retry_max: flags.webhook_retry_max,
             partitions: flags.webhook_partitions,
             backlog_max: flags.webhook_backlog_max,
+            outbox_cover: RedisOutbox::cover_of(config.heartbeat_interval),
         }))
     }
 }
@@ -240,22 +257,53 @@ impl Settings {
 impl Events {
     /// The events of a pod, on the pod's store (Redis or memory).
     pub fn new(settings: Settings, store: &Store, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        let outbox = match store {
+            Store::Redis(store) => Some(RedisOutbox::new(store.clone(), settings.outbox_cover)),
+            Store::Memory(_) => None,
+        };
         Self {
             log: AnyLog::for_store(store, settings.partitions),
-            tracker: AnyTracker::for_store(store),
+            tracker: AnyTracker::for_store(store, outbox.as_ref()),
+            outbox,
             settings: Arc::new(settings),
             metrics,
         }
     }
 
     /// Appends `event` to its partition. A failure is counted and logged, never the caller's
-    /// problem: the cause (a hello, a close) has happened, and refusing it would not undo that.
+    /// problem: the cause (a publish) has happened, and refusing it would not undo that.
     pub async fn append(&self, event: Event) {
-        let partition = partition_of(event.key(), self.settings.partitions);
-        let label = metrics::TypeLabel { r#type: event.kind };
-        match self.log.append(partition, &event).await {
+        self.append_json(event.kind, &event.id, event.key(), &event.json())
+            .await;
+    }
+
+    /// Appends an event its cause staged in the outbox of `tag` (in memory: just decided), then
+    /// removes it from there. Either failure leaves it staged, for the sweeper to relay.
+    pub async fn record(&self, tag: &str, event: &Event) {
+        self.record_json(tag, event.kind, &event.id, event.key(), &event.json())
+            .await;
+    }
+
+    /// [`Self::record`] of an event staged as JSON (by a presence script).
+    pub async fn record_json(&self, tag: &str, kind: &'static str, id: &str, key: &str, json: &str) {
+        if !self.append_json(kind, id, key, json).await {
+            return;
+        }
+        if let Some(outbox) = &self.outbox
+            && let Err(e) = outbox.settle(&outbox.key(tag), &[id]).await
+        {
+            // Relayed again by the sweeper: a duplicate with the same id, not a loss.
+            tracing::debug!(kind, %id, error = %e, "staged event not removed");
+        }
+    }
+
+    async fn append_json(&self, kind: &'static str, id: &str, key: &str, json: &str) -> bool {
+        let partition = partition_of(key, self.settings.partitions);
+        let label = metrics::TypeLabel { r#type: kind };
+        match self.log.append(partition, json).await {
             Ok(()) => {
                 self.metrics.events.appended.get_or_create(&label).inc();
+                true
             }
             Err(e) => {
                 self.metrics
@@ -263,10 +311,63 @@ impl Events {
                     .append_failed
                     .get_or_create(&label)
                     .inc();
-                tracing::warn!(kind = event.kind, id = %event.id, error = %e, "event not recorded");
+                tracing::warn!(kind, %id, error = %e, "event not appended");
+                false
             }
-        };
+        }
     }
+
+    /// Appends the events that pods staged but did not append (died, or the store failed
+    /// them), and forgets the outboxes emptied. Returns how many were relayed.
+    pub async fn relay_stranded(&self) -> Result<usize, EventError> {
+        let Some(outbox) = &self.outbox else {
+            return Ok(0);
+        };
+        let mut relayed = 0;
+        for stranded in outbox.stranded().await? {
+            let mut ids = Vec::new();
+            for (id, json) in &stranded.events {
+                let (kind, key) = kind_and_key(json);
+                if !self.append_json(kind, id, &key, json).await {
+                    break;
+                }
+                ids.push(id.as_str());
+            }
+            if !ids.is_empty() {
+                outbox.settle(&stranded.key, &ids).await?;
+                relayed += ids.len();
+                self.metrics.events.relayed.inc_by(ids.len() as u64);
+            }
+            if ids.len() == stranded.events.len() {
+                outbox.forget(&stranded).await?;
+            }
+        }
+        Ok(relayed)
+    }
+}
+
+/// The type (as a metric label) and partition key of a staged event's JSON.
+fn kind_and_key(json: &str) -> (&'static str, String) {
+    let value: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+    let kind = [
+        Kind::SessionStarted,
+        Kind::SessionEnded,
+        Kind::TopicOccupied,
+        Kind::TopicVacated,
+        Kind::PresenceJoin,
+        Kind::PresenceLeave,
+        Kind::Publish,
+    ]
+    .into_iter()
+    .map(Kind::as_str)
+    .find(|k| value["type"].as_str() == Some(k))
+    .unwrap_or("unknown");
+    let key = ["user", "session", "topic"]
+        .iter()
+        .find_map(|f| value[f].as_str())
+        .unwrap_or("")
+        .to_owned();
+    (kind, key)
 }
 
 /// Starts a pod's events, before it takes clients: marks the pod alive, detaches what a

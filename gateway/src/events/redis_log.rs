@@ -15,7 +15,7 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use session_store::RedisStore;
 
 use super::store::{Entry, EventLog, EventQueue};
-use super::{Event, EventError};
+use super::EventError;
 
 /// The consumer group every pod reads through.
 const GROUP: &str = "webhook";
@@ -151,9 +151,8 @@ impl RedisLog {
 }
 
 impl EventLog for RedisLog {
-    async fn append(&self, partition: u32, event: &Event) -> Result<(), EventError> {
-        let json = serde_json::to_string(event).map_err(|e| EventError::Corrupt(e.to_string()))?;
-        let args = vec![self.stream(partition), "*".into(), "e".into(), json];
+    async fn append(&self, partition: u32, json: &str) -> Result<(), EventError> {
+        let args = vec![self.stream(partition), "*".into(), "e".into(), json.to_owned()];
         self.command("XADD", args).await.map(|_| ())
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use protocol::Topic;
 
 use super::memory::{MemoryLog, MemoryTracker};
+use super::outbox::RedisOutbox;
 use super::redis_log::RedisLog;
 use super::redis_tracker::RedisTracker;
 use super::{Event, EventError};
@@ -27,10 +28,11 @@ pub struct Entry {
 }
 
 pub trait EventLog: Send + Sync + 'static {
+    /// Appends one event (its JSON) to `partition`.
     fn append(
         &self,
         partition: u32,
-        event: &Event,
+        json: &str,
     ) -> impl Future<Output = Result<(), EventError>> + Send;
 }
 
@@ -75,23 +77,28 @@ pub trait EventQueue: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(u64, u64), EventError>> + Send;
 }
 
-/// A session as the tracker ended it: its user and the topics it was the last session of.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A session as the tracker ended it: its user, its `session.ended` (with the user; `None`
+/// when this call finished an end an earlier one decided, whose event is staged already), and
+/// the `topic.vacated` events of the topics it was the last session of.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Ended {
     pub user: Option<String>,
-    pub vacated: Vec<Topic>,
+    pub ended: Option<Event>,
+    pub vacated: Vec<Event>,
 }
 
 pub trait Tracker: Send + Sync + 'static {
     /// The session is connected on `pod` by connection `conn` (fresh or resumed). `true` when
     /// the tracker did not know it (a fresh session, or one from before events were on): its
-    /// topics must be added.
+    /// topics must be added. `started` (a fresh `hello`'s `session.started`) is staged with
+    /// the decision when it is `true`.
     fn attach(
         &self,
         session: &str,
         user: Option<&str>,
         pod: &str,
         conn: u64,
+        started: Option<&Event>,
     ) -> impl Future<Output = Result<bool, EventError>> + Send;
 
     /// Its connection `conn` on `pod` ended (`None`: whichever, the pod is gone); it may resume
@@ -104,26 +111,33 @@ pub trait Tracker: Send + Sync + 'static {
         deadline_ms: u64,
     ) -> impl Future<Output = Result<(), EventError>> + Send;
 
-    /// The session subscribed `topic`; `true` when no session was subscribed before.
+    /// The session subscribed `topic`; `true` when no session was subscribed before, and then
+    /// `occupied` is staged with the decision.
     fn subscribe(
         &self,
         session: &str,
         topic: &Topic,
+        occupied: &Event,
     ) -> impl Future<Output = Result<bool, EventError>> + Send;
 
-    /// The session unsubscribed `topic`; `true` when it was the last one.
+    /// The session unsubscribed `topic`; `true` when it was the last one, and then `vacated`
+    /// is staged with the decision.
     fn unsubscribe(
         &self,
         session: &str,
         topic: &Topic,
+        vacated: &Event,
     ) -> impl Future<Output = Result<bool, EventError>> + Send;
 
     /// Ends the session; `None` when it had ended already (each end is reported once) or, with
-    /// `only_detached`, when it is attached to a pod (resumed before its deadline).
+    /// `only_detached`, when it is attached to a pod (resumed before its deadline). `ended`
+    /// (its user is replaced by the one the tracker kept) is staged with the decision, and so
+    /// is each `topic.vacated`. An end that fails halfway is finished by the next call.
     fn end(
         &self,
         session: &str,
         only_detached: bool,
+        ended: &Event,
     ) -> impl Future<Output = Result<Option<Ended>, EventError>> + Send;
 
     /// Detached sessions whose deadline is at or before `now_ms`, at most `max`.
@@ -183,10 +197,13 @@ pub enum AnyTracker {
 }
 
 impl AnyTracker {
-    pub fn for_store(store: &Store) -> Self {
-        match store {
-            Store::Memory(_) => Self::Memory(MemoryTracker::default()),
-            Store::Redis(store) => Self::Redis(RedisTracker::new(store.clone())),
+    /// The tracker of the pod's store; with Redis its scripts stage events in `outbox`.
+    pub fn for_store(store: &Store, outbox: Option<&RedisOutbox>) -> Self {
+        match (store, outbox) {
+            (Store::Redis(store), Some(outbox)) => {
+                Self::Redis(RedisTracker::new(store.clone(), outbox.clone()))
+            }
+            _ => Self::Memory(MemoryTracker::default()),
         }
     }
 }
@@ -201,8 +218,8 @@ macro_rules! delegate {
 }
 
 impl EventLog for AnyLog {
-    async fn append(&self, partition: u32, event: &Event) -> Result<(), EventError> {
-        delegate!(AnyLog, self, append(partition, event))
+    async fn append(&self, partition: u32, json: &str) -> Result<(), EventError> {
+        delegate!(AnyLog, self, append(partition, json))
     }
 }
 
@@ -236,8 +253,9 @@ impl Tracker for AnyTracker {
         user: Option<&str>,
         pod: &str,
         conn: u64,
+        started: Option<&Event>,
     ) -> Result<bool, EventError> {
-        delegate!(AnyTracker, self, attach(session, user, pod, conn))
+        delegate!(AnyTracker, self, attach(session, user, pod, conn, started))
     }
     async fn detach(
         &self,
@@ -248,14 +266,29 @@ impl Tracker for AnyTracker {
     ) -> Result<(), EventError> {
         delegate!(AnyTracker, self, detach(session, pod, conn, deadline_ms))
     }
-    async fn subscribe(&self, session: &str, topic: &Topic) -> Result<bool, EventError> {
-        delegate!(AnyTracker, self, subscribe(session, topic))
+    async fn subscribe(
+        &self,
+        session: &str,
+        topic: &Topic,
+        occupied: &Event,
+    ) -> Result<bool, EventError> {
+        delegate!(AnyTracker, self, subscribe(session, topic, occupied))
     }
-    async fn unsubscribe(&self, session: &str, topic: &Topic) -> Result<bool, EventError> {
-        delegate!(AnyTracker, self, unsubscribe(session, topic))
+    async fn unsubscribe(
+        &self,
+        session: &str,
+        topic: &Topic,
+        vacated: &Event,
+    ) -> Result<bool, EventError> {
+        delegate!(AnyTracker, self, unsubscribe(session, topic, vacated))
     }
-    async fn end(&self, session: &str, only_detached: bool) -> Result<Option<Ended>, EventError> {
-        delegate!(AnyTracker, self, end(session, only_detached))
+    async fn end(
+        &self,
+        session: &str,
+        only_detached: bool,
+        ended: &Event,
+    ) -> Result<Option<Ended>, EventError> {
+        delegate!(AnyTracker, self, end(session, only_detached, ended))
     }
     async fn expired(&self, now_ms: u64, max: usize) -> Result<Vec<String>, EventError> {
         delegate!(AnyTracker, self, expired(now_ms, max))

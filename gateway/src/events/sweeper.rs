@@ -1,8 +1,9 @@
 //! The sweeper: every heartbeat interval each pod marks itself alive; the holder of the
 //! sweeper lease (one pod at a time) then detaches the sessions of pods whose liveness mark is
 //! gone (killed with -9: they never recorded a detach), with a deadline one resume window from
-//! now, and ends detached sessions whose deadline passed: `session.ended {why:"expired"}` and a
-//! `topic.vacated` for each topic it was the last session of.
+//! now, ends detached sessions whose deadline passed (`session.ended {why:"expired"}` and a
+//! `topic.vacated` for each topic it was the last session of), and appends the events pods
+//! staged but never appended (see [`super::outbox`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,16 +44,21 @@ async fn sweep(shared: &Shared) {
         Ok(expired) => expired,
         Err(e) => return tracing::debug!(error = %e, "expired sessions not read"),
     };
+    match events.relay_stranded().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(events = n, "events: staged events relayed"),
+        Err(e) => tracing::debug!(error = %e, "staged events not relayed"),
+    }
     for session in expired {
-        match tracker.end(&session, true).await {
+        let event = Event::new(Kind::SessionEnded)
+            .session(&session)
+            .data(serde_json::json!({"why": Why::Expired.as_str()}));
+        match tracker.end(&session, true, &event).await {
             Ok(Some(ended)) => {
-                events.metrics.events.expired.inc();
-                let event = Event::new(Kind::SessionEnded)
-                    .user(ended.user.as_deref())
-                    .session(&session)
-                    .data(serde_json::json!({"why": Why::Expired.as_str()}));
-                events.append(event).await;
-                hooks::vacated(events, &ended.vacated).await;
+                if ended.ended.is_some() {
+                    events.metrics.events.expired.inc();
+                }
+                hooks::record_ended(events, &session, &ended).await;
             }
             Ok(None) => {}
             Err(e) => tracing::debug!(%session, error = %e, "expired session not ended"),

@@ -104,6 +104,7 @@ impl Members {
             member: member_of(session, &user, info.as_deref()),
             user_edge: n == 0,
             logged: None,
+            staged: None,
         })
     }
 }
@@ -137,6 +138,7 @@ impl PresenceStore for MemoryPresence {
                             member: member_of(&change.session, &user, change.info.as_deref()),
                             user_edge: *n == 1,
                             logged: None,
+                            staged: None,
                         });
                     }
                 }

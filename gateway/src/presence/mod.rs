@@ -104,6 +104,8 @@ pub struct Event {
     pub user_edge: bool,
     /// Its place in the topic's join/leave log, when the topic's namespace has `join_leave`.
     pub logged: Option<PresencePosition>,
+    /// The lifecycle event (id, JSON) the store staged with it (Redis, with events on).
+    pub staged: Option<(String, String)>,
 }
 
 /// Which topics log their joins and leaves (`join_leave`), how many events each keeps, and for
@@ -227,10 +229,17 @@ pub enum AnyPresence {
 }
 
 impl AnyPresence {
-    pub fn for_store(store: &Store, log: EventLog) -> Self {
+    /// With Redis and events on, `outbox` is where joins and leaves stage their events.
+    pub fn for_store(
+        store: &Store,
+        log: EventLog,
+        outbox: Option<crate::events::outbox::RedisOutbox>,
+    ) -> Self {
         match store {
             Store::Memory(_) => Self::Memory(memory::MemoryPresence::new(log)),
-            Store::Redis(store) => Self::Redis(redis::RedisPresence::new(store.clone(), log)),
+            Store::Redis(store) => {
+                Self::Redis(redis::RedisPresence::new(store.clone(), log, outbox))
+            }
         }
     }
 }

@@ -18,6 +18,8 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use protocol::{Epoch, PresencePosition, Topic};
 use session_store::RedisStore;
 
+use crate::events::outbox::RedisOutbox;
+
 use super::{
     Change, Event, EventLog, Listing, LogRead, Op, PresenceError, PresenceStore, Stats, member_of,
     user_key, value,
@@ -70,6 +72,8 @@ impl Script {
 pub struct RedisPresence {
     store: RedisStore,
     log: EventLog,
+    /// Where joins and leaves stage their lifecycle events, when the gateway records them.
+    outbox: Option<RedisOutbox>,
     apply: Script,
     sweep: Script,
     members: Script,
@@ -77,16 +81,19 @@ pub struct RedisPresence {
 }
 
 impl RedisPresence {
-    pub fn new(store: RedisStore, log: EventLog) -> Self {
+    pub fn new(store: RedisStore, log: EventLog, outbox: Option<RedisOutbox>) -> Self {
         Self {
             store,
             log,
+            outbox,
             apply: Script::new(concat!(
                 include_str!("lua/log.lua"),
+                include_str!("lua/stage.lua"),
                 include_str!("lua/apply.lua")
             )),
             sweep: Script::new(concat!(
                 include_str!("lua/log.lua"),
+                include_str!("lua/stage.lua"),
                 include_str!("lua/sweep.lua")
             )),
             members: Script::new(concat!(
@@ -119,6 +126,34 @@ impl RedisPresence {
         }
     }
 
+    /// The keys of the scripts that decide joins and leaves: [`Self::keys`] and the outbox.
+    fn deciding_keys(&self, topic: &Topic) -> Vec<String> {
+        let mut keys = self.keys(topic);
+        keys.push(format!(
+            "{}:ev-outbox:{{{}}}",
+            self.store.key_prefix(),
+            topic.as_str()
+        ));
+        keys
+    }
+
+    /// The stage prefix, time and topic arguments (see `lua/stage.lua`), the outbox covered
+    /// first; an empty prefix when no events are recorded.
+    async fn stage_args(&self, topic: &Topic) -> Result<[String; 3], PresenceError> {
+        let prefix = match &self.outbox {
+            Some(outbox) => {
+                outbox
+                    .cover(&outbox.key(topic.as_str()))
+                    .await
+                    .map_err(|e| PresenceError::Unavailable(e.to_string()))?;
+                protocol::SessionId::generate().to_string()[..24].to_owned()
+            }
+            None => String::new(),
+        };
+        let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        Ok([prefix, at, topic.as_str().to_owned()])
+    }
+
     fn topics_key(&self) -> String {
         format!("{}:presence-topics", self.store.key_prefix())
     }
@@ -144,6 +179,18 @@ impl RedisPresence {
         self.bounded(script.run(client, self.keys(topic), args))
             .await
     }
+
+    /// [`Self::run`] of a script that decides joins and leaves (and stages their events).
+    async fn decide(
+        &self,
+        script: &Script,
+        topic: &Topic,
+        args: Vec<String>,
+    ) -> Result<Vec<Value>, PresenceError> {
+        let client = self.store.pool().next();
+        self.bounded(script.run(client, self.deciding_keys(topic), args))
+            .await
+    }
 }
 
 fn corrupt(what: &str) -> PresenceError {
@@ -165,8 +212,8 @@ fn info_of(v: Option<Value>) -> Result<Option<String>, PresenceError> {
     Ok((!info.is_empty()).then_some(info))
 }
 
-/// Reads `{epoch, then kind, session, user key, info, edge, pseq per event}` (pseq 0: not
-/// logged).
+/// Reads `{epoch, then kind, session, user key, info, edge, pseq, staged id, staged JSON per
+/// event}` (pseq 0: not logged; id '': not staged).
 fn events(reply: Vec<Value>) -> Result<Vec<Event>, PresenceError> {
     let mut out = Vec::with_capacity(reply.len() / 6);
     let mut items = reply.into_iter();
@@ -178,6 +225,8 @@ fn events(reply: Vec<Value>) -> Result<Vec<Event>, PresenceError> {
         let info = info_of(items.next())?;
         let edge = items.next().and_then(|v| v.as_i64()) == Some(1);
         let pseq = number(items.next())?;
+        let id = text(items.next().ok_or_else(|| corrupt("no staged id"))?)?;
+        let json = text(items.next().ok_or_else(|| corrupt("no staged event"))?)?;
         out.push(Event {
             join,
             member: member_of(&session, &user, info.as_deref()),
@@ -186,6 +235,7 @@ fn events(reply: Vec<Value>) -> Result<Vec<Event>, PresenceError> {
                 pseq,
                 epoch: epoch.clone(),
             }),
+            staged: (!id.is_empty()).then_some((id, json)),
         });
     }
     Ok(out)
@@ -209,6 +259,7 @@ impl PresenceStore for RedisPresence {
                 self.fresh_epoch(topic),
                 self.log.size.to_string(),
             ];
+            args.extend(self.stage_args(topic).await?);
             for change in batch {
                 let op = match change.op {
                     Op::Attach => "a",
@@ -220,7 +271,7 @@ impl PresenceStore for RedisPresence {
                 args.push(user_key(change.user.as_deref(), &change.session));
                 args.push(change.info.clone().unwrap_or_default());
             }
-            out.extend(events(self.run(&self.apply, topic, args).await?)?);
+            out.extend(events(self.decide(&self.apply, topic, args).await?)?);
         }
         Ok(out)
     }
@@ -268,8 +319,9 @@ impl PresenceStore for RedisPresence {
                 self.log.size.to_string(),
                 self.log.ttl.as_millis().max(1).to_string(),
             ];
+            args.extend(self.stage_args(topic).await?);
             args.extend(batch.iter().cloned());
-            out.extend(events(self.run(&self.sweep, topic, args).await?)?);
+            out.extend(events(self.decide(&self.sweep, topic, args).await?)?);
         }
         Ok(out)
     }
@@ -354,6 +406,7 @@ impl PresenceStore for RedisPresence {
                     pseq,
                     epoch: epoch.clone(),
                 }),
+                staged: None,
             });
         }
         Ok(LogRead {

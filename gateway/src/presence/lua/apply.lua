@@ -1,14 +1,17 @@
 -- One pod's presence changes of one topic, atomically. KEYS[1] = members hash (field: session,
 -- value: "<pod>|<expires ms>|<tail>", the tail being the user key, or "i<n>:<info><user key>"
 -- with the session's info of n bytes; see value.rs), KEYS[2] = users hash (field: user key, value: its
--- sessions present), KEYS[3] and KEYS[4] = the join/leave position and log (see log.lua).
+-- sessions present), KEYS[3] and KEYS[4] = the join/leave position and log (see log.lua),
+-- KEYS[5] = the topic's event outbox (see stage.lua).
 -- ARGV[1] = pod, ARGV[2] = member ttl (ms), ARGV[3] = key ttl (ms), ARGV[4] = a fresh epoch
--- when the topic logs join/leave events, else '', ARGV[5] = log size, then quadruples: op ('a'
--- attach, 'd' detach, 'l' leave), session, user key (the user id prefixed with 'u:', or
--- 's:<session>' for an anonymous session), info (compact JSON, '' for none).
+-- when the topic logs join/leave events, else '', ARGV[5] = log size, ARGV[6] = stage prefix,
+-- ARGV[7] = stage time, ARGV[8] = the topic, then quadruples: op ('a' attach, 'd' detach, 'l'
+-- leave), session, user key (the user id prefixed with 'u:', or 's:<session>' for an anonymous
+-- session), info (compact JSON, '' for none).
 -- Returns {epoch or '', then per event: kind ('j' or 'l'), session, user key, info, edge (1:
--- the user's first join or last leave), pseq (0 when not logged)}, flattened. A leave carries
--- the info stored with the member (the one its join had).
+-- the user's first join or last leave), pseq (0 when not logged), staged event id and JSON
+-- ('' when not staged)}, flattened. A leave carries the info stored with the member (the one
+-- its join had).
 --
 -- A session already present is never joined again: a resume on another pod only moves its
 -- owner. A detach (its connection ended) only applies while this pod owns the member, so a
@@ -45,8 +48,11 @@ local function emit(kind, session, user, info, edge)
   events[#events + 1] = info
   events[#events + 1] = edge and 1 or 0
   events[#events + 1] = n
+  local id, json = stage_event(ARGV[6], ARGV[7], ARGV[8], kind, session, user, info, edge)
+  events[#events + 1] = id
+  events[#events + 1] = json
 end
-for i = 6, #ARGV, 4 do
+for i = 9, #ARGV, 4 do
   local op, session, user, info = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local cur = redis.call('HGET', KEYS[1], session)
   if op == 'a' then

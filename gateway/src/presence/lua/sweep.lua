@@ -1,9 +1,10 @@
 -- Removes the given members of one topic if they are still gone: owned by no live pod (a
 -- detached member has no owner) and past their expiry. KEYS as in apply.lua. ARGV[1] = the live
 -- pods, newline-separated; ARGV[2] = a fresh epoch when the topic logs join/leave events, else
--- '', ARGV[3] = log size, ARGV[4] = the log's key ttl (ms); ARGV[5..] = candidate sessions
--- (found by an HSCAN, which is not atomic: each is checked again here). Returns the leave
--- events as apply.lua does (with the info stored with each member).
+-- '', ARGV[3] = log size, ARGV[4] = the log's key ttl (ms), ARGV[5..7] = stage prefix, time
+-- and topic (see stage.lua; KEYS[5] the outbox); ARGV[8..] = candidate sessions (found by an
+-- HSCAN, which is not atomic: each is checked again here). Returns the leave events as
+-- apply.lua does (with the info stored with each member).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = {}
@@ -14,7 +15,7 @@ local logged = ARGV[2] ~= ''
 local epoch, pseq, inc = '', 0, ''
 local first_pseq = nil
 local events = {''}
-for i = 5, #ARGV do
+for i = 8, #ARGV do
   local session = ARGV[i]
   local value = redis.call('HGET', KEYS[1], session)
   local owner, expires, user, info
@@ -43,6 +44,9 @@ for i = 5, #ARGV do
     events[#events + 1] = info
     events[#events + 1] = (n <= 0) and 1 or 0
     events[#events + 1] = at
+    local id, json = stage_event(ARGV[5], ARGV[6], ARGV[7], 'l', session, user, info, n <= 0)
+    events[#events + 1] = id
+    events[#events + 1] = json
   end
 end
 if first_pseq ~= nil then
