@@ -515,6 +515,12 @@ impl Conn {
         // next is recorded after the end.
         let goodbye = matches!(close, Close::ByClient(code) if self.is_goodbye(code));
         if goodbye {
+            // Over for good: its members leave now (before its `session.ended`), not when
+            // the resume window has passed.
+            let topics: Vec<protocol::Topic> = self.subs.keys().cloned().collect();
+            for topic in &topics {
+                self.presence_leave(topic).await;
+            }
             self.events_goodbye().await;
         }
         let answer = !matches!(close, Close::Gone);

@@ -8,85 +8,11 @@ mod support;
 
 use std::time::Duration;
 
-use futures_util::SinkExt;
 use serde_json::{Value, json};
-use support::hostile::{granting, hs256};
-use support::webhook::{Receiver, of};
 use support::{Client, TestGateway};
+use support::lifecycle::*;
+use support::webhook::{Receiver, of};
 use test_support::{NatsServer, RedisServer};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-/// Generous bound for anything awaited: a loaded machine, never a measure of speed.
-const LIMIT: Duration = Duration::from_secs(60);
-
-fn events_on(
-    c: &mut gateway::Config,
-    rx: &Receiver,
-    redis: &RedisServer,
-    nats: &NatsServer,
-    pod: &str,
-) {
-    rx.configure(c);
-    c.events.webhook_timeout = Duration::from_secs(1);
-    c.events.webhook_retry_max = Duration::from_millis(500);
-    c.redis_url = Some(redis.url());
-    c.nats_url = vec![nats.url()];
-    c.pod_name = Some(pod.into());
-    c.heartbeat_interval = Duration::from_millis(200);
-    c.store_timeout = Duration::from_secs(1);
-    c.drain_rate = 50;
-    c.drain_window = Duration::from_secs(1);
-    c.security.auth_mode = gateway::auth::AuthMode::Optional;
-    c.security.jwt_secret_file = Some(support::hostile::secret_file());
-}
-
-fn token(user: &str) -> String {
-    hs256(&granting(user, &["room.*"], &["room.*"]))
-}
-
-/// A client of `user` (granted `room.*`) that said hello.
-async fn hello_as(gw: &TestGateway, user: &str) -> (Client, Value) {
-    let mut c = gw.client().await;
-    c.send(json!({"type": "hello", "token": token(user)})).await;
-    let welcome = c.expect("welcome").await;
-    (c, welcome)
-}
-
-/// Closes for good: the client's own close frame with 1000.
-async fn goodbye(mut c: Client) {
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    c.ws.send(Message::Close(Some(frame))).await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(5), c.closed()).await;
-}
-
-fn session_of(welcome: &Value) -> String {
-    welcome["session"].as_str().unwrap().to_owned()
-}
-
-/// `(type, why)` of the events of `session`, in first-arrival order.
-fn story(events: &[Value], session: &str) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["session"] == session)
-        .map(|e| match e["data"]["why"].as_str() {
-            Some(why) => format!("{}:{why}", e["type"].as_str().unwrap()),
-            None => e["type"].as_str().unwrap().to_owned(),
-        })
-        .collect()
-}
-
-fn topic_events<'a>(events: &'a [Value], topic: &str) -> Vec<&'a str> {
-    events
-        .iter()
-        .filter(|e| e["topic"] == topic && e["type"].as_str().unwrap().starts_with("topic."))
-        .map(|e| e["type"].as_str().unwrap())
-        .collect()
-}
 
 /// Two pods on one partition (one total order, so an event that arrives proves every earlier
 /// one did): sessions start and end (closed, disconnected), a topic is occupied once and
@@ -381,26 +307,6 @@ async fn a_killed_pods_events_are_delivered_by_another_and_its_sessions_expire()
         support::faults_data::metric(survivor.admin, "gateway_events_delivered_total").await
             >= 10.0
     );
-}
-
-async fn wait_metric(admin: std::net::SocketAddr, name: &str, value: f64) {
-    for _ in 0..600 {
-        if support::faults_data::metric(admin, name).await == value {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} never {value}");
-}
-
-async fn wait_metric_above(admin: std::net::SocketAddr, name: &str, value: f64) {
-    for _ in 0..600 {
-        if support::faults_data::metric(admin, name).await > value {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} never above {value}");
 }
 
 /// The embedded default (no Redis): events are kept in the process and delivered with the same

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod faults;
 pub mod faults_data;
 pub mod hostile;
+pub mod lifecycle;
 pub mod process;
 pub mod resuming;
 pub mod scale;
