@@ -9,9 +9,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Client, TestGateway};
 use support::lifecycle::*;
 use support::webhook::{Receiver, of};
+use support::{Client, TestGateway};
 use test_support::{NatsServer, RedisServer};
 
 /// Two pods on one partition (one total order, so an event that arrives proves every earlier

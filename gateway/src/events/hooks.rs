@@ -101,7 +101,9 @@ pub async fn record_ended(events: &Events, session: &str, ended: &Ended) {
         events.record(session, event).await;
     }
     for event in &ended.vacated {
-        events.record(event.topic.as_deref().unwrap_or(""), event).await;
+        events
+            .record(event.topic.as_deref().unwrap_or(""), event)
+            .await;
     }
 }
 

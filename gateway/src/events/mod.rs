@@ -285,7 +285,14 @@ impl Events {
     }
 
     /// [`Self::record`] of an event staged as JSON (by a presence script).
-    pub async fn record_json(&self, tag: &str, kind: &'static str, id: &str, key: &str, json: &str) {
+    pub async fn record_json(
+        &self,
+        tag: &str,
+        kind: &'static str,
+        id: &str,
+        key: &str,
+        json: &str,
+    ) {
         if !self.append_json(kind, id, key, json).await {
             return;
         }

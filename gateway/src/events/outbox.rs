@@ -123,7 +123,11 @@ impl RedisOutbox {
         }
         let args = vec![key.to_owned(), self.cover_for.as_millis().to_string()];
         let client = self.store.pool().next();
-        bounded(&self.store, self.cover.run(client, vec![self.index()], args)).await?;
+        bounded(
+            &self.store,
+            self.cover.run(client, vec![self.index()], args),
+        )
+        .await?;
         let until = now + self.cover_for - self.cover_for / 6;
         self.covered
             .lock()
@@ -143,7 +147,11 @@ impl RedisOutbox {
     pub async fn stranded(&self) -> Result<Vec<Stranded>, EventError> {
         let args = vec![self.stale().as_millis().to_string(), SWEEP_MAX.to_string()];
         let client = self.store.pool().next();
-        let reply = bounded(&self.store, self.stale.run(client, vec![self.index()], args)).await?;
+        let reply = bounded(
+            &self.store,
+            self.stale.run(client, vec![self.index()], args),
+        )
+        .await?;
         let Value::Array(items) = reply else {
             return Ok(Vec::new());
         };
@@ -173,7 +181,11 @@ impl RedisOutbox {
     pub async fn forget(&self, stranded: &Stranded) -> Result<(), EventError> {
         let args = vec![stranded.key.clone(), stranded.score.clone()];
         let client = self.store.pool().next();
-        bounded(&self.store, self.forget.run(client, vec![self.index()], args)).await?;
+        bounded(
+            &self.store,
+            self.forget.run(client, vec![self.index()], args),
+        )
+        .await?;
         Ok(())
     }
 

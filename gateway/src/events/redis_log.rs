@@ -14,8 +14,8 @@ use fred::prelude::LuaInterface;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use session_store::RedisStore;
 
-use super::store::{Entry, EventLog, EventQueue};
 use super::EventError;
+use super::store::{Entry, EventLog, EventQueue};
 
 /// The consumer group every pod reads through.
 const GROUP: &str = "webhook";
@@ -152,7 +152,12 @@ impl RedisLog {
 
 impl EventLog for RedisLog {
     async fn append(&self, partition: u32, json: &str) -> Result<(), EventError> {
-        let args = vec![self.stream(partition), "*".into(), "e".into(), json.to_owned()];
+        let args = vec![
+            self.stream(partition),
+            "*".into(),
+            "e".into(),
+            json.to_owned(),
+        ];
         self.command("XADD", args).await.map(|_| ())
     }
 }

@@ -28,8 +28,8 @@ use session_store::{RedisStore, now_ms};
 
 use super::outbox::RedisOutbox;
 use super::redis_log::{Script, bounded, corrupt};
-use super::{Event, EventError};
 use super::store::{Ended, Tracker};
+use super::{Event, EventError};
 
 /// Sessions of a dead pod detached per `SPOP`, and such rounds per sweep at most.
 const DETACH_BATCH: usize = 500;
@@ -186,7 +186,12 @@ impl RedisTracker {
     }
 
     /// The topic's `VACATE`, staging `vacated`.
-    async fn vacate(&self, session: &str, topic: &Topic, vacated: &Event) -> Result<bool, EventError> {
+    async fn vacate(
+        &self,
+        session: &str,
+        topic: &Topic,
+        vacated: &Event,
+    ) -> Result<bool, EventError> {
         let key = self.key("ev-topic", topic.as_str());
         let args = vec![session.to_owned()];
         let reply = self
@@ -228,7 +233,13 @@ impl Tracker for RedisTracker {
             conn.to_string(),
         ];
         let reply = self
-            .staging(&self.attach, self.session_key(session), session, args, started)
+            .staging(
+                &self.attach,
+                self.session_key(session),
+                session,
+                args,
+                started,
+            )
             .await?;
         self.command(
             "ZREM",
@@ -307,7 +318,11 @@ impl Tracker for RedisTracker {
         ended: &Event,
     ) -> Result<Option<Ended>, EventError> {
         // Indexed by deadline first, so an end that fails halfway is finished by the sweeper.
-        let args = vec![self.global("ev-deadlines"), now_ms().to_string(), session.to_owned()];
+        let args = vec![
+            self.global("ev-deadlines"),
+            now_ms().to_string(),
+            session.to_owned(),
+        ];
         self.command("ZADD", args).await?;
         let args = vec![if only_detached { "1" } else { "0" }.to_owned()];
         let key = self.session_key(session);

@@ -193,7 +193,8 @@ impl AnyLog {
 #[derive(Debug, Clone)]
 pub enum AnyTracker {
     Memory(MemoryTracker),
-    Redis(RedisTracker),
+    /// Boxed: its scripts make it much larger than the memory tracker.
+    Redis(Box<RedisTracker>),
 }
 
 impl AnyTracker {
@@ -201,7 +202,7 @@ impl AnyTracker {
     pub fn for_store(store: &Store, outbox: Option<&RedisOutbox>) -> Self {
         match (store, outbox) {
             (Store::Redis(store), Some(outbox)) => {
-                Self::Redis(RedisTracker::new(store.clone(), outbox.clone()))
+                Self::Redis(Box::new(RedisTracker::new(store.clone(), outbox.clone())))
             }
             _ => Self::Memory(MemoryTracker::default()),
         }

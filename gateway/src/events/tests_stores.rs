@@ -9,9 +9,9 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use protocol::Topic;
 
 use super::memory::{MemoryLog, MemoryTracker};
+use super::outbox::RedisOutbox;
 use super::redis_log::RedisLog;
 use super::redis_tracker::RedisTracker;
-use super::outbox::RedisOutbox;
 use super::store::{Ended, EventLog, EventQueue, Tracker};
 use super::{Event, Events, Kind, Settings};
 
@@ -73,14 +73,38 @@ fn vacated_topics(ended: &Ended) -> Vec<String> {
 
 async fn occupancy_counts_sessions_and_ends_are_reported_once(tr: &impl Tracker) {
     let started = Event::new(Kind::SessionStarted).session("s1");
-    assert!(tr.attach("s1", Some("ann"), "a", 1, Some(&started)).await.unwrap());
+    assert!(
+        tr.attach("s1", Some("ann"), "a", 1, Some(&started))
+            .await
+            .unwrap()
+    );
     assert!(!tr.attach("s1", Some("ann"), "a", 1, None).await.unwrap());
     tr.attach("s2", None, "a", 2, None).await.unwrap();
-    assert!(tr.subscribe("s1", &t("room"), &occupied("room")).await.unwrap());
-    assert!(!tr.subscribe("s2", &t("room"), &occupied("room")).await.unwrap());
-    assert!(!tr.subscribe("s1", &t("room"), &occupied("room")).await.unwrap());
-    assert!(tr.subscribe("s1", &t("other"), &occupied("other")).await.unwrap());
-    assert!(!tr.unsubscribe("s2", &t("room"), &vacated("room")).await.unwrap());
+    assert!(
+        tr.subscribe("s1", &t("room"), &occupied("room"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tr.subscribe("s2", &t("room"), &occupied("room"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tr.subscribe("s1", &t("room"), &occupied("room"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        tr.subscribe("s1", &t("other"), &occupied("other"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tr.unsubscribe("s2", &t("room"), &vacated("room"))
+            .await
+            .unwrap()
+    );
     // A drain: detached on one pod, attached on another before the deadline; the late
     // detach of the old pod changes nothing.
     tr.detach("s1", "a", Some(1), 100).await.unwrap();
@@ -89,7 +113,11 @@ async fn occupancy_counts_sessions_and_ends_are_reported_once(tr: &impl Tracker)
     // Taken over on the same pod by a newer connection: the old one's detach is ignored.
     tr.attach("s1", Some("ann"), "b", 8, None).await.unwrap();
     tr.detach("s1", "b", Some(7), 100).await.unwrap();
-    assert_eq!(tr.end("s1", true, &ending("s1")).await.unwrap(), None, "attached on b");
+    assert_eq!(
+        tr.end("s1", true, &ending("s1")).await.unwrap(),
+        None,
+        "attached on b"
+    );
     assert!(tr.expired(1_000, 10).await.unwrap().is_empty());
     // Detached for good: expired after its deadline, ended once.
     tr.detach("s1", "b", Some(8), 200).await.unwrap();
@@ -98,12 +126,20 @@ async fn occupancy_counts_sessions_and_ends_are_reported_once(tr: &impl Tracker)
     let ended = tr.end("s1", true, &ending("s1")).await.unwrap().unwrap();
     assert_eq!(ended.user.as_deref(), Some("ann"));
     let event = ended.ended.clone().expect("decided by this call");
-    assert_eq!(event.user.as_deref(), Some("ann"), "the user the tracker kept");
+    assert_eq!(
+        event.user.as_deref(),
+        Some("ann"),
+        "the user the tracker kept"
+    );
     assert_eq!(vacated_topics(&ended), ["other", "room"]);
     assert_eq!(tr.end("s1", false, &ending("s1")).await.unwrap(), None);
     assert!(tr.expired(1_000, 10).await.unwrap().is_empty());
     // Ended while attached (a goodbye, a disconnect): the topic it held is vacated.
-    assert!(tr.subscribe("s2", &t("room"), &occupied("room")).await.unwrap());
+    assert!(
+        tr.subscribe("s2", &t("room"), &occupied("room"))
+            .await
+            .unwrap()
+    );
     let ended = tr.end("s2", false, &ending("s2")).await.unwrap().unwrap();
     assert_eq!(ended.user, None);
     assert_eq!(vacated_topics(&ended), ["room"]);
@@ -207,13 +243,23 @@ async fn a_staged_event_whose_append_failed_is_relayed_with_its_id() {
     raw(&store, "SET", vec![stream.clone(), "not a stream".into()]).await;
     let occupied = occupied("room");
     let tracker = &events.tracker;
-    assert!(tracker.subscribe("s1", &t("room"), &occupied).await.unwrap());
+    assert!(
+        tracker
+            .subscribe("s1", &t("room"), &occupied)
+            .await
+            .unwrap()
+    );
     events.record("room", &occupied).await;
     let label = super::metrics::TypeLabel {
         r#type: "topic.occupied",
     };
     assert_eq!(
-        events.metrics.events.append_failed.get_or_create(&label).get(),
+        events
+            .metrics
+            .events
+            .append_failed
+            .get_or_create(&label)
+            .get(),
         1
     );
     raw(&store, "DEL", vec![stream]).await;
@@ -243,12 +289,26 @@ async fn appended_events_leave_nothing_staged_and_an_end_stages_its_user() {
     let (_server, store) = quick_redis().await;
     let events = events_on(&store);
     let tracker = &events.tracker;
-    let started = Event::new(Kind::SessionStarted).user(Some("ann")).session("s1");
-    assert!(tracker.attach("s1", Some("ann"), "a", 1, Some(&started)).await.unwrap());
+    let started = Event::new(Kind::SessionStarted)
+        .user(Some("ann"))
+        .session("s1");
+    assert!(
+        tracker
+            .attach("s1", Some("ann"), "a", 1, Some(&started))
+            .await
+            .unwrap()
+    );
     events.record("s1", &started).await;
     let outbox = format!("{}:ev-outbox:{{s1}}", store.key_prefix());
-    assert_eq!(raw(&store, "HLEN", vec![outbox.clone()]).await.as_i64(), Some(0));
-    let ended = tracker.end("s1", false, &ending("s1")).await.unwrap().unwrap();
+    assert_eq!(
+        raw(&store, "HLEN", vec![outbox.clone()]).await.as_i64(),
+        Some(0)
+    );
+    let ended = tracker
+        .end("s1", false, &ending("s1"))
+        .await
+        .unwrap()
+        .unwrap();
     let event = ended.ended.unwrap();
     let staged = raw(&store, "HGET", vec![outbox, event.id.clone()]).await;
     let staged: serde_json::Value = serde_json::from_str(&staged.into_string().unwrap()).unwrap();
@@ -269,11 +329,7 @@ async fn a_staged_join_is_the_event_the_gateway_would_build() {
         .default_namespace(session_store::HistoryLimits::default())
         .unwrap();
     ns.presence = true;
-    let log = PresenceLog::new(
-        crate::Namespaces::single(ns),
-        100,
-        Duration::from_secs(60),
-    );
+    let log = PresenceLog::new(crate::Namespaces::single(ns), 100, Duration::from_secs(60));
     let presence = crate::presence::redis::RedisPresence::new(store.clone(), log, Some(outbox));
     let join = Change {
         op: Op::Attach,

@@ -103,4 +103,3 @@ pub async fn wait_metric_above(admin: std::net::SocketAddr, name: &str, value: f
     }
     panic!("{name} never above {value}");
 }
-
