@@ -107,12 +107,14 @@ impl Shared {
             &self.metrics.publish.in_flight,
         );
         let started = Instant::now();
-        let appended = self
-            .store
-            .append_excluding(topic, &data, id, exclude)
-            .await?;
+        let event = crate::events::hooks::publishing(self, topic, None).await;
+        let extras = session_store::Extras {
+            exclude,
+            stage: event.as_ref().and_then(|e| e.stage()),
+        };
+        let appended = self.store.append_with(topic, &data, id, extras).await?;
         self.metrics.store.observe("append", started);
-        crate::events::hooks::published(self, topic, None, &appended, &data).await;
+        crate::events::hooks::published(self, topic, event, &appended, &data).await;
         let message = self
             .to_fan_out(topic, &appended, (data, exclude.cloned()))
             .await;
@@ -218,30 +220,25 @@ impl Conn {
                 in_flight: SyncWrapper::new(FuturesOrdered::new()),
             })
         });
-        let started = Instant::now();
-        let issued = shared.store.issue_append_excluding(
-            &mut pipeline.lane,
-            &topic,
-            &data,
-            id.as_ref(),
-            exclude.as_ref(),
-        );
         let from = shared.events.as_ref().and_then(|_| {
             let session = self.session.as_ref()?;
             Some((session.id.to_string(), session.user.clone()))
         });
+        let event = crate::events::hooks::publishing(&shared, &topic, from.as_ref()).await;
+        let started = Instant::now();
+        let extras = session_store::Extras {
+            exclude: exclude.as_ref(),
+            stage: event.as_ref().and_then(|e| e.stage()),
+        };
+        let issued =
+            shared
+                .store
+                .issue_append_with(&mut pipeline.lane, &topic, &data, id.as_ref(), extras);
         pipeline.in_flight.get_mut().push_back(Box::pin(async move {
             let result = match issued.await {
                 Ok(appended) => {
                     shared.metrics.store.observe("append", started);
-                    let events = crate::events::hooks::published(
-                        &shared,
-                        &topic,
-                        from.as_ref(),
-                        &appended,
-                        &data,
-                    );
-                    events.await;
+                    crate::events::hooks::published(&shared, &topic, event, &appended, &data).await;
                     let message = shared.to_fan_out(&topic, &appended, (data, exclude)).await;
                     Ok((appended, message))
                 }

@@ -787,6 +787,13 @@ pub async fn a_rolled_back_session_still_saves_and_claims_stay_ahead<H: Harness>
 
 /// A message appended with an excluded session keeps it in history, in every read direction and
 /// through the ordered path; a duplicate keeps the first append's exclusion.
+fn excluding(session: &SessionId) -> crate::Extras<'_> {
+    crate::Extras {
+        exclude: Some(session),
+        stage: None,
+    }
+}
+
 pub async fn exclusions_are_kept_with_their_messages<H: Harness>(h: &H) {
     use crate::{Lane, OrderedAppends};
     let store = h.store(limits(100, LONG)).await;
@@ -795,17 +802,17 @@ pub async fn exclusions_are_kept_with_their_messages<H: Harness>(h: &H) {
     store.append(&t, &json("1"), None).await.expect("append");
     let id = PublishId::new("x-1").expect("id");
     store
-        .append_excluding(&t, &json("2"), Some(&id), Some(&a))
+        .append_with(&t, &json("2"), Some(&id), excluding(&a))
         .await
         .expect("append");
     let again = store
-        .append_excluding(&t, &json("2"), Some(&id), Some(&b))
+        .append_with(&t, &json("2"), Some(&id), excluding(&b))
         .await
         .expect("append");
     assert!(again.duplicate);
     let mut lane = Lane::new(1);
     store
-        .issue_append_excluding(&mut lane, &t, &json("3"), None, Some(&b))
+        .issue_append_with(&mut lane, &t, &json("3"), None, excluding(&b))
         .await
         .expect("ordered append");
     store

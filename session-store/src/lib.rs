@@ -207,6 +207,28 @@ pub struct HookGrant {
     pub expire_at: Option<u64>,
 }
 
+/// What an append carries besides its message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// The session that gets a `skipped` frame in the message's place (echo suppression).
+    pub exclude: Option<&'a SessionId>,
+    /// An event written with the message, in the same atomic step (Redis only: the memory
+    /// store ignores it).
+    pub stage: Option<&'a Stage>,
+}
+
+/// An event the append writes, when it stores a new message (not for a duplicate), into the
+/// hash `key` (field `id`), which must be on the topic's hash slot (its hash tag is the
+/// topic). Its value is `head`, the message's `seq`, then `,"epoch":<epoch>,"data":<the
+/// message>}}`: `head` is an event's JSON up to `"seq":`, so the value is that event with
+/// `data: {seq, epoch, data}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    pub key: String,
+    pub id: String,
+    pub head: String,
+}
+
 /// Storage of sessions, topic sequences and history. Cheap to clone and share.
 pub trait SessionStore: Send + Sync + 'static {
     /// Assigns the next `seq` of `topic` and appends `data` to its history, atomically. With an
@@ -218,17 +240,18 @@ pub trait SessionStore: Send + Sync + 'static {
         data: &Payload,
         id: Option<&PublishId>,
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send {
-        self.append_excluding(topic, data, id, None)
+        self.append_with(topic, data, id, Extras::default())
     }
 
-    /// [`SessionStore::append`], keeping `exclude` with the message
-    /// ([`StoredMessage::exclude`]). A duplicate keeps the first append's exclusion.
-    fn append_excluding(
+    /// [`SessionStore::append`], with what [`Extras`] adds: `exclude` kept with the message
+    /// ([`StoredMessage::exclude`]; a duplicate keeps the first append's exclusion) and an
+    /// event staged in the same write.
+    fn append_with(
         &self,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
-        exclude: Option<&SessionId>,
+        extras: Extras<'_>,
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
     /// The latest `seq` and epoch of a topic (`seq` 0 for a topic never published to). Creates
@@ -322,30 +345,30 @@ macro_rules! delegate {
 }
 
 impl OrderedAppends for AnyStore {
-    fn issue_append_excluding(
+    fn issue_append_with(
         &self,
         lane: &mut Lane,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
-        exclude: Option<&SessionId>,
+        extras: Extras<'_>,
     ) -> IssuedAppend {
         match self {
-            AnyStore::Memory(store) => store.issue_append_excluding(lane, topic, data, id, exclude),
-            AnyStore::Redis(store) => store.issue_append_excluding(lane, topic, data, id, exclude),
+            AnyStore::Memory(store) => store.issue_append_with(lane, topic, data, id, extras),
+            AnyStore::Redis(store) => store.issue_append_with(lane, topic, data, id, extras),
         }
     }
 }
 
 impl SessionStore for AnyStore {
-    async fn append_excluding(
+    async fn append_with(
         &self,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
-        exclude: Option<&SessionId>,
+        extras: Extras<'_>,
     ) -> Result<Appended, StoreError> {
-        delegate!(self, append_excluding(topic, data, id, exclude))
+        delegate!(self, append_with(topic, data, id, extras))
     }
 
     async fn top(&self, topic: &Topic) -> Result<Position, StoreError> {

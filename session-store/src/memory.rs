@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use crate::ordered::{Issued, IssuedAppend, Lane, OrderedAppends};
 use crate::{
-    Appended, Claim, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, PrefixLimits, SessionRecord,
-    SessionStore, StoreError, StoredMessage,
+    Appended, Claim, Extras, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, PrefixLimits,
+    SessionRecord, SessionStore, StoreError, StoredMessage,
 };
 
 const SWEEP_EVERY: u64 = 4_096;
@@ -233,32 +233,37 @@ impl Default for MemoryStore {
 
 /// Appends are applied synchronously, so [`Issued::now`] finishes them in issue order.
 impl OrderedAppends for MemoryStore {
-    fn issue_append_excluding(
+    fn issue_append_with(
         &self,
         _lane: &mut Lane,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
-        exclude: Option<&SessionId>,
+        extras: Extras<'_>,
     ) -> IssuedAppend {
         let (store, topic, data, id) = (self.clone(), topic.clone(), data.clone(), id.cloned());
-        let exclude = exclude.cloned();
+        let exclude = extras.exclude.cloned();
         Issued::now(async move {
-            store
-                .append_excluding(&topic, &data, id.as_ref(), exclude.as_ref())
-                .await
+            let extras = Extras {
+                exclude: exclude.as_ref(),
+                stage: None,
+            };
+            store.append_with(&topic, &data, id.as_ref(), extras).await
         })
     }
 }
 
 impl SessionStore for MemoryStore {
-    async fn append_excluding(
+    /// `extras.stage` is ignored: in one process the caller's append of the event next is as
+    /// good as the same step (a crash loses both).
+    async fn append_with(
         &self,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
-        exclude: Option<&SessionId>,
+        extras: Extras<'_>,
     ) -> Result<Appended, StoreError> {
+        let exclude = extras.exclude;
         let limits = self.limits_of(topic);
         let appended = self.with_topic(topic, |state, now| {
             state.touched = now;

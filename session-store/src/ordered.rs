@@ -24,9 +24,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use protocol::{Payload, PublishId, SessionId, Topic};
+use protocol::{Payload, PublishId, Topic};
 
-use crate::{Appended, StoreError};
+use crate::{Appended, Extras, StoreError};
 
 /// One publisher's ordered path into the store (e.g. one WebSocket connection's). Not `Clone`:
 /// order is only defined among the appends of one lane, issued one after the other.
@@ -118,18 +118,18 @@ pub trait OrderedAppends: Send + Sync + 'static {
         data: &Payload,
         id: Option<&PublishId>,
     ) -> IssuedAppend {
-        self.issue_append_excluding(lane, topic, data, id, None)
+        self.issue_append_with(lane, topic, data, id, Extras::default())
     }
 
-    /// [`OrderedAppends::issue_append`], keeping `exclude` with the message (see
-    /// [`SessionStore::append_excluding`](crate::SessionStore::append_excluding)).
-    fn issue_append_excluding(
+    /// [`OrderedAppends::issue_append`], with [`Extras`] (see
+    /// [`SessionStore::append_with`](crate::SessionStore::append_with)).
+    fn issue_append_with(
         &self,
         lane: &mut Lane,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
-        exclude: Option<&SessionId>,
+        extras: Extras<'_>,
     ) -> IssuedAppend;
 }
 

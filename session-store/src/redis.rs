@@ -99,8 +99,8 @@ pub use tls::RedisTls;
 use scripts::{NoScript, Retry, Script, ScriptCall, eval_once, gave_up};
 
 use crate::{
-    Appended, Claim, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, PrefixLimits, SessionRecord,
-    SessionStore, StoreError, StoredMessage,
+    Appended, Claim, Extras, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, PrefixLimits,
+    SessionRecord, SessionStore, StoreError, StoredMessage,
 };
 
 /// Added to the call timeout for the outer bound, so `fred`'s per-command timeout (which also
@@ -449,7 +449,7 @@ impl RedisStore {
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
-        exclude: Option<&SessionId>,
+        extras: Extras<'_>,
     ) -> ScriptCall {
         let mut args = self.base_args(topic);
         args.push(data.as_str().to_owned());
@@ -457,10 +457,16 @@ impl RedisStore {
         args.push(limits.max_len.to_string());
         args.push(id.map(|id| id.as_str().to_owned()).unwrap_or_default());
         args.push(millis(limits.dedup_window).to_string());
-        args.push(exclude.map(|s| s.as_str().to_owned()).unwrap_or_default());
+        let exclude = extras.exclude.map(|s| s.as_str().to_owned());
+        args.push(exclude.unwrap_or_default());
         let mut keys = self.script_keys(topic);
         // Without an id the fifth key is never touched, but keeps one key list for the script.
         keys.push(self.publish_id_key(topic, id.map_or("-", PublishId::as_str)));
+        if let Some(stage) = extras.stage {
+            keys.push(stage.key.clone());
+            args.push(stage.id.clone());
+            args.push(stage.head.clone());
+        }
         ScriptCall { keys, args }
     }
 
@@ -624,14 +630,14 @@ fn parse_message(
 }
 
 impl SessionStore for RedisStore {
-    async fn append_excluding(
+    async fn append_with(
         &self,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
-        exclude: Option<&SessionId>,
+        extras: Extras<'_>,
     ) -> Result<Appended, StoreError> {
-        let call = self.append_call(topic, data, id, exclude);
+        let call = self.append_call(topic, data, id, extras);
         self.append_on(self.inner.pool.next(), topic, call, NoScript::Eval)
             .await
     }

@@ -138,26 +138,77 @@ pub async fn presence(shared: &Shared, topic: &Topic, changes: &[crate::presence
     }
 }
 
-/// A message stored on `topic` (namespaces with `publish_events`), not a duplicate: its `seq`,
-/// `epoch` and `data`, and the publishing session (`None`: the server API).
-pub async fn published(
+/// The `publish` event of a message about to be stored on `topic` (namespaces with
+/// `publish_events`), and how to stage it with the append: with Redis the append's own script
+/// writes it into the topic's outbox (covered first), so a stored message always has its
+/// event. `from`: the publishing session and user (`None`: the server API).
+pub struct PendingPublish {
+    event: Event,
+    stage: Option<session_store::Stage>,
+}
+
+impl PendingPublish {
+    pub fn stage(&self) -> Option<&session_store::Stage> {
+        self.stage.as_ref()
+    }
+}
+
+pub async fn publishing(
     shared: &Shared,
     topic: &Topic,
     from: Option<&(String, Option<String>)>,
+) -> Option<PendingPublish> {
+    let events = shared.events.as_ref()?;
+    if !shared.namespaces.of(topic).publish_events {
+        return None;
+    }
+    let mut event = Event::new(Kind::Publish).topic(topic.as_str());
+    if let Some((session, user)) = from {
+        event = event.session(session).user(user.as_deref());
+    }
+    let stage = match &events.outbox {
+        Some(outbox) => {
+            let key = outbox.key(topic.as_str());
+            match outbox.cover(&key).await {
+                Ok(()) => {
+                    // The event without `data` ends with '}': continued by the script.
+                    let json = event.json();
+                    let head = format!(r#"{},"data":{{"seq":"#, &json[..json.len() - 1]);
+                    let id = event.id.clone();
+                    Some(session_store::Stage { key, id, head })
+                }
+                Err(e) => {
+                    // Appended after the message instead (and lost if the pod dies between).
+                    tracing::debug!(%topic, error = %e, "publish event not staged");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    Some(PendingPublish { event, stage })
+}
+
+/// After the append: the `publish` event, with the message's `seq`, `epoch` and `data`,
+/// appended (and removed from the outbox where it was staged). None for a duplicate: the first
+/// publish had it.
+pub async fn published(
+    shared: &Shared,
+    topic: &Topic,
+    pending: Option<PendingPublish>,
     appended: &session_store::Appended,
     data: &protocol::Payload,
 ) {
-    let Some(events) = &shared.events else { return };
-    if appended.duplicate || !shared.namespaces.of(topic).publish_events {
+    let (Some(events), Some(pending)) = (&shared.events, pending) else {
+        return;
+    };
+    if appended.duplicate {
         return;
     }
-    let mut event = Event::new(Kind::Publish).topic(topic.as_str()).data(json!({
+    let event = pending.event.data(json!({
         "seq": appended.seq,
         "epoch": appended.epoch.as_str(),
         "data": data,
     }));
-    if let Some((session, user)) = from {
-        event = event.session(session).user(user.as_deref());
-    }
-    events.append(event).await;
+    events.record(topic.as_str(), &event).await;
 }

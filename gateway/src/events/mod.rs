@@ -270,15 +270,9 @@ impl Events {
         }
     }
 
-    /// Appends `event` to its partition. A failure is counted and logged, never the caller's
-    /// problem: the cause (a publish) has happened, and refusing it would not undo that.
-    pub async fn append(&self, event: Event) {
-        self.append_json(event.kind, &event.id, event.key(), &event.json())
-            .await;
-    }
-
     /// Appends an event its cause staged in the outbox of `tag` (in memory: just decided), then
-    /// removes it from there. Either failure leaves it staged, for the sweeper to relay.
+    /// removes it from there. Either failure leaves it staged, for the sweeper to relay; it is
+    /// counted and logged, never the caller's problem: the cause (a hello, a close) happened.
     pub async fn record(&self, tag: &str, event: &Event) {
         self.record_json(tag, event.kind, &event.id, event.key(), &event.json())
             .await;

@@ -355,3 +355,46 @@ async fn a_staged_join_is_the_event_the_gateway_would_build() {
     assert_eq!(id.len(), 32);
     assert!(humantime::parse_rfc3339(staged["at"].as_str().unwrap()).is_ok());
 }
+
+/// A message and its `publish` event are one script: the event is in the outbox with the
+/// message's seq and epoch as the append returned them; a duplicate stages nothing.
+#[tokio::test]
+async fn a_message_is_stored_with_its_publish_event() {
+    use session_store::SessionStore;
+    let (_server, store) = quick_redis().await;
+    let outbox = format!("{}:ev-outbox:{{room}}", store.key_prefix());
+    let event = Event::new(Kind::Publish).topic("room").session("s1");
+    let json = event.json();
+    let stage = session_store::Stage {
+        key: outbox.clone(),
+        id: event.id.clone(),
+        head: format!(r#"{},"data":{{"seq":"#, &json[..json.len() - 1]),
+    };
+    let data = protocol::Payload::parse(r#"{"text":"hi","n":[]}"#).unwrap();
+    let id = protocol::PublishId::new("p-1").unwrap();
+    let extras = session_store::Extras {
+        exclude: None,
+        stage: Some(&stage),
+    };
+    let topic = t("room");
+    let appended = store
+        .append_with(&topic, &data, Some(&id), extras)
+        .await
+        .unwrap();
+    let staged = raw(&store, "HGET", vec![outbox.clone(), event.id.clone()]).await;
+    let staged: serde_json::Value = serde_json::from_str(&staged.into_string().unwrap()).unwrap();
+    let expected = event.clone().data(serde_json::json!({
+        "seq": appended.seq,
+        "epoch": appended.epoch.as_str(),
+        "data": {"text": "hi", "n": []},
+    }));
+    assert_eq!(staged, serde_json::to_value(&expected).unwrap());
+    // The retry: no second message, no second event.
+    raw(&store, "DEL", vec![outbox.clone()]).await;
+    let again = store
+        .append_with(&topic, &data, Some(&id), extras)
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(raw(&store, "EXISTS", vec![outbox]).await.as_i64(), Some(0));
+}

@@ -1,7 +1,9 @@
 -- Append: ARGV[4] = payload (JSON text), ARGV[5] = history max length (0 = keep no history),
 -- ARGV[6] = publish id ("" = none), ARGV[7] = dedup window in ms, ARGV[8] = the session excluded
 -- from delivery ("" = none; kept as field `x` so replays to it skip the message).
--- KEYS[5] = the id's dedup key.
+-- KEYS[5] = the id's dedup key. Optionally an event staged with the message (see `Stage` in
+-- lib.rs): KEYS[6] = its hash (on this topic's slot), ARGV[9] = its id, ARGV[10] = its JSON up
+-- to the seq.
 -- Returns {seq, epoch, duplicate (0/1)}.
 local epoch, seq = topic_state()
 if ARGV[6] ~= '' then
@@ -45,5 +47,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 if ARGV[6] ~= '' then
   redis.call('SET', KEYS[5], string.format('%d', seq) .. '|' .. epoch, 'PX', ARGV[7])
+end
+if KEYS[6] then
+  redis.call('HSET', KEYS[6], ARGV[9], ARGV[10] .. string.format('%d', seq) .. ',"epoch":'
+    .. cjson.encode(epoch) .. ',"data":' .. ARGV[4] .. '}}')
 end
 return {seq, epoch, 0}

@@ -25,21 +25,22 @@ use fred::prelude::{
     Pool, Server, Value,
 };
 use fred::types::ConnectHandle;
-use protocol::{Payload, PublishId, SessionId, Topic};
+use protocol::{Payload, PublishId, Topic};
 
 use super::{NoScript, RedisStore, Script};
+use crate::Extras;
 use crate::ordered::{Issued, IssuedAppend, Lane, LaneState, OrderedAppends};
 
 impl OrderedAppends for RedisStore {
-    fn issue_append_excluding(
+    fn issue_append_with(
         &self,
         lane: &mut Lane,
         topic: &Topic,
         data: &Payload,
         id: Option<&PublishId>,
-        exclude: Option<&SessionId>,
+        extras: Extras<'_>,
     ) -> IssuedAppend {
-        let call = self.append_call(topic, data, id, exclude);
+        let call = self.append_call(topic, data, id, extras);
         let clients = self.inner.pool.clients();
         let moved = lane.state.moved.load(std::sync::atomic::Ordering::Relaxed);
         let index = lane.key.wrapping_add(moved) % clients.len();
