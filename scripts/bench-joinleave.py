@@ -68,12 +68,6 @@ def proc_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def proc_write_calls(pid):
-    """Write system calls a process made so far (`syscw` of /proc/PID/io)."""
-    with open(f"/proc/{pid}/io") as f:
-        return int(next(l for l in f if l.startswith("syscw:")).split()[1])
-
-
 def redis_info(port, section):
     out = subprocess.run(["redis-cli", "-p", str(port), "INFO", section],
                          capture_output=True, text=True, timeout=10).stdout
@@ -218,8 +212,7 @@ def receiver_count(port):
 
 
 def snapshot(gw, rp, nats, ap):
-    return {"t": time.monotonic(), "gw_cpu": proc_cpu(gw.pid), "gw_writes": proc_write_calls(gw.pid),
-            "nats_cpu": proc_cpu(nats.pid),
+    return {"t": time.monotonic(), "gw_cpu": proc_cpu(gw.pid), "nats_cpu": proc_cpu(nats.pid),
             "client_cpu": sum(os.times()[:2]), "redis": redis_snapshot(rp), "metrics": metrics(ap)}
 
 
@@ -232,7 +225,6 @@ def delta(a, b):
     keys = set(a["metrics"]) | set(b["metrics"])
     m = {k: b["metrics"].get(k, 0.0) - a["metrics"].get(k, 0.0) for k in keys}
     return {"seconds": b["t"] - a["t"], "gw_cpu": b["gw_cpu"] - a["gw_cpu"],
-            "gw_writes": b["gw_writes"] - a["gw_writes"],
             "nats_cpu": b["nats_cpu"] - a["nats_cpu"], "client_cpu": b["client_cpu"] - a["client_cpu"],
             "redis_cpu": b["redis"]["cpu"] - a["redis"]["cpu"], "cmds": cmds,
             "metrics": {k: v for k, v in m.items() if v}}
@@ -311,8 +303,6 @@ async def measure(args, mode, gw, rp, nats, ap, pp, webhook_port):
         "gw_cpu_us_per_event": us(window["gw_cpu"], events), "gw_cpu_us_per_event_net": us(gw_net, events),
         "gw_cpu_us_per_cycle": us(window["gw_cpu"], total), "gw_cpu_us_per_cycle_net": us(gw_net, total),
         "gw_cpu_us_per_member_frame": us(window["gw_cpu"], frames),
-        "gw_write_calls": window["gw_writes"], "gw_write_calls_per_cycle": per(window["gw_writes"], total),
-        "gw_write_calls_per_member_frame": per(window["gw_writes"], frames),
         "redis_cmds": commands, "redis_cmds_quiet_per_s": round(sum(quiet["cmds"].values()) / quiet["seconds"], 1),
         "redis_cmds_per_event": per(commands, events), "redis_cmds_per_event_net": per(commands_net, events),
         "redis_cmds_per_cycle": per(commands, total), "redis_cmds_per_cycle_net": per(commands_net, total),
