@@ -7,7 +7,8 @@ commandstats deltas of each phase are printed as one JSON line.
 
 Needs redis-server and redis-cli on PATH, .venv/bin/nats-server and target/debug/gateway
 (or a release build at the same path). Each subscribe waits for its `subscribed`, so the join
-phase also measures the fan-out of every join to the sessions already in the room.
+phase also measures the fan-out of every join to the sessions already in the room. For the
+event rate under sustained churn and the gateway CPU per event, see scripts/bench-joinleave.py.
 """
 import asyncio, json, os, subprocess, sys, time, socket
 import websockets
