@@ -222,13 +222,21 @@ impl Conn {
     }
 
     /// Writes the notes that follow on from this connection's positions, and fills any gap
-    /// (or, with `behind`, every join/leave topic) from the log.
+    /// (or, with `behind`, every join/leave topic) from the log. The batch is put in order
+    /// first: events decided by concurrent calls may arrive crossed, and a crossing inside one
+    /// batch is then no gap (otherwise every connection of the topic would read the log for
+    /// it). The frames are fed and flushed once, not written one by one.
     pub(crate) async fn presence_notes(
         &mut self,
         socket: &mut WebSocket,
-        notes: Vec<Arc<Note>>,
+        mut notes: Vec<Arc<Note>>,
         behind: bool,
     ) -> Result<(), Close> {
+        // Epochs are time-ordered text: an older epoch's notes sort first.
+        notes.sort_by(|a, b| {
+            (&a.topic, a.epoch.as_str(), a.pseq).cmp(&(&b.topic, b.epoch.as_str(), b.pseq))
+        });
+        let mut fed = false;
         for note in notes {
             let Some(at) = self.presence_position(&note.topic) else {
                 continue;
@@ -244,8 +252,8 @@ impl Conn {
                 continue;
             }
             if note.epoch == at.epoch && note.pseq == at.pseq + 1 {
-                self.write(socket, Message::Text(note.frame.clone()))
-                    .await?;
+                self.feed(socket, Message::Text(note.frame.clone())).await?;
+                fed = true;
                 self.set_presence_position(
                     &note.topic,
                     PresencePosition {
@@ -256,6 +264,9 @@ impl Conn {
             } else {
                 self.presence_catch_up(socket, &note.topic).await?;
             }
+        }
+        if fed {
+            self.flush(socket).await?;
         }
         if behind {
             let topics: Vec<Topic> = self
@@ -300,9 +311,11 @@ impl Conn {
                     continue;
                 };
                 let text = frame(topic, event, logged).to_json();
-                self.write(socket, Message::Text(text.into())).await?;
+                self.feed(socket, Message::Text(text.into())).await?;
                 self.set_presence_position(topic, logged.clone());
             }
+            // One flush per page (it also sends what the caller fed before).
+            self.flush(socket).await?;
             if self.presence_position(topic).map(|p| p.pseq) >= Some(read.top.pseq) {
                 return Ok(());
             }
