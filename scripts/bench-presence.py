@@ -6,7 +6,8 @@ commandstats deltas of each phase are printed as one JSON line.
     .venv/bin/python scripts/bench-presence.py . off 200 60   # --presence only
 
 Needs redis-server and redis-cli on PATH, .venv/bin/nats-server and target/debug/gateway
-(or a release build at the same path). Each subscribe waits for its `subscribed`, so the join
+(or the binary in $GATEWAY_BIN, e.g. target/release/gateway). The idle phase also reports the
+gateway's and Redis's CPU per connected member per minute. Each subscribe waits for its `subscribed`, so the join
 phase also measures the fan-out of every join to the sessions already in the room. For the
 event rate under sustained churn and the gateway CPU per event, see scripts/bench-joinleave.py.
 """
@@ -31,6 +32,16 @@ def stats(port):
             d[name] = (int(f["calls"]), float(f["usec"]))
     return d
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+def redis_cpu(port):
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "cpu"], capture_output=True, text=True).stdout
+    f = dict(l.split(":", 1) for l in out.splitlines() if ":" in l)
+    return float(f["used_cpu_sys"]) + float(f["used_cpu_user"])
+
 def diff(a, b):
     out = {}
     for k, (c, u) in b.items():
@@ -44,7 +55,7 @@ async def main():
     redis = subprocess.Popen(["redis-server", "--port", str(rp), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
     nats = subprocess.Popen([f"{ROOT}/.venv/bin/nats-server", "-a", "127.0.0.1", "-p", str(np)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
-    args = [f"{ROOT}/target/debug/gateway", "--listen", f"127.0.0.1:{pp}", "--admin-listen", f"127.0.0.1:{ap}",
+    args = [os.environ.get("GATEWAY_BIN", f"{ROOT}/target/debug/gateway"), "--listen", f"127.0.0.1:{pp}", "--admin-listen", f"127.0.0.1:{ap}",
             "--redis-url", f"redis://127.0.0.1:{rp}", "--nats-url", f"nats://127.0.0.1:{np}", "--pod-name", "bench-1",
             "--presence", "--max-connections", "10000"]
     if JOIN_LEAVE:
@@ -79,7 +90,9 @@ async def main():
         join_s = time.monotonic() - t0
         readers = [asyncio.create_task(drain(ws)) for ws in conns]
         joined = stats(rp)
+        cpu0, rcpu0 = cpu_seconds(gw.pid), redis_cpu(rp)
         await asyncio.sleep(IDLE)
+        cpu1, rcpu1 = cpu_seconds(gw.pid), redis_cpu(rp)
         idle = stats(rp)
         t0 = time.monotonic()
         for ws in conns:
@@ -88,6 +101,9 @@ async def main():
         left = stats(rp)
         print(json.dumps({"join_leave": JOIN_LEAVE, "members": N, "join_seconds": round(join_s, 2),
                           "joins": diff(before, joined), "idle": diff(joined, idle), "idle_s": IDLE,
+                          # CPU per connected member per minute while idle (refreshes, sweeps).
+                          "idle_gateway_cpu_us_per_member_minute": round((cpu1 - cpu0) * 1e6 / N / (IDLE / 60), 1),
+                          "idle_redis_cpu_us_per_member_minute": round((rcpu1 - rcpu0) * 1e6 / N / (IDLE / 60), 1),
                           "leaves": diff(idle, left)}))
         for r in readers: r.cancel()
         for ws in conns: await ws.close()

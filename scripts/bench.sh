@@ -4,7 +4,7 @@
 # here is stopped by PID on exit.
 #
 #   scripts/bench.sh [all|memory|memory-cluster|handshakes|fanout|overload|cluster-fanout|
-#                     crosspod|drain|rebalance|storm|hooks|ephemeral|throughput]...
+#                     crosspod|drain|rebalance|storm|hooks|ephemeral|throughput|joinleave]...
 #
 # The targets of docs/benchmarks.md are printed by `wsload compare` as a ratio to the reference
 # run of the same sitting (the raw baseline; the embedded gateway for cluster-fanout). overload
@@ -334,6 +334,13 @@ ephemeral() {
   cleanup
 }
 
+# Join/leave events under sustained churn, with and without events and lifecycle webhooks
+# (scripts/bench-joinleave.py: its own servers on free ports, JSON lines into $OUT).
+joinleave() {
+  "$ROOT/.venv/bin/python" "$ROOT/scripts/bench-joinleave.py" --gateway "$GATEWAY" \
+    | tee "$OUT/joinleave.jsonl"
+}
+
 # shellcheck source=scripts/bench_throughput.sh
 . "$ROOT/scripts/bench_throughput.sh"
 
@@ -346,7 +353,7 @@ for r in "${runs[@]}"; do
       rebalance; storm; throughput ;;
     memory-cluster) memory_cluster ;;
     cluster-fanout) cluster_fanout ;;
-    memory|handshakes|fanout|overload|crosspod|drain|rebalance|storm|hooks|ephemeral|throughput) "$r" ;;
+    memory|handshakes|fanout|overload|crosspod|drain|rebalance|storm|hooks|ephemeral|throughput|joinleave) "$r" ;;
     *) echo "unknown benchmark: $r" >&2; exit 2 ;;
   esac
 done

@@ -319,28 +319,40 @@ impl Events {
     }
 
     /// Appends the events that pods staged but did not append (died, or the store failed
-    /// them), and forgets the outboxes emptied. Returns how many were relayed.
+    /// them), and forgets the outboxes emptied: rounds of [`outbox::SWEEP_MAX`] outboxes, up
+    /// to ten per call. Returns how many events were relayed.
     pub async fn relay_stranded(&self) -> Result<usize, EventError> {
         let Some(outbox) = &self.outbox else {
             return Ok(0);
         };
         let mut relayed = 0;
-        for stranded in outbox.stranded().await? {
-            let mut ids = Vec::new();
-            for (id, json) in &stranded.events {
-                let (kind, key) = kind_and_key(json);
-                if !self.append_json(kind, id, &key, json).await {
-                    break;
+        for _ in 0..10 {
+            let round = outbox.stranded().await?;
+            let full = round.len() >= outbox::SWEEP_MAX;
+            let mut emptied = Vec::new();
+            for stranded in round {
+                let mut ids = Vec::new();
+                for (id, json) in &stranded.events {
+                    let (kind, key) = kind_and_key(json);
+                    if !self.append_json(kind, id, &key, json).await {
+                        break;
+                    }
+                    ids.push(id.as_str());
                 }
-                ids.push(id.as_str());
+                if !ids.is_empty() {
+                    outbox.settle(&stranded.key, &ids).await?;
+                    relayed += ids.len();
+                    self.metrics.events.relayed.inc_by(ids.len() as u64);
+                }
+                if ids.len() == stranded.events.len() {
+                    emptied.push(stranded);
+                }
             }
-            if !ids.is_empty() {
-                outbox.settle(&stranded.key, &ids).await?;
-                relayed += ids.len();
-                self.metrics.events.relayed.inc_by(ids.len() as u64);
+            for stranded in &emptied {
+                outbox.forget(stranded).await?;
             }
-            if ids.len() == stranded.events.len() {
-                outbox.forget(&stranded).await?;
+            if !full {
+                break;
             }
         }
         Ok(relayed)

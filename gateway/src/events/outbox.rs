@@ -22,14 +22,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::interfaces::ClientLike;
+use futures_util::{StreamExt, TryStreamExt};
 use fred::types::{ClusterHash, CustomCommand, Value};
 use session_store::RedisStore;
 
 use super::EventError;
 use super::redis_log::{Script, bounded, corrupt};
 
-/// Outboxes swept per call at most.
-const SWEEP_MAX: usize = 200;
+/// Outboxes read per call at most (one index read, then their hashes, concurrently).
+pub const SWEEP_MAX: usize = 500;
+/// Outbox reads or forgets in flight at once.
+const CONCURRENT: usize = 32;
 
 /// Covers an outbox until Redis's clock plus ARGV[2] ms (never shortening a cover).
 const COVER_SCRIPT: &str = r"
@@ -155,26 +158,33 @@ impl RedisOutbox {
         let Value::Array(items) = reply else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
+        let mut covers = Vec::with_capacity(items.len() / 2);
         let mut items = items.into_iter();
         while let (Some(key), Some(score)) = (items.next(), items.next()) {
             let key = key.into_string().ok_or_else(|| corrupt("outbox key"))?;
             let score = score.into_string().ok_or_else(|| corrupt("outbox score"))?;
-            let events = match self.command("HGETALL", vec![key.clone()]).await? {
-                Value::Array(fields) => pairs(fields)?,
-                Value::Map(map) => map
-                    .inner()
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let id = k.as_str().ok_or_else(|| corrupt("outbox id"))?;
-                        Ok((id.to_owned(), text(v)?))
-                    })
-                    .collect::<Result<_, EventError>>()?,
-                _ => Vec::new(),
-            };
-            out.push(Stranded { key, score, events });
+            covers.push((key, score));
         }
-        Ok(out)
+        // Most are empty (their events were appended at once): read them concurrently.
+        futures_util::stream::iter(covers)
+            .map(|(key, score)| async move {
+                let events = match self.command("HGETALL", vec![key.clone()]).await? {
+                    Value::Array(fields) => pairs(fields)?,
+                    Value::Map(map) => map
+                        .inner()
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let id = k.as_str().ok_or_else(|| corrupt("outbox id"))?;
+                            Ok((id.to_owned(), text(v)?))
+                        })
+                        .collect::<Result<_, EventError>>()?,
+                    _ => Vec::new(),
+                };
+                Ok(Stranded { key, score, events })
+            })
+            .buffer_unordered(CONCURRENT)
+            .try_collect()
+            .await
     }
 
     /// Forgets an emptied outbox, unless a pod covered it again since it was read.
