@@ -183,7 +183,12 @@ async fn hello_subscribe_gateway(listener: TcpListener) -> Value {
     let hello = recv(&mut ws).await;
     if hello["subscribe"] != json!(["a", "secret"]) {
         // Not the hello this test expects: stop the client (it would reconnect forever).
-        close(ws, 1008, r#"{"reconnect":false,"error":"unexpected_hello"}"#).await;
+        close(
+            ws,
+            1008,
+            r#"{"reconnect":false,"error":"unexpected_hello"}"#,
+        )
+        .await;
         return hello;
     }
     send(&mut ws, welcome(false, json!({}))).await;

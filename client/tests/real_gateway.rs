@@ -10,11 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use gateway_client::{
     Client, ClientConfig, Event, HistoryQuery, Position, PresenceEvent, PresenceStats,
 };
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A child process, killed when dropped (also when a test fails).
 struct Killed(Child);
@@ -281,7 +281,10 @@ async fn admin_http(port: u16, method: &str, path: &str, body: &str) -> String {
     let mut response = String::new();
     tcp.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
     body.to_owned()
 }
 
@@ -308,7 +311,10 @@ async fn hello_subscribes_in_one_frame_and_refusals_fail_the_subscription() {
         "--anon-publish",
         "open.*",
     ];
-    let secret = [("GATEWAY_JWT_SECRET", "rust-hello-subscribe-0123456789abcdef".to_owned())];
+    let secret = [(
+        "GATEWAY_JWT_SECRET",
+        "rust-hello-subscribe-0123456789abcdef".to_owned(),
+    )];
     let (_gw, url, admin) = gateway_with_admin(&bin, &args, &secret);
 
     // A fresh connect with one subscription: `hello` is the only frame before the first message.
@@ -353,6 +359,10 @@ async fn hello_subscribes_in_one_frame_and_refusals_fail_the_subscription() {
         positions.keys().map(String::as_str).collect::<Vec<_>>(),
         ["open.a", "open.z"]
     );
-    assert_eq!(frames_received(admin).await - before, 1, "all three in hello");
+    assert_eq!(
+        frames_received(admin).await - before,
+        1,
+        "all three in hello"
+    );
     c.close().await;
 }

@@ -149,7 +149,13 @@ impl Connection {
                     let reference = self.take_ref();
                     self.pending.insert(reference, Pending::Unsubscribe(None));
                     return self
-                        .send(live, ClientFrame::Unsubscribe { topic: &topic, reference })
+                        .send(
+                            live,
+                            ClientFrame::Unsubscribe {
+                                topic: &topic,
+                                reference,
+                            },
+                        )
                         .await;
                 }
                 if let (Some(pseq), Some(pepoch)) = (pseq, pepoch)
