@@ -4,6 +4,7 @@
 # builds the gateway, then runs with Node's test runner:
 #   - clients/js/test/unit.test.js     the SDK against a scripted fake gateway
 #   - clients/js/test/presence.test.js the SDK's join/leave handling, same fake gateway
+#   - clients/js/test/hello-subscribe.test.js subscriptions sent in `hello`, fake and real gateways
 #   - clients/js/test/gateway.test.js  the SDK against real gateway processes (embedded, and two
 #                                      pods on redis-server + nats-server: drain, frozen pod)
 #   - clients/js/test/browser.test.js  the demo and fleet pages in headless Chromium on a 3-pod
@@ -57,6 +58,6 @@ export GATEWAY_BIN="$root/target/js-test/gateway"
 say "node --test: SDK unit tests, real gateways, browser (headless chromium)"
 cd clients/js
 node --test --test-concurrency=1 --test-timeout=180000 \
-  test/unit.test.js test/presence.test.js test/gateway.test.js test/browser.test.js
+  test/unit.test.js test/presence.test.js test/hello-subscribe.test.js test/gateway.test.js test/browser.test.js
 
 say "JS tests passed (screenshots in target/test-output/)"

@@ -37,6 +37,9 @@ pub(crate) enum ClientFrame<'a> {
         resume: Option<&'a str>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         positions: BTreeMap<String, SentPosition>,
+        /// Topics to subscribe in the same round trip (answered after `welcome`, in order).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        subscribe: Vec<&'a str>,
     },
     Subscribe {
         topic: &'a str,
@@ -198,6 +201,9 @@ pub(crate) struct Subscribed {
     pub pseq: Option<u64>,
     #[serde(default)]
     pub pepoch: Option<String>,
+    /// `server` when the application subscribed this session (connect hook, server API).
+    #[serde(default)]
+    pub reason: Option<String>,
     #[serde(default, rename = "ref")]
     pub reference: Option<u64>,
 }
@@ -374,11 +380,12 @@ mod tests {
             token: None,
             resume: Some("s.x"),
             positions,
+            subscribe: vec!["u", "v"],
         }
         .to_text();
         assert_eq!(
             text,
-            r#"{"type":"hello","resume":"s.x","positions":{"t":{"seq":4,"epoch":"e1"}}}"#
+            r#"{"type":"hello","resume":"s.x","positions":{"t":{"seq":4,"epoch":"e1"}},"subscribe":["u","v"]}"#
         );
     }
 

@@ -1,6 +1,6 @@
 //! The client against a scripted fake gateway: resume with the resume token and positions,
 //! duplicates of an overlapping replay dropped, `after_ms` honoured, publish ids and `seq`s,
-//! `reconnect:false` stops.
+//! `reconnect:false` stops; subscriptions opened by `hello` itself, answered without `ref`.
 
 use std::time::Duration;
 
@@ -41,12 +41,12 @@ async fn fake_gateway(listener: TcpListener) -> Vec<Value> {
     let (tcp, _) = listener.accept().await.unwrap();
     let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
     hellos.push(recv(&mut ws).await);
+    // The subscription asked for before the connection opened came in `hello.subscribe`: it is
+    // answered after `welcome`, without `ref`.
     send(&mut ws, welcome(false, json!({}))).await;
-    let sub = recv(&mut ws).await;
-    assert_eq!(sub["type"], "subscribe");
     send(
         &mut ws,
-        json!({"type": "subscribed", "topic": "t", "seq": 0, "epoch": "e1", "ref": sub["ref"]}),
+        json!({"type": "subscribed", "topic": "t", "seq": 0, "epoch": "e1"}),
     )
     .await;
     for seq in 1..=3 {
@@ -163,9 +163,103 @@ async fn resumes_with_positions_drops_duplicates_honours_after_ms_and_stops() {
 
     let hellos = gateway.await.unwrap();
     assert!(hellos[0].get("resume").is_none());
+    assert_eq!(hellos[0]["subscribe"], json!(["t"]));
     assert_eq!(hellos[1]["resume"], "s1.secret");
+    assert!(
+        hellos[1].get("subscribe").is_none(),
+        "the resume's positions restore it"
+    );
     assert_eq!(
         hellos[1]["positions"],
         json!({"t": {"seq": 3, "epoch": "e1"}})
     );
+}
+
+/// `hello.subscribe` with `a` and `secret`, the error for `secret` in its place (no `ref`, no
+/// topic), then `c` (it has a position) as a `subscribe` frame with `since`.
+async fn hello_subscribe_gateway(listener: TcpListener) -> Value {
+    let (tcp, _) = listener.accept().await.unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let hello = recv(&mut ws).await;
+    if hello["subscribe"] != json!(["a", "secret"]) {
+        // Not the hello this test expects: stop the client (it would reconnect forever).
+        close(
+            ws,
+            1008,
+            r#"{"reconnect":false,"error":"unexpected_hello"}"#,
+        )
+        .await;
+        return hello;
+    }
+    send(&mut ws, welcome(false, json!({}))).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribed", "topic": "a", "seq": 4, "epoch": "e1"}),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!({"type": "error", "code": "forbidden", "message": "may not subscribe to secret"}),
+    )
+    .await;
+    let sub = recv(&mut ws).await;
+    assert_eq!(
+        (&sub["type"], &sub["topic"], &sub["since"]),
+        (
+            &json!("subscribe"),
+            &json!("c"),
+            &json!({"seq": 2, "epoch": "e1"})
+        )
+    );
+    send(
+        &mut ws,
+        json!({"type": "subscribed", "topic": "c", "seq": 2, "epoch": "e1", "recovered": true,
+               "ref": sub["ref"]}),
+    )
+    .await;
+    close(ws, 1000, r#"{"reconnect":false,"error":"done"}"#).await;
+    hello
+}
+
+#[tokio::test]
+async fn hello_subscribes_plain_topics_and_matches_replies_without_ref_in_order() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let gateway = tokio::spawn(hello_subscribe_gateway(listener));
+    let (client, mut events) = gateway_client::connect(ClientConfig::new([url]));
+    let since = Position {
+        seq: 2,
+        epoch: "e1".into(),
+    };
+    let (a, secret, c) = tokio::join!(
+        client.subscribe("a", None),
+        client.subscribe("secret", None),
+        client.subscribe("c", Some(since.clone())),
+    );
+    let at = |seq| Position {
+        seq,
+        epoch: "e1".into(),
+    };
+    assert_eq!(a, Ok(at(4)));
+    let refused = secret.unwrap_err();
+    assert_eq!(refused.code(), Some("forbidden"));
+    assert_eq!(c, Ok(since));
+    let positions = client.positions();
+    assert_eq!(
+        positions.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+    let mut errors = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+    {
+        match event {
+            Event::Error(ClientError::Server { code, .. }) => errors.push(code),
+            Event::Closed { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(errors, ["forbidden"]);
+    assert_eq!(gateway.await.unwrap()["subscribe"], json!(["a", "secret"]));
 }

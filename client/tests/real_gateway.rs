@@ -14,6 +14,7 @@ use gateway_client::{
     Client, ClientConfig, Event, HistoryQuery, Position, PresenceEvent, PresenceStats,
 };
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A child process, killed when dropped (also when a test fails).
 struct Killed(Child);
@@ -63,6 +64,16 @@ fn wait_port(port: u16, child: &mut Killed, what: &str) {
 
 /// Starts a gateway; returns it and its WebSocket URL.
 fn gateway(bin: &PathBuf, args: &[&str], env: &[(&str, String)]) -> (Killed, String) {
+    let (child, url, _admin) = gateway_with_admin(bin, args, env);
+    (child, url)
+}
+
+/// [`gateway`], with its admin port too.
+fn gateway_with_admin(
+    bin: &PathBuf,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> (Killed, String, u16) {
     let [port, admin, agent] = free_ports::<3>();
     let mut cmd = Command::new(bin);
     cmd.args(args)
@@ -79,7 +90,7 @@ fn gateway(bin: &PathBuf, args: &[&str], env: &[(&str, String)]) -> (Killed, Str
     }
     let mut child = Killed(cmd.spawn().unwrap());
     wait_port(port, &mut child, "gateway");
-    (child, format!("ws://127.0.0.1:{port}/ws"))
+    (child, format!("ws://127.0.0.1:{port}/ws"), admin)
 }
 
 /// A missing binary fails the test, never skips it: `cargo test --workspace` builds it.
@@ -254,4 +265,104 @@ async fn join_and_leave_events_in_pseq_order() {
     for x in [a, b] {
         x.close().await;
     }
+}
+
+/// One HTTP/1.0 request to a gateway's admin port; the response body.
+async fn admin_http(port: u16, method: &str, path: &str, body: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The frames the gateway received from all its clients (`gateway_messages_received_total`).
+async fn frames_received(admin: u16) -> u64 {
+    let metrics = admin_http(admin, "GET", "/metrics", "").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_messages_received_total "))
+        .expect("gateway_messages_received_total is exported")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn hello_subscribes_in_one_frame_and_refusals_fail_the_subscription() {
+    let bin = gateway_bin().expect(NO_GATEWAY);
+    let args = [
+        "--auth",
+        "optional",
+        "--anon-subscribe",
+        "open.*",
+        "--anon-publish",
+        "open.*",
+    ];
+    let secret = [(
+        "GATEWAY_JWT_SECRET",
+        "rust-hello-subscribe-0123456789abcdef".to_owned(),
+    )];
+    let (_gw, url, admin) = gateway_with_admin(&bin, &args, &secret);
+
+    // A fresh connect with one subscription: `hello` is the only frame before the first message.
+    let before = frames_received(admin).await;
+    let (c, mut events) = client(&url);
+    c.subscribe("open.one", None).await.unwrap();
+    admin_http(
+        admin,
+        "POST",
+        "/api/publish",
+        r#"{"topic":"open.one","data":{"n":1}}"#,
+    )
+    .await;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("the message within 10 s")
+            .expect("events go on");
+        if let Event::Message(m) = event {
+            assert_eq!((m.topic.as_str(), m.seq), ("open.one", 1));
+            break;
+        }
+    }
+    assert_eq!(frames_received(admin).await - before, 1, "hello only");
+    c.close().await;
+
+    // A topic the grants refuse fails its subscription as a `subscribe` frame's would.
+    let before = frames_received(admin).await;
+    let (c, _events) = client(&url);
+    let (a, refused, z) = tokio::join!(
+        c.subscribe("open.a", None),
+        c.subscribe("closed.b", None),
+        c.subscribe("open.z", None),
+    );
+    a.unwrap();
+    z.unwrap();
+    let refused = refused.unwrap_err();
+    assert_eq!(refused.code(), Some("forbidden"));
+    assert!(refused.to_string().contains("closed.b"), "{refused}");
+    let positions = c.positions();
+    assert_eq!(
+        positions.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["open.a", "open.z"]
+    );
+    assert_eq!(
+        frames_received(admin).await - before,
+        1,
+        "all three in hello"
+    );
+    c.close().await;
 }

@@ -112,7 +112,7 @@ impl Connection {
                 })
                 .await;
                 for topic in self.topics.names() {
-                    if !restored.contains_key(&topic) {
+                    if !restored.contains_key(&topic) && !live.hello_subscribed.contains(&topic) {
                         self.send_subscribe(live, &topic).await?;
                     }
                 }
@@ -137,8 +137,27 @@ impl Connection {
                 recovered,
                 pseq,
                 pepoch,
+                reason,
                 reference,
             }) => {
+                if reference.is_none()
+                    && reason.is_none()
+                    && live.hello_subscribed.reply(Some(&topic)).is_some()
+                    && !self.topics.contains(&topic)
+                {
+                    // Unsubscribed while the hello was on its way: the gateway opened it anyway.
+                    let reference = self.take_ref();
+                    self.pending.insert(reference, Pending::Unsubscribe(None));
+                    return self
+                        .send(
+                            live,
+                            ClientFrame::Unsubscribe {
+                                topic: &topic,
+                                reference,
+                            },
+                        )
+                        .await;
+                }
                 if let (Some(pseq), Some(pepoch)) = (pseq, pepoch)
                     && self.topics.contains(&topic)
                 {
@@ -204,7 +223,15 @@ impl Connection {
                 reference,
             }) => {
                 let error = ClientError::Server { code, message };
-                match reference.and_then(|r| self.pending.remove(&r)) {
+                let pending = match reference {
+                    Some(r) => self.pending.remove(&r),
+                    // Without `ref`: the answer to a topic of `hello.subscribe`, if one waits.
+                    None => live
+                        .hello_subscribed
+                        .reply(None)
+                        .map(|topic| Pending::Subscribe { topic, since: None }),
+                };
+                match pending {
                     Some(Pending::Publish(reply)) => drop(reply.send(Err(error))),
                     Some(Pending::Query(reply)) => drop(reply.send(Err(error))),
                     Some(Pending::Subscribe { topic, .. }) => {

@@ -1,5 +1,6 @@
 //! One live connection: the upgrade, `hello`, the read loop, requests and timers.
 
+use super::hello::HelloSubscriptions;
 use super::*;
 
 impl Connection {
@@ -36,11 +37,30 @@ impl Connection {
             Err(_) => return lost(""),
         };
         let (mut sink, mut stream) = ws.split();
+        // What the application asked for while this connection opened goes in its hello.
+        while let Ok(cmd) = self.commands.try_recv() {
+            if let Command::Close { reply } = cmd {
+                let frame = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                };
+                let _ = sink.send(WsMessage::Close(Some(frame))).await;
+                return End::Closed(Some(reply));
+            }
+            self.offline_command(cmd);
+        }
         let hello_positions = self.topics.positions();
+        let names = self.topics.names();
+        let hello_subscribed = HelloSubscriptions::start(
+            names
+                .iter()
+                .map(|t| (t.as_str(), hello_positions.contains_key(t))),
+        );
         let hello = ClientFrame::Hello {
             token: token.as_deref(),
             resume: self.resume.as_deref(),
             positions: self.topics.sent_positions(),
+            subscribe: hello_subscribed.topics(),
         }
         .to_text();
         if sink.send(WsMessage::text(hello)).await.is_err() {
@@ -56,6 +76,7 @@ impl Connection {
             close: None,
             close_deadline: None,
             hello_positions,
+            hello_subscribed,
         };
         loop {
             let timer = live.next_timer();
@@ -295,6 +316,8 @@ pub(super) struct Live {
     pub(super) close: Option<(u16, String)>,
     pub(super) close_deadline: Option<Instant>,
     pub(super) hello_positions: BTreeMap<String, Position>,
+    /// The topics of this connection's `hello.subscribe` not answered yet.
+    pub(super) hello_subscribed: HelloSubscriptions,
 }
 
 impl Live {

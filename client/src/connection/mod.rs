@@ -1,7 +1,9 @@
 //! The connection task: one WebSocket at a time, reconnected until the client is closed.
-//! `live` runs one connection, `frames` handles what the gateway sends.
+//! `live` runs one connection, `frames` handles what the gateway sends, `hello` keeps the
+//! subscriptions the `hello` itself opens until the gateway answers them.
 
 mod frames;
+mod hello;
 mod live;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

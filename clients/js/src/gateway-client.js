@@ -87,6 +87,17 @@ function decodeBase64(s) {
   return globalThis.Buffer.from(s, 'base64').toString('utf8');
 }
 
+/**
+ * The subscriptions a `hello` opens itself, in its `subscribe` array: those that need nothing
+ * but the topic name. One with a position goes in `positions` (a resume restores it) or, when
+ * the session is new, needs a `subscribe` frame with `since`; one with `last` needs its
+ * `subscribe` frame too. The gateway answers the array after `welcome`, one `subscribed` or
+ * `error` per topic, in array order, without `ref`.
+ */
+function helloSubscriptions(entries) {
+  return [...entries].filter((entry) => positionOf(entry) == null && !entry.last);
+}
+
 function samePosition(a, b) {
   return !!a && !!b && a.seq === b.seq && a.epoch === b.epoch;
 }
@@ -187,6 +198,7 @@ export class GatewayClient {
     this._everConnected = false;
     this._connectedAt = null;
     this._helloPositions = {};
+    this._helloSubscribed = []; // entries in the last hello's `subscribe`, not answered yet
     this._connectWaiters = [];
     this._timers = { reconnect: null, connect: null, ping: null, pong: null, refresh: null, save: null };
     this._load();
@@ -347,6 +359,8 @@ export class GatewayClient {
     const positions = this.positions();
     if (Object.keys(positions).length > 0) hello.positions = positions;
     this._helloPositions = positions;
+    this._helloSubscribed = helloSubscriptions(this._subs.values());
+    if (this._helloSubscribed.length > 0) hello.subscribe = this._helloSubscribed.map((entry) => entry.topic);
     this._send(hello);
   }
 
@@ -369,6 +383,7 @@ export class GatewayClient {
     this._connectedAt = null;
     const advice = parseCloseReason(reason);
     this._failRequests(new GatewayError('disconnected', 'the connection closed before the reply'), false);
+    this._helloSubscribed = [];
     for (const entry of this._subs.values()) entry.confirmed = false;
     this._saveNow();
     const info = { code, reason, advice, error: error || advice?.error };
@@ -829,9 +844,7 @@ export class GatewayClient {
       const entry = this._subs.get(topic);
       if (!entry) {
         // Restored from the session but no longer wanted here.
-        const ref = this._nextRef++;
-        this._pending.set(ref, { kind: 'orphan', sent: true, timer: null, resolve() {}, reject() {} });
-        this._send({ type: 'unsubscribe', topic, ref });
+        this._unsubscribeOrphan(topic);
         continue;
       }
       const sent = this._helloPositions[topic] || null;
@@ -857,7 +870,7 @@ export class GatewayClient {
     this._setState('connected', { pod: frame.pod, resumed: !!frame.resumed });
     this._emit('welcome', frame);
     for (const entry of this._subs.values()) {
-      if (!(entry.topic in restored)) this._sendSubscribe(entry);
+      if (!(entry.topic in restored) && !this._helloSubscribed.includes(entry)) this._sendSubscribe(entry);
     }
     this._flushQueue();
     this._startPing();
@@ -868,9 +881,33 @@ export class GatewayClient {
     for (const w of waiters) w.resolve(frame);
   }
 
+  /**
+   * The subscription a reply without `ref` answers, when it answers the `hello`'s `subscribe`:
+   * the replies come in array order, so it is the oldest one not answered yet (a `subscribed`
+   * names its topic; an `error` does not). Null for anything else.
+   */
+  _helloReply(topic) {
+    const entry = this._helloSubscribed[0];
+    if (!entry || (topic != null && entry.topic !== topic)) return null;
+    this._helloSubscribed.shift();
+    return { kind: 'subscribe', entry, since: null, last: false };
+  }
+
+  /** Unsubscribes a topic the gateway holds for this session that nothing here wants. */
+  _unsubscribeOrphan(topic) {
+    const ref = this._nextRef++;
+    this._pending.set(ref, { kind: 'orphan', sent: true, timer: null, resolve() {}, reject() {} });
+    this._send({ type: 'unsubscribe', topic, ref });
+  }
+
   _onSubscribed(frame) {
-    const req = frame.ref != null ? this._pending.get(frame.ref) : null;
+    let req = frame.ref != null ? this._pending.get(frame.ref) : null;
     if (req) this._pending.delete(frame.ref);
+    else if (frame.ref == null && frame.reason == null) {
+      req = this._helloReply(frame.topic);
+      // Unsubscribed while the hello was on its way: the gateway opened it anyway.
+      if (req?.entry.closed && !this._subs.has(frame.topic)) return this._unsubscribeOrphan(frame.topic);
+    }
     if (frame.reason === 'server' && !this._subs.has(frame.topic)) {
       // Subscribed by the application (connect hook or server API): its messages come as
       // `message` events; it is restored on resume like the client's own.
@@ -1023,12 +1060,12 @@ export class GatewayClient {
 
   _onError(frame) {
     const err = new GatewayError(frame.code || 'internal', frame.message || frame.code);
-    const req = frame.ref != null ? this._pending.get(frame.ref) : null;
+    const req = frame.ref != null ? this._pending.get(frame.ref) : this._helloReply(null);
     if (!req) {
       this._emit('error', err);
       return;
     }
-    this._pending.delete(frame.ref);
+    if (frame.ref != null) this._pending.delete(frame.ref);
     if (req.kind === 'subscribe') {
       const entry = req.entry;
       err.topic = entry.topic;

@@ -73,6 +73,8 @@ export class FakeConn {
   async welcome(extra = {}) {
     const hello = await this.next('hello');
     this.hello = hello;
+    // The topics `hello.subscribe` asked for, answered (in order) before any `subscribe` frame.
+    this.helloTopics = [...(hello.subscribe || [])];
     const resumed = extra.resumed ?? !!hello.resume;
     const w = {
       type: 'welcome',
@@ -86,12 +88,23 @@ export class FakeConn {
     return hello;
   }
 
-  /** Answers the next `subscribe` with `subscribed` at `seq` (and `recovered` when asked). */
+  /**
+   * Answers the next subscription with `subscribed` at `seq` (and `recovered` when asked): the
+   * next topic of `hello.subscribe` (no `ref`, as the gateway answers it), else the next
+   * `subscribe` frame. Returns what was answered (`{type, topic, viaHello}` for a hello topic).
+   */
   async subscribed(seq, epoch = 'e1', extra = {}) {
-    const sub = await this.next('subscribe');
-    const reply = { type: 'subscribed', topic: sub.topic, seq, epoch, ref: sub.ref, ...extra };
+    const sub = this.nextSubscription() || (await this.next('subscribe'));
+    const reply = { type: 'subscribed', topic: sub.topic, seq, epoch, ...extra };
+    if (sub.ref != null) reply.ref = sub.ref;
     this.send(reply);
     return sub;
+  }
+
+  /** The next unanswered topic of `hello.subscribe`, or null (then read a `subscribe` frame). */
+  nextSubscription() {
+    const topic = this.helloTopics?.shift();
+    return topic ? { type: 'subscribe', topic, viaHello: true } : null;
   }
 
   close(code, advice) {

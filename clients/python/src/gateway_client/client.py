@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from .events import (Backoff, Connected, Disconnected, Duplicate, ErrorEvent, Event,
                      EventHandler, GatewayError, PresenceChange, PresenceList, Reconnecting,
                      Refreshed, Stopped, Unsubscribed, parse_close_reason, token_expiry)
+from .hello import HelloSubscriptions
 from .queries import (HistoryPage, PresenceMember, PresenceStats, history_frame, presence_members,
                       rpc_frame)
 from .subscription import Subscription
@@ -77,6 +78,7 @@ class GatewayClient:
         self._attempt = 0
         self._url_index = 0
         self._hello_positions: dict[str, Position] = {}
+        self._hello_subscribed = HelloSubscriptions()
         self._refresh_task: Optional[asyncio.Task[None]] = None
         self.stopped: Optional[GatewayError] = None
 
@@ -178,6 +180,7 @@ class GatewayClient:
 
     def _lost_connection(self) -> None:
         self._connected.clear()
+        self._hello_subscribed.clear()
         if self._refresh_task is not None:
             self._refresh_task.cancel()
         for ref, req in list(self._pending.items()):
@@ -229,6 +232,9 @@ class GatewayClient:
             self._hello_positions = self._topics.positions()
             if self._hello_positions:
                 hello["positions"] = {t: self._topics.sent_position(t) for t in self._hello_positions}
+            subscribe = self._hello_subscribed.start((t, t in self._hello_positions) for t in self._topics.names())
+            if subscribe:
+                hello["subscribe"] = subscribe
             await ws.send(json.dumps(hello))
             first = await asyncio.wait_for(ws.recv(), self.connect_timeout)
             up_since = await self._on_frame_safely(first)
@@ -420,6 +426,11 @@ class GatewayClient:
             return await self._on_welcome(frame)
         elif kind == "subscribed":
             req = self._pending.pop(frame.get("ref"), None)
+            if frame.get("ref") is None and frame.get("reason") is None \
+                    and self._hello_subscribed.reply(frame["topic"]) and frame["topic"] not in self._topics:
+                # Unsubscribed while the hello was on its way: the gateway opened it anyway.
+                await self._unsubscribe_orphan(frame["topic"])
+                return None
             since = req[2] if isinstance(req, tuple) and req[0] == "subscribe" else None
             top = Position(frame["seq"], frame["epoch"])
             self._topics.set_presence(frame["topic"], frame.get("pseq"), frame.get("pepoch"))
@@ -452,6 +463,9 @@ class GatewayClient:
     def _on_error(self, frame: dict[str, Any]) -> None:
         err = GatewayError(frame.get("code", "internal"), frame.get("message", ""))
         req = self._pending.pop(frame.get("ref"), None)
+        if frame.get("ref") is None:
+            topic = self._hello_subscribed.reply(None)
+            req = ("subscribe", topic, None) if topic is not None else None
         if isinstance(req, asyncio.Future):
             if not req.done():
                 req.set_exception(err)
@@ -467,15 +481,19 @@ class GatewayClient:
         elif not (isinstance(req, tuple) and err.code == "not_subscribed"):
             self._emit(ErrorEvent(err))
 
+    async def _unsubscribe_orphan(self, topic: str) -> None:
+        """Unsubscribes a topic the gateway holds for this session that nothing here wants."""
+        ref = self._take_ref()
+        self._pending[ref] = ("unsubscribe", topic)
+        await self._send({"type": "unsubscribe", "topic": topic, "ref": ref})
+
     async def _on_welcome(self, frame: dict[str, Any]) -> float:
         self.session, self.pod, self.user = frame["session"], frame.get("pod"), frame.get("user")
         self._resume = frame["resume"]
         restored = (frame.get("topics") or {}) if frame.get("resumed") else {}
         for topic, t in restored.items():
             if topic not in self._topics:
-                ref = self._take_ref()
-                self._pending[ref] = ("unsubscribe", topic)
-                await self._send({"type": "unsubscribe", "topic": topic, "ref": ref})
+                await self._unsubscribe_orphan(topic)
                 continue
             self._topics.set_presence(topic, t.get("pseq"), t.get("pepoch"))
             self._gap(self._topics.restored(topic, t["seq"], t["epoch"], bool(t.get("recovered")),
@@ -485,7 +503,8 @@ class GatewayClient:
             if topic not in restored:
                 if topic not in self._confirmed or self._confirmed[topic].done():
                     self._confirmed[topic] = asyncio.get_running_loop().create_future()
-                await self._send_subscribe(topic)
+                if topic not in self._hello_subscribed:
+                    await self._send_subscribe(topic)
         connected = Connected(frame["session"], self.pod, self.user, bool(frame.get("resumed")))
         self._connected.set()
         self._emit(connected)

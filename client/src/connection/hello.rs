@@ -1,0 +1,65 @@
+//! The subscriptions a `hello` opens itself (its `subscribe` array), and the matching of the
+//! gateway's answers to them.
+//!
+//! A topic goes in `hello.subscribe` when it needs nothing but its name: one with a position goes
+//! in `hello.positions` instead (a resume restores it; a new session needs a `subscribe` frame
+//! with `since`). The gateway answers the array after `welcome` (and a resume's replay) with one
+//! `subscribed` or `error` per topic, in array order and without `ref`: so the oldest topic not
+//! answered yet is the one a reply without `ref` is about (`subscribed` names it, `error` does
+//! not). Pure: no I/O.
+
+use std::collections::VecDeque;
+
+/// The topics of the connection's `hello.subscribe` that have no reply yet, in array order.
+#[derive(Debug, Default)]
+pub(super) struct HelloSubscriptions {
+    waiting: VecDeque<String>,
+}
+
+impl HelloSubscriptions {
+    /// The topics a new `hello` subscribes, from `(topic, whether it has a position)`, in
+    /// order; they wait for their replies from now on.
+    pub(super) fn start<'a>(topics: impl IntoIterator<Item = (&'a str, bool)>) -> Self {
+        let waiting = topics
+            .into_iter()
+            .filter(|(_, positioned)| !positioned)
+            .map(|(topic, _)| topic.to_owned())
+            .collect();
+        HelloSubscriptions { waiting }
+    }
+
+    /// The topics, as `hello.subscribe` sends them.
+    pub(super) fn topics(&self) -> Vec<&str> {
+        self.waiting.iter().map(String::as_str).collect()
+    }
+
+    pub(super) fn contains(&self, topic: &str) -> bool {
+        self.waiting.iter().any(|t| t == topic)
+    }
+
+    /// The topic a reply without `ref` answers (`topic`: the one a `subscribed` names, `None`
+    /// for an `error`), or `None` when it answers none of them.
+    pub(super) fn reply(&mut self, topic: Option<&str>) -> Option<String> {
+        let next = self.waiting.front()?;
+        if topic.is_some_and(|t| t != next) {
+            return None;
+        }
+        self.waiting.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_topics_without_position_and_matches_replies_in_order() {
+        let mut h = HelloSubscriptions::start([("a", false), ("b", true), ("c", false)]);
+        assert_eq!(h.topics(), ["a", "c"]);
+        assert!(h.contains("a") && !h.contains("b"));
+        assert_eq!(h.reply(Some("c")), None, "a reply naming another topic");
+        assert_eq!(h.reply(None).as_deref(), Some("a"), "an error: the oldest");
+        assert_eq!(h.reply(Some("c")).as_deref(), Some("c"));
+        assert_eq!(h.reply(None), None);
+    }
+}
