@@ -260,6 +260,9 @@ pub(crate) struct ErrorFrame {
     pub code: String,
     #[serde(default)]
     pub message: String,
+    /// The topic of a refused subscription.
+    #[serde(default)]
+    pub topic: Option<String>,
     #[serde(default, rename = "ref")]
     pub reference: Option<u64>,
 }

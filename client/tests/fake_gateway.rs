@@ -199,7 +199,7 @@ async fn hello_subscribe_gateway(listener: TcpListener) -> Value {
     .await;
     send(
         &mut ws,
-        json!({"type": "error", "code": "forbidden", "message": "may not subscribe to secret"}),
+        json!({"type": "error", "code": "forbidden", "topic": "secret", "message": "may not subscribe to secret"}),
     )
     .await;
     let sub = recv(&mut ws).await;

@@ -250,13 +250,19 @@ impl Conn {
                 error: Some(refusal),
             }) => {
                 hooks.refused("subscribe");
-                ServerFrame::error(
+                ServerFrame::subscribe_error(
                     ErrorCode::Forbidden,
                     hooks::refusal_message(&refusal, &format!("may not subscribe to {topic}")),
+                    topic,
                     reference,
                 )
             }
-            Err(e) => ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference),
+            Err(e) => ServerFrame::subscribe_error(
+                ErrorCode::Unavailable,
+                e.to_string(),
+                topic,
+                reference,
+            ),
         };
         self.reply(socket, &reply).await?;
         Ok(false)

@@ -397,20 +397,22 @@ impl Conn {
             return self.reply(socket, &reply).await.map(|()| false);
         }
         if !self.grants.can_subscribe(&topic) {
-            let reply = ServerFrame::error(
+            let reply = ServerFrame::subscribe_error(
                 ErrorCode::Forbidden,
                 format!("may not subscribe to {topic}"),
+                &topic,
                 reference,
             );
             return self.reply(socket, &reply).await.map(|()| false);
         }
         if self.subs.len() >= self.shared.config.max_subscriptions {
-            let reply = ServerFrame::error(
+            let reply = ServerFrame::subscribe_error(
                 ErrorCode::LimitReached,
                 format!(
                     "at most {} subscriptions per connection",
                     self.shared.config.max_subscriptions
                 ),
+                &topic,
                 reference,
             );
             return self.reply(socket, &reply).await.map(|()| false);
@@ -422,7 +424,12 @@ impl Conn {
         let joined = match self.join(&topic, since, true, &mut budget).await {
             Ok(joined) => joined,
             Err(e) => {
-                let reply = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), reference);
+                let reply = ServerFrame::subscribe_error(
+                    ErrorCode::Unavailable,
+                    e.to_string(),
+                    &topic,
+                    reference,
+                );
                 return self.reply(socket, &reply).await.map(|()| false);
             }
         };

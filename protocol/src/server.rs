@@ -197,6 +197,10 @@ pub enum ServerFrame {
     Error {
         code: ErrorCode,
         message: String,
+        /// The topic a refused `subscribe` (or `hello.subscribe` entry) was for: how a client
+        /// tells the ref-less answers of `hello.subscribe` apart.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<Topic>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Ref>,
     },
@@ -228,6 +232,22 @@ impl ServerFrame {
         Self::Error {
             code,
             message: message.into(),
+            topic: None,
+            reference,
+        }
+    }
+
+    /// The error of a subscription to `topic`: [`Self::error`] naming the topic.
+    pub fn subscribe_error(
+        code: ErrorCode,
+        message: impl Into<String>,
+        topic: &Topic,
+        reference: Option<Ref>,
+    ) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+            topic: Some(topic.clone()),
             reference,
         }
     }

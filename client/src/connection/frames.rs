@@ -220,6 +220,7 @@ impl Connection {
             ServerFrame::Error(ErrorFrame {
                 code,
                 message,
+                topic,
                 reference,
             }) => {
                 let error = ClientError::Server { code, message };
@@ -228,7 +229,7 @@ impl Connection {
                     // Without `ref`: the answer to a topic of `hello.subscribe`, if one waits.
                     None => live
                         .hello_subscribed
-                        .reply(None)
+                        .reply(topic.as_deref())
                         .map(|topic| Pending::Subscribe { topic, since: None }),
                 };
                 match pending {

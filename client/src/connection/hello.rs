@@ -4,9 +4,10 @@
 //! A topic goes in `hello.subscribe` when it needs nothing but its name: one with a position goes
 //! in `hello.positions` instead (a resume restores it; a new session needs a `subscribe` frame
 //! with `since`). The gateway answers the array after `welcome` (and a resume's replay) with one
-//! `subscribed` or `error` per topic, in array order and without `ref`: so the oldest topic not
-//! answered yet is the one a reply without `ref` is about (`subscribed` names it, `error` does
-//! not). Pure: no I/O.
+//! `subscribed` or `error` per topic, in array order and without `ref`, each naming its topic: a
+//! reply without `ref` answers the oldest topic not answered yet when it names that topic (an
+//! `error` naming none is about something else: a resume's notice, a server-side subscription).
+//! Pure: no I/O.
 
 use std::collections::VecDeque;
 
@@ -37,11 +38,11 @@ impl HelloSubscriptions {
         self.waiting.iter().any(|t| t == topic)
     }
 
-    /// The topic a reply without `ref` answers (`topic`: the one a `subscribed` names, `None`
-    /// for an `error`), or `None` when it answers none of them.
+    /// The topic a reply without `ref` answers (`topic`: the one it names, `None` when it names
+    /// none), or `None` when it answers none of them.
     pub(super) fn reply(&mut self, topic: Option<&str>) -> Option<String> {
         let next = self.waiting.front()?;
-        if topic.is_some_and(|t| t != next) {
+        if topic != Some(next.as_str()) {
             return None;
         }
         self.waiting.pop_front()
@@ -58,8 +59,9 @@ mod tests {
         assert_eq!(h.topics(), ["a", "c"]);
         assert!(h.contains("a") && !h.contains("b"));
         assert_eq!(h.reply(Some("c")), None, "a reply naming another topic");
-        assert_eq!(h.reply(None).as_deref(), Some("a"), "an error: the oldest");
+        assert_eq!(h.reply(None), None, "an error about something else");
+        assert_eq!(h.reply(Some("a")).as_deref(), Some("a"), "the oldest");
         assert_eq!(h.reply(Some("c")).as_deref(), Some("c"));
-        assert_eq!(h.reply(None), None);
+        assert_eq!(h.reply(Some("c")), None);
     }
 }

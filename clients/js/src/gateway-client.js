@@ -887,8 +887,10 @@ export class GatewayClient {
    * names its topic; an `error` does not). Null for anything else.
    */
   _helloReply(topic) {
+    // Replies come in array order and name their topic (an `error` without one is about
+    // something else: a resume's notice, a server-side subscription).
     const entry = this._helloSubscribed[0];
-    if (!entry || (topic != null && entry.topic !== topic)) return null;
+    if (!entry || topic == null || entry.topic !== topic) return null;
     this._helloSubscribed.shift();
     return { kind: 'subscribe', entry, since: null, last: false };
   }
@@ -1060,7 +1062,7 @@ export class GatewayClient {
 
   _onError(frame) {
     const err = new GatewayError(frame.code || 'internal', frame.message || frame.code);
-    const req = frame.ref != null ? this._pending.get(frame.ref) : this._helloReply(null);
+    const req = frame.ref != null ? this._pending.get(frame.ref) : this._helloReply(frame.topic);
     if (!req) {
       this._emit('error', err);
       return;

@@ -55,7 +55,7 @@ describe('hello.subscribe (fake gateway)', () => {
     await last.ready;
   });
 
-  test('an error without ref answers the hello topic in its place: ready rejects, the topic is dropped', async () => {
+  test('an error without ref naming a hello topic answers it: ready rejects, the topic is dropped; one naming none is a plain error', async () => {
     const server = await fakeServer();
     const c = client(server.url);
     const first = c.subscribe('a', () => {});
@@ -65,14 +65,16 @@ describe('hello.subscribe (fake gateway)', () => {
     const conn = await server.conn(0);
     assert.deepEqual((await conn.welcome()).subscribe, ['a', 'secret', 'c']);
     conn.send({ type: 'subscribed', topic: 'a', seq: 1, epoch: 'e1' });
-    conn.send({ type: 'error', code: 'forbidden', message: 'may not subscribe to secret' });
+    // Another ref-less error first (a resume's notice): it answers no topic.
+    conn.send({ type: 'error', code: 'limit_reached', message: '1 subscription was not restored' });
+    conn.send({ type: 'error', code: 'forbidden', topic: 'secret', message: 'may not subscribe to secret' });
     conn.send({ type: 'subscribed', topic: 'c', seq: 2, epoch: 'e1' });
     await assert.rejects(refused.ready, (e) => e.code === 'forbidden' && e.topic === 'secret');
     await first.ready;
     await third.ready;
     assert.equal(refused.closed, true);
     assert.deepEqual(c.positions(), { a: { seq: 1, epoch: 'e1' }, c: { seq: 2, epoch: 'e1' } });
-    assert.deepEqual(c.errors.map((e) => [e.code, e.topic]), [['forbidden', 'secret']]);
+    assert.deepEqual(c.errors.map((e) => [e.code, e.topic]), [['limit_reached', undefined], ['forbidden', 'secret']]);
   });
 
   test('on a resume the positions restore what they hold; hello.subscribe has only the rest', async () => {

@@ -39,9 +39,10 @@ def test_hello_subscriptions_take_topics_without_position_and_match_replies_in_o
     assert h.start([("a", False), ("b", True), ("c", False)]) == ["a", "c"]
     assert "a" in h and "b" not in h
     assert h.reply("c") is None, "a subscribed for another topic answers none of them"
-    assert h.reply(None) == "a", "an error answers the oldest one waiting"
+    assert h.reply(None) is None, "an error naming no topic is about something else"
+    assert h.reply("a") == "a", "the oldest one waiting"
     assert h.reply("c") == "c"
-    assert h.reply(None) is None
+    assert h.reply("c") is None
     h.start([("x", False)])
     h.clear()
     assert h.reply("x") is None
@@ -55,7 +56,7 @@ def test_fake_gateway_hello_subscribe_then_frames_for_since_and_an_error_in_its_
             return
         await ws.send(welcome())
         await ws.send(json.dumps({"type": "subscribed", "topic": "a", "seq": 4, "epoch": "e1"}))
-        await ws.send(json.dumps({"type": "error", "code": "forbidden",
+        await ws.send(json.dumps({"type": "error", "code": "forbidden", "topic": "secret",
                                   "message": "may not subscribe to secret"}))
         frame = json.loads(await ws.recv())
         assert (frame["type"], frame["topic"], frame["since"]) == ("subscribe", "c", {"seq": 2, "epoch": "e1"})

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::interfaces::ClientLike;
-use futures_util::{StreamExt, TryStreamExt};
 use fred::types::{ClusterHash, CustomCommand, Value};
+use futures_util::{StreamExt, TryStreamExt};
 use session_store::RedisStore;
 
 use super::EventError;

@@ -464,7 +464,7 @@ class GatewayClient:
         err = GatewayError(frame.get("code", "internal"), frame.get("message", ""))
         req = self._pending.pop(frame.get("ref"), None)
         if frame.get("ref") is None:
-            topic = self._hello_subscribed.reply(None)
+            topic = self._hello_subscribed.reply(frame.get("topic"))
             req = ("subscribe", topic, None) if topic is not None else None
         if isinstance(req, asyncio.Future):
             if not req.done():

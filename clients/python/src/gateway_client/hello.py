@@ -4,9 +4,10 @@ gateway's answers to them.
 A topic goes in ``hello.subscribe`` when it needs nothing but its name: one with a position goes
 in ``hello.positions`` instead (a resume restores it; a new session needs a ``subscribe`` frame
 with ``since``). The gateway answers the array after ``welcome`` (and a resume's replay) with one
-``subscribed`` or ``error`` per topic, in array order and without ``ref``: so the oldest topic
-not answered yet is the one a reply without ``ref`` is about (``subscribed`` names it, ``error``
-does not). Pure: no I/O."""
+``subscribed`` or ``error`` per topic, in array order and without ``ref``, each naming its topic:
+a reply without ``ref`` answers the oldest topic not answered yet when it names that topic (an
+``error`` naming none is about something else: a resume's notice, a server-side subscription).
+Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ class HelloSubscriptions:
         return topic in self._waiting
 
     def reply(self, topic: Optional[str]) -> Optional[str]:
-        """The topic a reply without ``ref`` answers (``topic``: the one a ``subscribed`` names,
-        None for an ``error``), or None when it answers none of them."""
-        if not self._waiting or (topic is not None and self._waiting[0] != topic):
+        """The topic a reply without ``ref`` answers (``topic``: the one it names, None when it
+        names none), or None when it answers none of them."""
+        if not self._waiting or topic is None or self._waiting[0] != topic:
             return None
         return self._waiting.pop(0)
 
