@@ -57,7 +57,8 @@ async def main():
     time.sleep(0.5)
     args = [os.environ.get("GATEWAY_BIN", f"{ROOT}/target/debug/gateway"), "--listen", f"127.0.0.1:{pp}", "--admin-listen", f"127.0.0.1:{ap}",
             "--redis-url", f"redis://127.0.0.1:{rp}", "--nats-url", f"nats://127.0.0.1:{np}", "--pod-name", "bench-1",
-            "--presence", "--max-connections", "10000"]
+            "--presence", "--max-connections", "10000", "--max-new-conns-per-ip", "0",
+            "--max-conns-per-ip", "0"]
     if JOIN_LEAVE:
         args.append("--join-leave")
     gw = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
