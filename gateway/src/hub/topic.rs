@@ -1,5 +1,6 @@
 //! The task of one topic with local subscribers: its backplane subscription, `seq` order and
-//! catch-ups from history.
+//! catch-ups from history, and its join/leave notes put back in `pseq` order
+//! ([`crate::presence::order`]).
 //!
 //! Arrivals go through a [`Sequencer`]. What it cannot release at once is filled from history:
 //! after `--gap-timeout` for a gap, at once when the hold is full, and whenever `resync` finds
@@ -24,6 +25,7 @@ use tokio::time::{Duration, Instant, sleep_until};
 use super::{Delivery, HubInner, Readiness, TopicEntry};
 use crate::envelope::Envelope;
 use crate::outbound::Offer;
+use crate::presence::order::NoteOrder;
 use crate::sequencer::{Arrival, Sequencer};
 
 /// Messages per history page read by a catch-up.
@@ -41,6 +43,8 @@ struct TopicTask {
     entry: Arc<TopicEntry>,
     hub: Arc<HubInner>,
     seq: Sequencer<Item>,
+    /// Join/leave notes put back in order before the subscribers see them.
+    notes: NoteOrder,
 }
 
 /// Runs the topic until its last subscriber leaves or the pod shuts down.
@@ -78,6 +82,7 @@ pub(super) async fn run(
     *entry.released.lock().expect("released lock") = Some(top.clone());
     let mut task = TopicTask {
         seq: Sequencer::new(top.seq, top.epoch),
+        notes: NoteOrder::default(),
         topic,
         entry,
         hub,
@@ -91,6 +96,7 @@ impl TopicTask {
         let gap_timeout = self.hub.config.gap_timeout;
         let mut gap_deadline: Option<Instant> = None;
         loop {
+            let notes_due = self.notes.deadline();
             tokio::select! {
                 _ = self.entry.stop.cancelled() => return,
                 msg = sub.next() => {
@@ -104,10 +110,7 @@ impl TopicTask {
                         continue;
                     };
                     if crate::presence::events::is_note(&bytes) {
-                        let subs = self.entry.subscribers.read().expect("subscribers lock");
-                        if !crate::presence::events::deliver_local(&self.topic, &bytes, subs.values()) {
-                            self.hub.metrics.hub.drop("malformed");
-                        }
+                        self.note(&bytes);
                         continue;
                     }
                     match Envelope::decode(&bytes) {
@@ -148,9 +151,32 @@ impl TopicTask {
                     }
                     self.catch_up_boxed().await;
                 }
+                _ = async { sleep_until(notes_due.expect("guarded")).await }, if notes_due.is_some() => {
+                    let notes = self.notes.release();
+                    self.offer_notes(&notes);
+                }
                 _ = self.entry.behind.notified() => self.catch_up_boxed().await,
             }
         }
+    }
+
+    /// A join/leave note from the backplane: passed on in `pseq` order (see [`NoteOrder`]).
+    fn note(&mut self, bytes: &[u8]) {
+        let Some(note) = crate::presence::events::decode(&self.topic, bytes) else {
+            tracing::warn!(topic = %self.topic, "dropping a malformed join/leave note");
+            self.hub.metrics.hub.drop("malformed");
+            return;
+        };
+        let notes = self.notes.arrive(Arc::new(note), Instant::now());
+        self.offer_notes(&notes);
+    }
+
+    fn offer_notes(&self, notes: &[Arc<crate::presence::events::Note>]) {
+        if notes.is_empty() {
+            return;
+        }
+        let subs = self.entry.subscribers.read().expect("subscribers lock");
+        crate::presence::events::offer_local(notes, subs.values());
     }
 
     async fn resubscribe(&self, subject: &Subject) -> Option<Subscription> {

@@ -3,10 +3,11 @@
 //! The store gives each join and leave of a `join_leave` topic its `pseq` in the step that
 //! decides it ([`super::Event::logged`]). The pod whose call caused the events publishes each
 //! on the topic's backplane subject as `p <pseq> <epoch>\n<frame>` (the `join`/`leave` frame,
-//! encoded once), next to the topic's messages; every pod's topic task hands it to its local
-//! subscribers' [`PresenceQueue`]s. The backplane is at-most-once and events from different pods
-//! may cross, so each connection keeps its own position per topic and writes an event only when
-//! it is the next one; anything else is filled from the store's log, in order, or, when the log
+//! encoded once), next to the topic's messages; every pod's topic task puts the notes back in
+//! `pseq` order (holding one that arrives early for a moment: [`super::order`]) and hands them
+//! to its local subscribers' [`PresenceQueue`]s. The backplane is at-most-once and events from
+//! different pods may cross, so each connection keeps its own position per topic and writes an
+//! event only when it is the next one; anything else is filled from the store's log, in order, or, when the log
 //! no longer has it (trimmed, lost, another epoch), replaced by a fresh `presence` list with
 //! `recovered: false`. A full queue is never a silent loss either: it marks the connection
 //! behind and every join/leave topic of it is filled from the log.
@@ -138,6 +139,18 @@ impl PresenceQueue {
         }
         let notes = std::mem::take(&mut *self.notes.lock().expect("presence queue lock"));
         Some((notes.into(), self.behind.swap(false, Ordering::AcqRel)))
+    }
+}
+
+/// Hands notes (in the order given) to a topic's local subscribers.
+pub fn offer_local<'a>(
+    notes: &[Arc<Note>],
+    subscribers: impl Iterator<Item = &'a crate::hub::Subscriber> + Clone,
+) {
+    for note in notes {
+        for sub in subscribers.clone() {
+            sub.control.offer_presence(note);
+        }
     }
 }
 

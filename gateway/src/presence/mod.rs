@@ -41,6 +41,7 @@ pub mod events;
 pub mod frames;
 pub mod memory;
 pub mod metrics;
+pub mod order;
 pub mod redis;
 pub mod value;
 
