@@ -398,3 +398,49 @@ async fn a_lost_log_is_a_new_epoch_and_a_fresh_list() {
     assert_eq!(fresh["recovered"], false);
     assert_eq!(fresh["epoch"].as_str(), Some(new.as_str()));
 }
+
+/// An ephemeral topic (no history) with presence still has sequenced joins and leaves: a
+/// member on another pod hears each once, in `pseq` order, and they pass through that pod's
+/// ordering of notes like a history topic's.
+#[tokio::test]
+async fn an_ephemeral_topics_joins_and_leaves_reach_another_pod_in_order() {
+    let redis = RedisServer::start();
+    let nats = NatsServer::start();
+    let dir = std::env::temp_dir().join(format!("gw-jl-{}", test_support::free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    let text = "[[namespaces]]\nprefix = \"cursor.\"\nhistory = false\npresence = true\njoin_leave = true\n";
+    std::fs::write(&file, text).unwrap();
+    let edit = |file: std::path::PathBuf| {
+        move |c: &mut gateway::Config| {
+            join_leave_on(c);
+            c.app.config_file = Some(file);
+        }
+    };
+    let a = TestGateway::fleet_pod(&redis, &nats, "pod-a", edit(file.clone())).await;
+    let b = TestGateway::fleet_pod(&redis, &nats, "pod-b", edit(file)).await;
+    let (mut witness, _) = b.hello().await;
+    let s = follow(&mut witness, "cursor.1").await;
+    assert!(s.get("seq").is_none(), "ephemeral: no seq ({s})");
+    let first = s["pseq"].as_u64().unwrap();
+    let mut members = Vec::new();
+    let mut joined = Vec::new();
+    for _ in 0..4 {
+        let (mut c, w) = a.hello().await;
+        follow(&mut c, "cursor.1").await;
+        joined.push(session(&w));
+        members.push(c);
+    }
+    for c in members.iter_mut().take(2) {
+        c.send(json!({"type": "unsubscribe", "topic": "cursor.1"}))
+            .await;
+        reply(c, "unsubscribed").await;
+    }
+    let seen = events(&mut witness, 6).await;
+    contiguous_after(&seen, first);
+    let mut want: Vec<(String, String)> =
+        joined.iter().map(|s| ("join".into(), s.clone())).collect();
+    want.extend(joined[..2].iter().map(|s| ("leave".to_owned(), s.clone())));
+    assert_eq!(what(&seen), want);
+    witness.silent_for(Duration::from_millis(300)).await;
+}

@@ -3,7 +3,9 @@
 //! No sequencer and no store: an arrival is handed to every local subscriber as it comes, in
 //! backplane order, without a `seq`. Nothing is held, caught up or compared with history, and
 //! a subscriber whose queue is full simply misses the message (at-most-once, as documented:
-//! there is no history to read it from). The fan-out stays one shared frame per pod.
+//! there is no history to read it from). The fan-out stays one shared frame per pod. Join/leave
+//! notes (presence on an ephemeral topic) are put back in `pseq` order first, as on any topic
+//! ([`crate::presence::order`]): they are sequenced even where messages are not.
 
 use std::sync::Arc;
 
@@ -11,11 +13,13 @@ use backplane::{Backplane, Subject, Subscription};
 use futures_util::StreamExt;
 use protocol::Topic;
 use tokio::sync::watch;
-use tokio::time::Duration;
+use tokio::time::{Duration, Instant, sleep_until};
 
 use super::{Delivery, HubInner, Readiness, TopicEntry};
 use crate::envelope::Envelope;
 use crate::outbound::Offer;
+use crate::presence::events::{Note, decode, offer_local};
+use crate::presence::order::NoteOrder;
 
 /// Runs the topic until its last subscriber leaves or the pod shuts down.
 pub(super) async fn run(
@@ -48,9 +52,14 @@ async fn serve(
     mut sub: Subscription,
     subject: Subject,
 ) {
+    let mut notes = NoteOrder::default();
     loop {
+        let notes_due = notes.deadline();
         tokio::select! {
             _ = entry.stop.cancelled() => return,
+            _ = async { sleep_until(notes_due.expect("guarded")).await }, if notes_due.is_some() => {
+                offer_notes(entry, &notes.release());
+            }
             msg = sub.next() => {
                 let Some(bytes) = msg else {
                     // The backplane ended the subscription: open a new one. What was published
@@ -63,9 +72,12 @@ async fn serve(
                     continue;
                 };
                 if crate::presence::events::is_note(&bytes) {
-                    let subs = entry.subscribers.read().expect("subscribers lock");
-                    if !crate::presence::events::deliver_local(topic, &bytes, subs.values()) {
-                        hub.metrics.hub.drop("malformed");
+                    match decode(topic, &bytes) {
+                        Some(note) => offer_notes(entry, &notes.arrive(Arc::new(note), Instant::now())),
+                        None => {
+                            tracing::warn!(%topic, "dropping a malformed join/leave note");
+                            hub.metrics.hub.drop("malformed");
+                        }
                     }
                     continue;
                 }
@@ -85,6 +97,14 @@ async fn serve(
             }
         }
     }
+}
+
+fn offer_notes(entry: &TopicEntry, notes: &[Arc<Note>]) {
+    if notes.is_empty() {
+        return;
+    }
+    let subs = entry.subscribers.read().expect("subscribers lock");
+    offer_local(notes, subs.values());
 }
 
 /// Hands the message to every local subscriber with room for it.

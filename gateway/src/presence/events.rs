@@ -154,23 +154,6 @@ pub fn offer_local<'a>(
     }
 }
 
-/// Hands a note that arrived on `topic`'s subject to the topic's local subscribers.
-pub fn deliver_local<'a>(
-    topic: &Topic,
-    bytes: &[u8],
-    subscribers: impl Iterator<Item = &'a crate::hub::Subscriber>,
-) -> bool {
-    let Some(note) = decode(topic, bytes) else {
-        tracing::warn!(%topic, "dropping a malformed join/leave note");
-        return false;
-    };
-    let note = Arc::new(note);
-    for sub in subscribers {
-        sub.control.offer_presence(&note);
-    }
-    true
-}
-
 /// Where a connection is in each of its join/leave topics. Boxed: most connections have none.
 pub type Positions = Option<Box<HashMap<Topic, PresencePosition>>>;
 
