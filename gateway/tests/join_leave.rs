@@ -77,6 +77,21 @@ async fn follow(c: &mut Client, topic: &str) -> Value {
     s
 }
 
+/// A new session on `gw` following `topic`: its client and session id.
+async fn member(gw: &TestGateway, topic: &str) -> (Client, String) {
+    let (mut c, welcome) = gw.hello().await;
+    follow(&mut c, topic).await;
+    (c, session(&welcome))
+}
+
+/// Unsubscribes each client from `topic`, one after the other, each answered.
+async fn leave_all(clients: &mut [Client], topic: &str) {
+    for c in clients {
+        c.send(json!({"type": "unsubscribe", "topic": topic})).await;
+        reply(c, "unsubscribed").await;
+    }
+}
+
 /// The position a client resumes `topic` from, messages and presence.
 fn position(subscribed: &Value, pseq: u64, pepoch: &Value) -> Value {
     json!({"seq": subscribed["seq"], "epoch": subscribed["epoch"], "pseq": pseq, "pepoch": pepoch})
@@ -102,17 +117,12 @@ async fn joins_and_leaves_reach_every_pod_in_pseq_order() {
     let mut joined = Vec::new();
     for _ in 0..2 {
         for gw in &pods {
-            let (mut c, w) = gw.hello().await;
-            follow(&mut c, "room").await;
-            joined.push(session(&w));
+            let (c, s) = member(gw, "room").await;
+            joined.push(s);
             members.push(c);
         }
     }
-    for c in members.iter_mut().take(3) {
-        c.send(json!({"type": "unsubscribe", "topic": "room"}))
-            .await;
-        reply(c, "unsubscribed").await;
-    }
+    leave_all(&mut members[..3], "room").await;
     let seen1 = events(&mut w1, 10).await;
     let seen2 = events(&mut w2, 9).await;
     contiguous_after(&seen1, first);
@@ -426,16 +436,11 @@ async fn an_ephemeral_topics_joins_and_leaves_reach_another_pod_in_order() {
     let mut members = Vec::new();
     let mut joined = Vec::new();
     for _ in 0..4 {
-        let (mut c, w) = a.hello().await;
-        follow(&mut c, "cursor.1").await;
-        joined.push(session(&w));
+        let (c, s) = member(&a, "cursor.1").await;
+        joined.push(s);
         members.push(c);
     }
-    for c in members.iter_mut().take(2) {
-        c.send(json!({"type": "unsubscribe", "topic": "cursor.1"}))
-            .await;
-        reply(c, "unsubscribed").await;
-    }
+    leave_all(&mut members[..2], "cursor.1").await;
     let seen = events(&mut witness, 6).await;
     contiguous_after(&seen, first);
     let mut want: Vec<(String, String)> =

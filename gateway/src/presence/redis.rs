@@ -138,18 +138,16 @@ impl RedisPresence {
     }
 
     /// The stage prefix, time and topic arguments (see `lua/stage.lua`), the outbox covered
-    /// first; an empty prefix when no events are recorded.
+    /// first; empty when no events are recorded (nothing is staged then).
     async fn stage_args(&self, topic: &Topic) -> Result<[String; 3], PresenceError> {
-        let prefix = match &self.outbox {
-            Some(outbox) => {
-                outbox
-                    .cover(&outbox.key(topic.as_str()))
-                    .await
-                    .map_err(|e| PresenceError::Unavailable(e.to_string()))?;
-                protocol::SessionId::generate().to_string()[..24].to_owned()
-            }
-            None => String::new(),
+        let Some(outbox) = &self.outbox else {
+            return Ok(Default::default());
         };
+        outbox
+            .cover(&outbox.key(topic.as_str()))
+            .await
+            .map_err(|e| PresenceError::Unavailable(e.to_string()))?;
+        let prefix = protocol::SessionId::generate().to_string()[..24].to_owned();
         let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         Ok([prefix, at, topic.as_str().to_owned()])
     }
@@ -175,9 +173,7 @@ impl RedisPresence {
         topic: &Topic,
         args: Vec<String>,
     ) -> Result<Vec<Value>, PresenceError> {
-        let client = self.store.pool().next();
-        self.bounded(script.run(client, self.keys(topic), args))
-            .await
+        self.run_on(script, self.keys(topic), args).await
     }
 
     /// [`Self::run`] of a script that decides joins and leaves (and stages their events).
@@ -187,9 +183,17 @@ impl RedisPresence {
         topic: &Topic,
         args: Vec<String>,
     ) -> Result<Vec<Value>, PresenceError> {
+        self.run_on(script, self.deciding_keys(topic), args).await
+    }
+
+    async fn run_on(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<Value>, PresenceError> {
         let client = self.store.pool().next();
-        self.bounded(script.run(client, self.deciding_keys(topic), args))
-            .await
+        self.bounded(script.run(client, keys, args)).await
     }
 }
 
