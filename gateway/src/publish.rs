@@ -154,10 +154,21 @@ impl Shared {
         let Some((data, exclude)) = message else {
             return;
         };
+        let published_us = envelope::now_us();
+        // This pod's subscribers first, from this task: the backplane's copy comes back to the
+        // topic's task as a duplicate (and is what every other pod delivers).
+        self.hub.release_local(
+            topic,
+            appended.seq,
+            &appended.epoch,
+            data.clone(),
+            published_us,
+            exclude.clone(),
+        );
         let envelope = Envelope {
             seq: appended.seq,
             epoch: appended.epoch.clone(),
-            published_us: envelope::now_us(),
+            published_us,
             data,
             exclude,
         };

@@ -13,7 +13,9 @@
 //! is serialized once per pod). A subscriber whose queue is full (in messages or bytes) is not
 //! closed: the message is left out of its queue and the connection reads it from history after
 //! writing what is queued (`connection`), so a burst never costs a healthy reader its socket.
-//! The last unsubscribe stops the task, which drops the backplane subscription.
+//! The last unsubscribe stops the task, which drops the backplane subscription. A message
+//! published on this pod does not wait for the task: its publisher releases it to the local
+//! subscribers when it is next in order ([`Hub::release_local`]).
 //!
 //! An ephemeral topic (a namespace with `history = false`) has a task too, but no sequencer and
 //! no store: its messages carry no `seq`, are handed on as they arrive, and are never caught up
@@ -38,6 +40,9 @@ use crate::{Bus, Store};
 mod ephemeral;
 mod resync;
 mod topic;
+
+#[cfg(test)]
+mod tests;
 
 /// Catch-ups (history reads by topic tasks) running at once on a pod: a backplane reconnect
 /// or a resync round that finds many topics behind reads them a few at a time.
@@ -135,8 +140,13 @@ struct TopicEntry {
     stop: CancellationToken,
     /// What the topic task released last: compared with the store's top by `resync`.
     released: Mutex<Option<Position>>,
-    /// Set by `resync` when the store is ahead: the task catches up.
+    /// Set by `resync` when the store is ahead, or by a publisher at the hold's bound: the task
+    /// catches up.
     behind: Notify,
+    /// `seq` order, shared by the task and this pod's publishers (`topic::release_local`).
+    order: topic::SharedOrder,
+    /// Set by a publisher that left a message held behind a gap: the task arms its gap timer.
+    held: Notify,
     /// No history: never compared with the store.
     ephemeral: bool,
 }
@@ -286,6 +296,39 @@ impl Hub {
             .collect()
     }
 
+    /// A message this pod appended to `topic`, released to the pod's subscribers at once if it
+    /// is next in `seq` order (see `topic`): the publisher's task writes it into their queues
+    /// without a hop through the topic's task. Anything else is left to that task, which also
+    /// gets the message from the backplane.
+    pub fn release_local(
+        &self,
+        topic: &Topic,
+        seq: u64,
+        epoch: &Epoch,
+        data: Payload,
+        published_us: u64,
+        exclude: Option<SessionId>,
+    ) {
+        let entry = self
+            .inner
+            .topics
+            .lock()
+            .expect("hub lock")
+            .get(topic)
+            .cloned();
+        let Some(entry) = entry.filter(|e| !e.ephemeral) else {
+            return;
+        };
+        topic::release_local(
+            &self.inner,
+            topic,
+            &entry,
+            seq,
+            epoch,
+            (data, Some(published_us), exclude),
+        );
+    }
+
     fn start_topic(&self, topic: &Topic) -> Arc<TopicEntry> {
         let (ready_tx, ready_rx) = watch::channel(Readiness::Pending);
         let ephemeral = self.inner.config.namespaces.of(topic).is_ephemeral();
@@ -296,6 +339,8 @@ impl Hub {
             stop: self.inner.shutdown.child_token(),
             released: Mutex::new(None),
             behind: Notify::new(),
+            order: Mutex::new(None),
+            held: Notify::new(),
         });
         if ephemeral {
             tokio::spawn(ephemeral::run(

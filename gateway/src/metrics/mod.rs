@@ -143,6 +143,9 @@ pub struct HubMetrics {
     pub epoch_changes: Family<ReasonLabel, Counter>,
     /// Messages a subscriber's full queue had no room for: it reads them from history.
     pub lagged: Counter,
+    /// Messages released to this pod's subscribers by the task of the publish that stored them,
+    /// not by the topic's task (see `hub::topic`).
+    pub released_locally: Counter,
     /// Messages published on ephemeral topics (straight to the backplane).
     pub ephemeral_published: Counter,
 }
@@ -156,6 +159,7 @@ impl Default for HubMetrics {
             gap_fills: Counter::default(),
             epoch_changes: Family::default(),
             lagged: Counter::default(),
+            released_locally: Counter::default(),
             ephemeral_published: Counter::default(),
         }
     }
@@ -193,6 +197,11 @@ impl HubMetrics {
             "subscriber_lagged",
             "Messages a full subscriber queue had no room for, read from history instead",
             self.lagged.clone(),
+        );
+        r.register(
+            "messages_released_locally",
+            "Messages this pod published, released to its subscribers by the publish itself",
+            self.released_locally.clone(),
         );
         r.register(
             "ephemeral_published",
