@@ -2,8 +2,9 @@
 // subscribe), the `welcome` (which topics the resume restored), app-level pings that detect a
 // dead connection, and closing for good.
 //
-// Every socket belongs to a generation (`_gen`): a callback of an older socket finds
-// `this._ws !== ws` and does nothing, so a socket left behind cannot disturb its successor.
+// A socket's callbacks do nothing once `this._ws` is another socket, and `_open` checks its
+// attempt's generation (`_gen`) after each await, so a socket or an attempt left behind (closed,
+// timed out, superseded) cannot disturb its successor.
 //
 // `connectionMethods` are methods of `GatewayClient` (client.js adds them to its prototype).
 

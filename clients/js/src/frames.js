@@ -1,5 +1,7 @@
 // Frames from the gateway: each is decoded and handed to its handler, in the order it came (a
 // presence list is taken here, before later frames, not when its caller's await resumes).
+// `error` frames are handled here: one answers a request, a subscription (by `ref`, or a
+// `hello`'s topic in order), or nothing, and is then an `error` event.
 //
 // `frameMethods` are methods of `GatewayClient` (client.js adds them to its prototype).
 
