@@ -48,8 +48,9 @@
 //! call timeout for a first connection and then returns **even if Redis is unreachable**: the
 //! clients keep reconnecting in the background forever (exponential backoff, 100 ms to 2 s), and
 //! calls fail with [`StoreError::Timeout`] or [`StoreError::Unavailable`] until Redis answers.
-//! A pod therefore starts (and reports not-ready through [`SessionStore::ping`]) without Redis,
-//! and recovers without a restart when Redis comes back. Only a malformed URL or prefix fails.
+//! A pod therefore starts (and reports not-ready through
+//! [`SessionStore::ping`](crate::SessionStore::ping)) without Redis, and recovers without a
+//! restart when Redis comes back. Only a malformed URL or prefix fails.
 //! A TLS handshake that fails (unknown issuer, wrong name, a plaintext server) is a connection
 //! failure like any other: retried, logged, and the store stays unavailable.
 //!
@@ -75,20 +76,28 @@
 //! The retry succeeds only once the replicas have the first append: its script rewrites the
 //! id's key, so `WAIT` covers the stream up to the first append even when that ran on another
 //! connection or pod.
+//!
+//! # Layout
+//! This file: the configuration, connecting, and the keys. `calls` (bounded calls, script
+//! evaluation, error mapping), `appends` (the append script and the replica wait), `replies`
+//! (parsing script replies), `session_store` (the [`SessionStore`](crate::SessionStore)
+//! implementation), `scripts` (loading the Lua scripts), `ordered` (pipelined appends in issue
+//! order), `users` and `tls`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::prelude::{
-    Builder, ClientLike, Error as FredError, ErrorKind, EventInterface, HashesInterface,
-    KeysInterface, Pool, ReconnectPolicy, ServerInterface, Value,
-};
+use fred::prelude::{Builder, ClientLike, EventInterface, Pool, ReconnectPolicy};
 use fred::types::ConnectHandle;
 use fred::types::config::UnresponsiveConfig;
-use protocol::{Epoch, Payload, Position, PublishId, SessionId, Topic, redact_url};
+use protocol::{SessionId, Topic, redact_url};
 
+mod appends;
+mod calls;
 mod ordered;
+mod replies;
 mod scripts;
+mod session_store;
 mod tls;
 mod users;
 
@@ -96,12 +105,10 @@ pub use users::RedisUsers;
 
 pub use tls::RedisTls;
 
-use scripts::{NoScript, Retry, Script, ScriptCall, eval_once, gave_up};
+use calls::{corrupt, millis};
+use scripts::{NoScript, Retry, Script};
 
-use crate::{
-    Appended, Claim, Extras, HistoryLimits, HistoryPage, Owner, PAGE_BYTES, PrefixLimits,
-    SessionRecord, SessionStore, StoreError, StoredMessage,
-};
+use crate::{HistoryLimits, PrefixLimits, StoreError};
 
 /// Added to the call timeout for the outer bound, so `fred`'s per-command timeout (which also
 /// cancels a queued command) normally fires first.
@@ -360,201 +367,6 @@ impl RedisStore {
     fn ttl_ms(&self, topic: &Topic) -> u64 {
         millis(self.limits_of(topic).ttl)
     }
-
-    /// Runs `op` under the call timeout.
-    async fn bounded<T>(
-        &self,
-        op: impl Future<Output = Result<T, FredError>>,
-    ) -> Result<T, StoreError> {
-        let timeout = self.inner.call_timeout;
-        match tokio::time::timeout(timeout + TIMEOUT_GRACE, op).await {
-            Ok(result) => result.map_err(|e| map_error(e, timeout)),
-            Err(_) => Err(StoreError::Timeout(timeout)),
-        }
-    }
-
-    /// Runs a topic script on the topic's keys. Only for the idempotent ones (`top`, `history`,
-    /// `new_epoch`): they are retried once after a cluster redirection (see [`gave_up`]).
-    async fn eval(
-        &self,
-        script: &Script,
-        topic: &Topic,
-        args: Vec<String>,
-    ) -> Result<Vec<Value>, StoreError> {
-        let keys = self.script_keys(topic);
-        let client = self.inner.pool.next();
-        match self
-            .eval_on(
-                client,
-                script,
-                keys,
-                args,
-                Retry::Redirected,
-                &NoScript::Eval,
-            )
-            .await?
-        {
-            Value::Array(items) => Ok(items),
-            other => Err(corrupt(format!("script returned {:?}", other.kind()))),
-        }
-    }
-
-    /// EVALSHA on `client`, loading the script on first use and falling back to EVAL on
-    /// `NOSCRIPT`; with [`Retry::Redirected`], once more if fred gave up on a redirection.
-    async fn eval_on(
-        &self,
-        client: &fred::prelude::Client,
-        script: &Script,
-        keys: Vec<String>,
-        args: Vec<String>,
-        retry: Retry,
-        noscript: &NoScript,
-    ) -> Result<Value, StoreError> {
-        self.bounded(async {
-            match eval_once(client, script, keys.clone(), args.clone(), noscript).await {
-                Err(e) if retry == Retry::Redirected && gave_up(&e) => {
-                    eval_once(client, script, keys, args, noscript).await
-                }
-                other => other,
-            }
-        })
-        .await
-    }
-
-    /// One newest-first page of messages with ids up to `end` (an XREVRANGE end): see
-    /// [`crate::ReverseHistory`].
-    pub(crate) async fn page_before(
-        &self,
-        topic: &Topic,
-        end: String,
-        limit: usize,
-    ) -> Result<HistoryPage, StoreError> {
-        let mut args = self.base_args(topic);
-        args.push(end);
-        args.push(limit.to_string());
-        args.push(PAGE_BYTES.to_string());
-        let items = self.eval(&self.inner.history_before, topic, args).await?;
-        let mut items = items.into_iter();
-        let top = parse_top(&mut items)?;
-        let mut messages = Vec::with_capacity(items.len() / 3);
-        while let Some(id) = items.next() {
-            messages.push(parse_message(id, items.next(), items.next())?);
-        }
-        Ok(HistoryPage { top, messages })
-    }
-
-    /// The keys and args of an append.
-    fn append_call(
-        &self,
-        topic: &Topic,
-        data: &Payload,
-        id: Option<&PublishId>,
-        extras: Extras<'_>,
-    ) -> ScriptCall {
-        let mut args = self.base_args(topic);
-        args.push(data.as_str().to_owned());
-        let limits = self.limits_of(topic);
-        args.push(limits.max_len.to_string());
-        args.push(id.map(|id| id.as_str().to_owned()).unwrap_or_default());
-        args.push(millis(limits.dedup_window).to_string());
-        let exclude = extras.exclude.map(|s| s.as_str().to_owned());
-        args.push(exclude.unwrap_or_default());
-        let mut keys = self.script_keys(topic);
-        // Without an id the fifth key is never touched, but keeps one key list for the script.
-        keys.push(self.publish_id_key(topic, id.map_or("-", PublishId::as_str)));
-        if let Some(stage) = extras.stage {
-            keys.push(stage.key.clone());
-            args.push(stage.id.clone());
-            args.push(stage.head.clone());
-        }
-        ScriptCall { keys, args }
-    }
-
-    /// Runs an append on `client`: the script, and with `min_replicas` the WAIT after it (on
-    /// the same connection: WAIT counts this connection's writes) and the acknowledgement.
-    async fn append_on(
-        &self,
-        client: &fred::prelude::Client,
-        topic: &Topic,
-        call: ScriptCall,
-        noscript: NoScript,
-    ) -> Result<Appended, StoreError> {
-        let ScriptCall { keys, args } = call;
-        let reply = self.eval_on(
-            client,
-            &self.inner.append,
-            keys,
-            args,
-            Retry::Never,
-            &noscript,
-        );
-        let items = match reply.await? {
-            Value::Array(items) => items,
-            other => return Err(corrupt(format!("script returned {:?}", other.kind()))),
-        };
-        let mut items = items.into_iter();
-        let top = parse_top(&mut items)?;
-        let duplicate = items.next().and_then(|v| v.as_u64()) == Some(1);
-        let min = self.inner.min_replicas;
-        if min > 0 {
-            // A duplicate waits too: its first attempt may be the one that timed out. WAIT gives
-            // up a little before the call timeout, so a missing replica is reported as such.
-            let wait_ms = (millis(self.inner.call_timeout) * 3 / 4).max(1);
-            let timeout = i64::try_from(wait_ms).unwrap_or(i64::MAX);
-            let acked: i64 = self.bounded(client.wait(i64::from(min), timeout)).await?;
-            if acked < i64::from(min) {
-                return Err(StoreError::Unavailable(format!(
-                    "only {acked} of {min} replicas acknowledged seq {} (it is stored: retry with the same publish id)",
-                    top.seq
-                )));
-            }
-            // Now readers may see it (and a failover keeps it). The acknowledgement only ever
-            // raises the acknowledged seq, so acknowledgements of pipelined appends may run in
-            // any order.
-            let mut args = self.base_args(topic);
-            args.push(top.seq.to_string());
-            args.push(top.epoch.as_str().to_owned());
-            self.eval(&self.inner.ack, topic, args).await?;
-        }
-        Ok(Appended {
-            seq: top.seq,
-            epoch: top.epoch,
-            duplicate,
-        })
-    }
-
-    /// The common args of every topic script: a fresh epoch (used only for a new history), the
-    /// ttl, and the incarnation mode: `lineage` when appends wait for replicas (a promoted
-    /// replica then has every acknowledged message, so its topics keep their epochs), else
-    /// `strict` (any restart or failover starts new epochs).
-    fn base_args(&self, topic: &Topic) -> Vec<String> {
-        let mode = if self.inner.min_replicas > 0 {
-            "lineage"
-        } else {
-            "strict"
-        };
-        vec![
-            Epoch::generate().as_str().to_owned(),
-            self.ttl_ms(topic).to_string(),
-            mode.to_owned(),
-        ]
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-fn corrupt(msg: impl Into<String>) -> StoreError {
-    StoreError::Corrupt(msg.into())
-}
-
-fn map_error(e: FredError, timeout: Duration) -> StoreError {
-    match e.kind() {
-        ErrorKind::Timeout => StoreError::Timeout(timeout),
-        ErrorKind::Parse => StoreError::Corrupt(e.details().to_owned()),
-        _ => StoreError::Unavailable(format!("redis: {}", e.details())),
-    }
 }
 
 /// Logs why connections fail (a refused connection, a TLS handshake that fails verification,
@@ -580,210 +392,6 @@ fn log_connection_errors(pool: &Pool, url: &str) -> Vec<ConnectHandle> {
         }));
     }
     tasks
-}
-
-/// Reads the `{seq, epoch, ...}` head that every topic script returns.
-fn parse_top(items: &mut std::vec::IntoIter<Value>) -> Result<Position, StoreError> {
-    let seq = items
-        .next()
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| corrupt("script reply without seq"))?;
-    let epoch = items
-        .next()
-        .and_then(Value::into_string)
-        .ok_or_else(|| corrupt("script reply without epoch"))?;
-    Ok(Position {
-        seq,
-        epoch: Epoch::new(epoch),
-    })
-}
-
-/// Reads one `id, data, exclude` triple of a history reply.
-fn parse_message(
-    id: Value,
-    data: Option<Value>,
-    exclude: Option<Value>,
-) -> Result<StoredMessage, StoreError> {
-    let id = id
-        .into_string()
-        .ok_or_else(|| corrupt("history entry id is not text"))?;
-    let seq = id
-        .split_once('-')
-        .and_then(|(seq, _)| seq.parse::<u64>().ok())
-        .ok_or_else(|| corrupt(format!("history entry id {id:?}")))?;
-    let text = data
-        .and_then(Value::into_string)
-        .ok_or_else(|| corrupt(format!("history entry {id} has no text payload")))?;
-    let data = Payload::parse(&text)
-        .map_err(|e| corrupt(format!("history entry {id} is not JSON: {e}")))?;
-    let exclude = exclude
-        .and_then(Value::into_string)
-        .ok_or_else(|| corrupt(format!("history entry {id} has no exclusion field")))?;
-    let exclude = match exclude.as_str() {
-        "" => None,
-        s => Some(
-            SessionId::parse(s)
-                .map_err(|e| corrupt(format!("history entry {id} excludes {s:?}: {e}")))?,
-        ),
-    };
-    Ok(StoredMessage { seq, data, exclude })
-}
-
-impl SessionStore for RedisStore {
-    async fn append_with(
-        &self,
-        topic: &Topic,
-        data: &Payload,
-        id: Option<&PublishId>,
-        extras: Extras<'_>,
-    ) -> Result<Appended, StoreError> {
-        let call = self.append_call(topic, data, id, extras);
-        self.append_on(self.inner.pool.next(), topic, call, NoScript::Eval)
-            .await
-    }
-
-    async fn top(&self, topic: &Topic) -> Result<Position, StoreError> {
-        let items = self
-            .eval(&self.inner.top, topic, self.base_args(topic))
-            .await?;
-        parse_top(&mut items.into_iter())
-    }
-
-    async fn tops(&self, topics: &[Topic]) -> Result<Vec<Position>, StoreError> {
-        let mut out = Vec::with_capacity(topics.len());
-        for batch in topics.chunks(TOPS_BATCH) {
-            let tops = futures_util::future::join_all(batch.iter().map(|t| self.top(t))).await;
-            for top in tops {
-                out.push(top?);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn history(
-        &self,
-        topic: &Topic,
-        after: u64,
-        limit: usize,
-    ) -> Result<HistoryPage, StoreError> {
-        let mut args = self.base_args(topic);
-        // Entry ids are `<seq>-1`, so everything from `<after + 1>-0` on has seq > after.
-        args.push(format!("{}-0", after.saturating_add(1)));
-        args.push(after.to_string());
-        args.push(limit.max(1).to_string());
-        args.push(PAGE_BYTES.to_string());
-        let items = self.eval(&self.inner.history, topic, args).await?;
-        let mut items = items.into_iter();
-        let top = parse_top(&mut items)?;
-        let mut messages = Vec::with_capacity(items.len() / 3);
-        while let Some(id) = items.next() {
-            messages.push(parse_message(id, items.next(), items.next())?);
-        }
-        Ok(HistoryPage { top, messages })
-    }
-
-    async fn new_epoch(&self, topic: &Topic, stale: &Epoch) -> Result<Position, StoreError> {
-        let mut args = self.base_args(topic);
-        args.push(stale.as_str().to_owned());
-        let items = self.eval(&self.inner.new_epoch, topic, args).await?;
-        parse_top(&mut items.into_iter())
-    }
-
-    async fn claim_session(
-        &self,
-        id: &SessionId,
-        pod: &str,
-        ttl: Duration,
-    ) -> Result<Claim, StoreError> {
-        let keys = vec![self.session_key(id)];
-        let args = vec![pod.to_owned(), millis(ttl).to_string()];
-        let reply = self
-            .eval_on(
-                self.inner.pool.next(),
-                &self.inner.claim_session,
-                keys,
-                args,
-                Retry::Never,
-                &NoScript::Eval,
-            )
-            .await?;
-        let Value::Array(items) = reply else {
-            return Err(corrupt("claim reply is not an array"));
-        };
-        let mut items = items.into_iter();
-        let generation = items
-            .next()
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| corrupt("claim reply without generation"))?;
-        let previous = match (items.next(), items.next()) {
-            (Some(pod), Some(generation)) => Some(Owner {
-                pod: pod.into_string().unwrap_or_default(),
-                generation: generation.as_u64().unwrap_or(0),
-            }),
-            _ => None,
-        };
-        Ok(Claim {
-            generation,
-            previous,
-        })
-    }
-
-    async fn save_session(
-        &self,
-        session: &SessionRecord,
-        generation: u64,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let json = serde_json::to_string(session)
-            .map_err(|e| corrupt(format!("session not serializable: {e}")))?;
-        let keys = vec![self.session_key(&session.id)];
-        let args = vec![
-            generation.to_string(),
-            json,
-            millis(ttl).to_string(),
-            session.last_pod.clone(),
-        ];
-        // Conditional on the generation: writing the same record twice is harmless.
-        let client = self.inner.pool.next();
-        let reply = self
-            .eval_on(
-                client,
-                &self.inner.save_session,
-                keys,
-                args,
-                Retry::Redirected,
-                &NoScript::Eval,
-            )
-            .await?;
-        Ok(reply.as_u64() == Some(1))
-    }
-
-    async fn load_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        let pool = &self.inner.pool;
-        let key = self.session_key(id);
-        let json: Option<String> = self
-            .bounded(async {
-                match pool.hget(&key, "r").await {
-                    Err(e) if gave_up(&e) => pool.hget(&key, "r").await,
-                    other => other,
-                }
-            })
-            .await?;
-        json.map(|json| {
-            serde_json::from_str(&json).map_err(|e| corrupt(format!("session {id}: {e}")))
-        })
-        .transpose()
-    }
-
-    async fn delete_session(&self, id: &SessionId) -> Result<(), StoreError> {
-        let pool = &self.inner.pool;
-        self.bounded(pool.del::<(), _>(self.session_key(id))).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let pool = &self.inner.pool;
-        self.bounded(pool.ping::<()>(None)).await
-    }
 }
 
 #[cfg(test)]
