@@ -21,30 +21,36 @@
 //! `--presence-log-size` events for recovery ([`EventLog`]); [`events`] sends them to the
 //! topic's subscribers on every pod and replays what a connection missed.
 //!
-//! Layout: this file (the [`PresenceStore`] trait and its data, [`AnyPresence`], whether a topic
-//! has presence, the pod's local registry and its task); [`memory`] and [`redis`] (the two
-//! stores); [`frames`] (the `presence` and `presence_stats` frames, and the connection's hooks);
-//! [`events`] (join/leave fan-out, ordering and recovery); [`value`] (how a member, its
-//! `info` included, is stored).
+//! Layout: this file (the [`PresenceStore`] trait and its data, whether a topic has presence);
+//! `any` ([`AnyPresence`], the store that goes with the pod's store); `registry` (the pod's
+//! local [`Registry`]) and `task` (the pod's presence task, [`run`]); [`memory`] and [`redis`]
+//! (the two stores); [`frames`] (the `presence` and `presence_stats` frames, and the
+//! connection's hooks); [`events`] (join/leave fan-out, ordering and recovery); [`value`] (how a
+//! member, its `info` included, is stored).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::{Epoch, Member, PresencePosition, SessionId, Topic};
+use protocol::{Epoch, Member, PresencePosition, Topic};
 
-use crate::hub::ConnId;
-use crate::{Shared, Store};
+use crate::Shared;
 
+mod any;
 pub mod events;
 pub mod frames;
 pub mod memory;
 pub mod metrics;
 pub mod order;
 pub mod redis;
+mod registry;
+mod task;
 pub mod value;
 
+pub use any::AnyPresence;
+pub use registry::Registry;
+use task::record;
+pub use task::{live_pods, run};
 pub use value::member_of;
 
 /// Every this many heartbeats a pod sweeps every presence topic for expired members.
@@ -222,311 +228,12 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn topics(&self) -> impl Future<Output = Result<Vec<Topic>, PresenceError>> + Send;
 }
 
-/// The presence store of the pod's store: Redis when the store is, else in process.
-#[derive(Debug, Clone)]
-pub enum AnyPresence {
-    Memory(memory::MemoryPresence),
-    Redis(redis::RedisPresence),
-}
-
-impl AnyPresence {
-    /// With Redis and events on, `outbox` is where joins and leaves stage their events.
-    pub fn for_store(
-        store: &Store,
-        log: EventLog,
-        outbox: Option<crate::events::outbox::RedisOutbox>,
-    ) -> Self {
-        match store {
-            Store::Memory(_) => Self::Memory(memory::MemoryPresence::new(log)),
-            Store::Redis(store) => {
-                Self::Redis(redis::RedisPresence::new(store.clone(), log, outbox))
-            }
-        }
-    }
-}
-
-macro_rules! delegate {
-    ($self:ident, $method:ident($($arg:expr),*)) => {
-        match $self {
-            AnyPresence::Memory(p) => p.$method($($arg),*).await,
-            AnyPresence::Redis(p) => p.$method($($arg),*).await,
-        }
-    };
-}
-
-impl PresenceStore for AnyPresence {
-    async fn apply(
-        &self,
-        topic: &Topic,
-        pod: &str,
-        ttl: Duration,
-        changes: &[Change],
-    ) -> Result<Vec<Event>, PresenceError> {
-        delegate!(self, apply(topic, pod, ttl, changes))
-    }
-
-    async fn sweep(&self, topic: &Topic, live: &[String]) -> Result<Vec<Event>, PresenceError> {
-        delegate!(self, sweep(topic, live))
-    }
-
-    async fn members(
-        &self,
-        topic: &Topic,
-        live: &HashSet<String>,
-        max: usize,
-    ) -> Result<Option<Listing>, PresenceError> {
-        delegate!(self, members(topic, live, max))
-    }
-
-    async fn events_since(
-        &self,
-        topic: &Topic,
-        since: &PresencePosition,
-        limit: usize,
-    ) -> Result<LogRead, PresenceError> {
-        delegate!(self, events_since(topic, since, limit))
-    }
-
-    async fn stats(&self, topic: &Topic) -> Result<Stats, PresenceError> {
-        delegate!(self, stats(topic))
-    }
-
-    async fn register(&self, topics: &[Topic]) -> Result<(), PresenceError> {
-        delegate!(self, register(topics))
-    }
-
-    async fn topics(&self) -> Result<Vec<Topic>, PresenceError> {
-        delegate!(self, topics())
-    }
-}
-
-/// One attached member on this pod.
-#[derive(Debug, Clone)]
-struct Local {
-    conn: ConnId,
-    who: Who,
-}
-
-/// This pod's members: the attached ones (refreshed), and the changes not written yet (the
-/// attaches of resumed sessions and the detaches of ended connections, in order).
-#[derive(Debug, Default)]
-pub struct Registry {
-    attached: Mutex<HashMap<Topic, HashMap<SessionId, Local>>>,
-    pending: Mutex<Vec<(Topic, Change)>>,
-    /// Topics that got their first member here since the last beat: registered for sweeps
-    /// at once, so a pod that dies right after still has its members swept.
-    new_topics: Mutex<HashSet<Topic>>,
-}
-
-impl Registry {
-    fn attach(&self, topic: &Topic, conn: ConnId, session: &SessionId, who: Who) {
-        let mut attached = self.attached.lock().expect("presence lock");
-        let members = attached.entry(topic.clone()).or_insert_with(|| {
-            self.new_topics
-                .lock()
-                .expect("presence lock")
-                .insert(topic.clone());
-            HashMap::new()
-        });
-        members.insert(session.clone(), Local { conn, who });
-    }
-
-    /// Forgets the member; `true` when `conn` was the one holding it here.
-    fn forget(&self, topic: &Topic, conn: ConnId, session: &SessionId) -> Option<Local> {
-        let mut attached = self.attached.lock().expect("presence lock");
-        let members = attached.get_mut(topic)?;
-        if members.get(session).is_none_or(|l| l.conn != conn) {
-            return None;
-        }
-        let local = members.remove(session);
-        if members.is_empty() {
-            attached.remove(topic);
-        }
-        local
-    }
-
-    fn detach(&self, topic: &Topic, conn: ConnId, session: &SessionId) {
-        if let Some(local) = self.forget(topic, conn, session) {
-            let change = Change {
-                op: Op::Detach,
-                session: session.to_string(),
-                user: local.who.user,
-                info: local.who.info,
-            };
-            self.pending
-                .lock()
-                .expect("presence lock")
-                .push((topic.clone(), change));
-        }
-    }
-
-    /// Attaches here now and writes it with the next batch: for resumed sessions, whose member
-    /// is still present (detached, or owned by the pod they left), so nothing is lost meanwhile
-    /// and a drain's thousands of resumes cost one call per topic and beat.
-    fn attach_later(&self, topic: &Topic, conn: ConnId, session: &SessionId, who: Who) {
-        self.attach(topic, conn, session, who.clone());
-        let change = Change {
-            op: Op::Attach,
-            session: session.to_string(),
-            user: who.user,
-            info: who.info,
-        };
-        self.pending
-            .lock()
-            .expect("presence lock")
-            .push((topic.clone(), change));
-    }
-
-    /// The changes of one beat, per topic: the pending ones, and with `refresh` every attached
-    /// member again.
-    fn batch(&self, refresh: bool) -> HashMap<Topic, Vec<Change>> {
-        let mut out: HashMap<Topic, Vec<Change>> = HashMap::new();
-        let pending = std::mem::take(&mut *self.pending.lock().expect("presence lock"));
-        let attached = self.attached.lock().expect("presence lock");
-        for (topic, change) in pending {
-            let here = attached
-                .get(&topic)
-                .is_some_and(|m| m.keys().any(|s| s.as_str() == change.session));
-            // A detach of a session attached here again (resumed on this pod) is dropped, and so
-            // is an attach whose connection is gone already (unsubscribed, or ended: its detach
-            // follows).
-            let keep = match change.op {
-                Op::Detach => !here,
-                Op::Attach => here,
-                Op::Leave => true,
-            };
-            if keep {
-                out.entry(topic).or_default().push(change);
-            }
-        }
-        if refresh {
-            for (topic, members) in attached.iter() {
-                let changes = out.entry(topic.clone()).or_default();
-                changes.extend(members.iter().map(|(session, local)| Change {
-                    op: Op::Attach,
-                    session: session.to_string(),
-                    user: local.who.user.clone(),
-                    info: local.who.info.clone(),
-                }));
-            }
-        }
-        out
-    }
-}
-
-/// The live pods of the fleet view, this one included.
-pub fn live_pods(shared: &Shared) -> HashSet<String> {
-    let mut live: HashSet<String> = shared
-        .cluster
-        .pods(crate::cluster::max_age(shared))
-        .into_iter()
-        .map(|p| p.beat.pod)
-        .collect();
-    live.insert(shared.pod.clone());
-    live
-}
-
-/// Counts the events (metrics) and logs them; the store made each one exactly once. Logged
-/// ones (join/leave topics) go out to the topic's subscribers on every pod.
-async fn record(shared: &Shared, topic: &Topic, events: &[Event]) {
-    for event in events {
-        shared.metrics.presence.event(event.join, event.user_edge);
-        tracing::debug!(%topic, join = event.join, session = %event.member.session, pseq = ?event.logged.as_ref().map(|l| l.pseq), "presence");
-    }
-    events::announce(shared, topic, events).await;
-}
-
-/// Writes one beat's batch (and, on `refresh`, registers the topics for sweeps).
-async fn flush(shared: &Shared, refresh: bool) {
-    let ttl = shared.config.resume_window;
-    let registry = &shared.presence_registry;
-    let batch = registry.batch(refresh);
-    let mut topics: Vec<Topic> = std::mem::take(&mut *registry.new_topics.lock().expect("lock"))
-        .into_iter()
-        .collect();
-    if refresh {
-        topics.extend(batch.keys().cloned());
-    }
-    if !topics.is_empty()
-        && let Err(e) = shared.presence.register(&topics).await
-    {
-        tracing::debug!(error = %e, "presence topics not registered");
-        registry.new_topics.lock().expect("lock").extend(topics);
-    }
-    for (topic, changes) in batch {
-        match shared
-            .presence
-            .apply(&topic, &shared.pod, ttl, &changes)
-            .await
-        {
-            Ok(events) => {
-                record(shared, &topic, &events).await;
-                crate::events::hooks::presence(shared, &topic, &events).await;
-            }
-            Err(e) => {
-                // Retried at the next beat (attaches and detaches alike, in order).
-                tracing::debug!(%topic, error = %e, "presence batch not written");
-                let mut pending = shared.presence_registry.pending.lock().expect("lock");
-                let retry: Vec<(Topic, Change)> =
-                    changes.into_iter().map(|c| (topic.clone(), c)).collect();
-                pending.splice(0..0, retry);
-            }
-        }
-    }
-}
-
-/// Removes expired members of every presence topic. Only the first live pod (by name) sweeps:
-/// a sweep reads each topic's whole member hash, so one sweeper keeps the cost independent of
-/// the fleet's size. (Pods whose views differ may both sweep; the store removes each member
-/// once.)
-async fn sweep(shared: &Shared) {
-    let live = live_pods(shared);
-    if live.iter().min() != Some(&shared.pod) {
-        return;
-    }
-    let topics = match shared.presence.topics().await {
-        Ok(topics) => topics,
-        Err(e) => return tracing::debug!(error = %e, "presence topics not read"),
-    };
-    let live: Vec<String> = live.into_iter().collect();
-    for topic in topics {
-        match shared.presence.sweep(&topic, &live).await {
-            Ok(events) => {
-                record(shared, &topic, &events).await;
-                crate::events::hooks::presence(shared, &topic, &events).await;
-            }
-            Err(e) => tracing::debug!(%topic, error = %e, "presence not swept"),
-        }
-    }
-}
-
-/// The pod's presence task: a batch every heartbeat interval, refreshes every third of the
-/// resume window, sweeps every [`SWEEP_BEATS`] beats; a last batch at shutdown.
-pub async fn run(shared: Arc<Shared>) {
-    let interval = shared.config.heartbeat_interval;
-    let refresh_beats =
-        ((shared.config.resume_window / 3).as_millis() / interval.as_millis().max(1)).max(1) as u64;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut beat = 0u64;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shared.shutdown.cancelled() => break,
-        }
-        beat += 1;
-        flush(&shared, beat.is_multiple_of(refresh_beats)).await;
-        if beat.is_multiple_of(u64::from(SWEEP_BEATS)) {
-            sweep(&shared).await;
-        }
-    }
-    // The connections are closed by now (drain first, then shutdown): write their detaches, so
-    // the members expire with their sessions' resume windows rather than linger as this pod's.
-    let _ = tokio::time::timeout(Duration::from_secs(2), flush(&shared, false)).await;
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use protocol::SessionId;
+
     use super::*;
 
     fn t() -> Topic {
