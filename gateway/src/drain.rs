@@ -144,7 +144,14 @@ pub async fn drain_peer(shared: &Shared, peer: IpAddr) -> u64 {
         tokio::time::Instant::now() + shared.config.drain_window + shared.config.close_grace;
     let mut closed = 0;
     loop {
-        let controls = shared.connections.open_controls_from(peer);
+        // Connections already asked to close are finishing their close handshake: they are
+        // neither asked again nor counted again, and cost the round no pause.
+        let controls: Vec<_> = shared
+            .connections
+            .open_controls_from(peer)
+            .into_iter()
+            .filter(|c| !c.is_closing())
+            .collect();
         if controls.is_empty() || tokio::time::Instant::now() >= deadline {
             break;
         }

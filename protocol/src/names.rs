@@ -115,11 +115,16 @@ impl<'de> Deserialize<'de> for Topic {
     }
 }
 
+/// `bytes` random bytes as lowercase hex. Written into one string: a session's ids are made on
+/// every fresh `hello`, and a string per byte was a measurable part of a handshake.
 fn random_hex(bytes: usize) -> String {
+    use std::fmt::Write as _;
     let mut rng = rand::rng();
-    (0..bytes)
-        .map(|_| format!("{:02x}", rng.random::<u8>()))
-        .collect()
+    let mut out = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        let _ = write!(out, "{:02x}", rng.random::<u8>());
+    }
+    out
 }
 
 /// A session id: 32 lowercase hex characters (128 random bits). Public: it appears in `welcome`.
