@@ -291,3 +291,29 @@ async fn hello_with_initial_subscriptions_answers_welcome_then_subscribed_in_ord
     assert_eq!(topics.len(), 2, "{resumed}");
     assert_eq!(topics["chat.2"]["seq"], seq);
 }
+
+/// A fresh session that subscribes in `hello` is saved once, with its subscriptions, before
+/// `welcome` is flushed: one store call per handshake, not two.
+#[tokio::test]
+async fn a_fresh_hello_with_subscriptions_saves_the_session_once() {
+    let gw = TestGateway::start().await;
+    let mut a = gw.client().await;
+    a.send(json!({"type": "hello", "subscribe": ["news", "sport"]}))
+        .await;
+    let welcome = a.expect("welcome").await;
+    assert_eq!(a.expect("subscribed").await["topic"], "news");
+    assert_eq!(a.expect("subscribed").await["topic"], "sport");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("gateway_session_store_seconds_count{op=\"save_session\"} 1\n"),
+        "{metrics}"
+    );
+    // That one save holds both subscriptions: a resume restores them.
+    a.leave().await;
+    let mut b = gw.client().await;
+    b.send(json!({"type": "hello", "resume": welcome["resume"]}))
+        .await;
+    let resumed = b.expect("welcome").await;
+    assert_eq!(resumed["resumed"], true);
+    assert_eq!(resumed["topics"].as_object().unwrap().len(), 2, "{resumed}");
+}

@@ -201,21 +201,22 @@ impl Conn {
                 }
             }
         }
-        // The positions saved here are the client's own (nothing is replayed yet): a hello
-        // that fails from now on leaves a record the client can resume from.
-        match self.store_session(false).await {
-            Ok(true) => {
-                self.index_session().await;
-                self.events_attached(resumed).await;
-            }
-            Ok(false) => return Err(Close::TakenOver),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot save session");
-                let reply =
-                    ServerFrame::error(ErrorCode::Unavailable, "session store unavailable", None);
-                self.reply(socket, &reply).await?;
-                return Err(Close::Unavailable);
-            }
+        // A fresh session that subscribes in `hello` (and records no lifecycle events, whose
+        // order starts with the session) is saved once, after its subscriptions and before
+        // anything is flushed: `welcome` and the `subscribed` frames are only buffered until
+        // then. Saving it here as well would cost each such handshake a second save, a second
+        // store round trip in a fleet. Should that one save fail, the client may already hold
+        // `welcome` (with many subscriptions the buffer is written as it fills): its resume
+        // then finds no session and starts a fresh one, as after an expired record, and
+        // resubscribes from the positions it was given.
+        let save_once = !resumed
+            && !subscribe.is_empty()
+            && server_subs.is_empty()
+            && self.shared.events.is_none();
+        if !save_once {
+            // The positions saved here are the client's own (nothing is replayed yet): a hello
+            // that fails from now on leaves a record the client can resume from.
+            self.first_save(socket, resumed).await?;
         }
         let welcome = ServerFrame::Welcome {
             session: resume_token.session.to_string(),
@@ -267,15 +268,38 @@ impl Conn {
         .await;
         self.batch_replies = false;
         let added = replied?;
+        if save_once {
+            self.first_save(socket, resumed).await?;
+        }
         if batched {
             self.flush(socket).await?;
         }
-        if resumed || added {
+        if (resumed || added) && !save_once {
             // Save what the replay sent, so a client resuming without positions after this
             // connection dies starts where the replay stopped (and the new subscriptions).
             self.save_session().await;
         }
         Ok(())
+    }
+
+    /// The session's first save on this connection, which makes its resume token good (and,
+    /// with lifecycle events, records its start).
+    async fn first_save(&mut self, socket: &mut WebSocket, resumed: bool) -> Result<(), Close> {
+        match self.store_session(false).await {
+            Ok(true) => {
+                self.index_session().await;
+                self.events_attached(resumed).await;
+                Ok(())
+            }
+            Ok(false) => Err(Close::TakenOver),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot save session");
+                let reply =
+                    ServerFrame::error(ErrorCode::Unavailable, "session store unavailable", None);
+                self.reply(socket, &reply).await?;
+                Err(Close::Unavailable)
+            }
+        }
     }
 
     /// Claims the session's next generation and closes whoever held it before.
