@@ -288,7 +288,11 @@ impl TopicTask {
         let mut pages = 0;
         while pages < MAX_PAGES {
             pages += 1;
-            let after = lock(&self.entry).as_ref().expect("set").seq.released();
+            let (after, read_in) = {
+                let order = lock(&self.entry);
+                let order = order.as_ref().expect("set");
+                (order.seq.released(), order.seq.epoch().clone())
+            };
             let page = match self.hub.store.history(&self.topic, after, PAGE).await {
                 Ok(page) => page,
                 Err(e) => {
@@ -309,6 +313,12 @@ impl TopicTask {
             let behind = {
                 let mut order = lock(&self.entry);
                 let order = order.as_mut().expect("set");
+                if *order.seq.epoch() != read_in {
+                    // A publisher of this pod released a message of a newer epoch while the
+                    // page was read: `after` belongs to the old one. Read again from where the
+                    // order is now.
+                    continue;
+                }
                 if page.top.epoch != *order.seq.epoch() {
                     // The store is the truth about the topic's epoch: follow it from its start.
                     tracing::info!(topic = %self.topic, from = ?order.seq.epoch(), to = ?page.top.epoch, "topic has a new epoch");
