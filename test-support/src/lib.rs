@@ -13,7 +13,7 @@
 //! - `process`: [`ProcessGuard`] (a child killed on drop), [`spawn_guarded`], and the private
 //!   temp directories servers write into.
 //! - `resp`: [`redis_cmd`], one Redis command over a plain socket, so neither tests nor the
-//!   harness need a client library or `redis-cli`.
+//!   harness need a client library or `redis-cli`; [`redis_cmds`], several on one connection.
 //! - `redis`: [`RedisServer`], throwaway or [`Persistence`]-backed.
 //! - `replica`: [`RedisReplica`], for failover.
 //! - `proxy`: [`FaultProxy`], to stall, slow, cut or refuse one link.
@@ -91,7 +91,7 @@ pub use proxy::FaultProxy;
 pub use redis::{Persistence, RedisServer};
 pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use replica::RedisReplica;
-pub use resp::{info_field, redis_cmd};
+pub use resp::{info_field, redis_cmd, redis_cmds};
 pub use sentinel::Sentinels;
 pub use tls::{ClientAuth, TlsFiles};
 
@@ -159,6 +159,13 @@ mod tests {
         let nats = NatsServer::start();
         assert!(TcpStream::connect(("127.0.0.1", redis.port)).is_ok());
         assert!(TcpStream::connect(("127.0.0.1", nats.port)).is_ok());
+        // One connection: the client's name set by the first command is its name in the second.
+        let replies = redis_cmds(
+            redis.addr(),
+            &[&["CLIENT", "SETNAME", "one"], &["CLIENT", "GETNAME"]],
+        )
+        .unwrap();
+        assert_eq!(replies, ["OK", "one"]);
         let port = redis.port;
         drop(redis);
         std::thread::sleep(Duration::from_millis(100));

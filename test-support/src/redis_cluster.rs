@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::free_ports;
 use crate::process::{ProcessGuard, TempDir, on_fresh_ports};
 use crate::redis::try_spawn_redis;
-use crate::resp::{info_field, redis_cmd};
+use crate::resp::{info_field, redis_cmd, redis_cmds};
 
 /// `cluster-node-timeout`: how long a silent node takes to be flagged failing. Short, so a
 /// replica takes over within a few seconds.
@@ -84,6 +84,13 @@ impl ClusterNode {
 
     pub fn try_cmd(&self, args: &[&str]) -> io::Result<String> {
         redis_cmd(self.addr(), args)
+    }
+
+    /// Runs several commands on one connection of this node (see [`redis_cmds`]); panics on
+    /// failure.
+    pub fn cmds(&self, commands: &[&[&str]]) -> Vec<String> {
+        redis_cmds(self.addr(), commands)
+            .unwrap_or_else(|e| panic!("redis {commands:?} on cluster node {}: {e}", self.port))
     }
 
     /// The node's cluster id (`CLUSTER MYID`).
@@ -415,14 +422,13 @@ mod tests {
         let key = "{k}";
         let slot = cluster.key_slot(key);
         let master = cluster.master_for_key(key);
-        cluster.node(master).cmd(&["SET", key, "v"]);
         let replica = 3 + master;
-        // (A replica answers reads only after READONLY: ask the master whether it has the write.)
-        assert_eq!(
-            cluster.node(master).cmd(&["WAIT", "1", "5000"]),
-            "1",
-            "replica acknowledged"
-        );
+        // (A replica answers reads only after READONLY: ask the master whether it has the write.
+        // WAIT on the connection that wrote: on another one it would wait for nothing.)
+        let replies = cluster
+            .node(master)
+            .cmds(&[&["SET", key, "v"], &["WAIT", "1", "5000"]]);
+        assert_eq!(replies, ["OK", "1"], "replica acknowledged the write");
 
         let started = Instant::now();
         cluster.kill_9(master);

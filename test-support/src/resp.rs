@@ -22,6 +22,25 @@ pub fn redis_cmd(addr: SocketAddr, args: &[&str]) -> io::Result<String> {
     command(&Endpoint::Tcp(addr), None, args)
 }
 
+/// Sends several commands, in order, on one fresh connection and returns their replies (as
+/// [`redis_cmd`] renders them); stops at the first error reply.
+///
+/// For what depends on the connection: `WAIT` counts the replicas that acknowledged *its own
+/// connection's* last write, so on a connection of its own it acknowledges nothing.
+pub fn redis_cmds(addr: SocketAddr, commands: &[&[&str]]) -> io::Result<Vec<String>> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+    let mut stream = BufReader::new(stream);
+    commands
+        .iter()
+        .map(|args| {
+            stream.get_mut().write_all(&encode(args))?;
+            read_reply(&mut stream)
+        })
+        .collect()
+}
+
 /// Where the harness reaches a server: its TCP port, or a Unix socket (a TLS-only server's
 /// plaintext door for the harness, in the server's private directory).
 #[derive(Debug, Clone)]
