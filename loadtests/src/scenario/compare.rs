@@ -45,12 +45,14 @@ pub enum Metric {
 pub struct CompareArgs {
     #[arg(long, value_enum)]
     pub metric: Metric,
-    /// The measured run's JSON report (`--json` of its scenario).
-    #[arg(long)]
-    pub measured: PathBuf,
-    /// The reference run's JSON report, from the same sitting.
-    #[arg(long)]
-    pub reference: PathBuf,
+    /// The measured run's JSON report (`--json` of its scenario). Repeat it, with
+    /// `--reference` as often, for runs made in pairs: the verdict is the median pair's.
+    #[arg(long, required = true)]
+    pub measured: Vec<PathBuf>,
+    /// The reference run's JSON report, from the same sitting (the `n`th one is paired with
+    /// the `n`th `--measured`, the run made next to it).
+    #[arg(long, required = true)]
+    pub reference: Vec<PathBuf>,
     /// A label for the measured commit or build, copied into the output.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -110,15 +112,39 @@ fn lost(report: &Value) -> f64 {
 
 /// Compares, prints one line per figure and the verdict, and returns the JSON.
 pub fn run(args: &CompareArgs) -> anyhow::Result<Value> {
-    let (m, r) = (load(&args.measured)?, load(&args.reference)?);
-    let out = compare(args.metric, &m, &r)?;
+    anyhow::ensure!(
+        args.measured.len() == args.reference.len(),
+        "--measured is given {} times and --reference {}: one of each per pair of runs",
+        args.measured.len(),
+        args.reference.len()
+    );
+    let mut pairs = Vec::new();
+    for (m, r) in args.measured.iter().zip(&args.reference) {
+        pairs.push(compare(args.metric, &load(m)?, &load(r)?)?);
+    }
+    if pairs.len() > 1 {
+        for (i, pair) in pairs.iter().enumerate() {
+            println!(
+                "  pair {}: measured {} / reference {} = {:.2}x",
+                i + 1,
+                pair["measured"],
+                pair["reference"],
+                pair["ratio"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    let out = median_pair(pairs);
     println!(
-        "{:?}{}: measured {} / reference {} = {:.2}x; target {}: {}",
+        "{:?}{}{}: measured {} / reference {} = {:.2}x; target {}: {}",
         args.metric,
         if args.label.is_empty() {
             String::new()
         } else {
             format!(" ({})", args.label)
+        },
+        match out["pairs"].as_array() {
+            Some(pairs) => format!(", the median of {} pairs", pairs.len()),
+            None => String::new(),
         },
         out["measured"],
         out["reference"],
@@ -136,6 +162,25 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<Value> {
     let mut out = out;
     out["label"] = json!(args.label);
     Ok(out)
+}
+
+/// The comparison of the pair with the median ratio (the lower of the two middle ones for an
+/// even count: the verdict does not round up), with every pair's ratio in `pairs`, in run
+/// order. A loss in any pair fails the verdict: one lossless median does not excuse it.
+pub fn median_pair(pairs: Vec<Value>) -> Value {
+    let ratio = |v: &Value| v["ratio"].as_f64().unwrap_or(0.0);
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by(|&a, &b| ratio(&pairs[a]).total_cmp(&ratio(&pairs[b])));
+    let Some(&middle) = order.get(pairs.len().saturating_sub(1) / 2) else {
+        return json!({});
+    };
+    let lossless = pairs.iter().all(|p| p["lossless"] != false);
+    let mut out = pairs[middle].clone();
+    if pairs.len() > 1 {
+        out["pairs"] = pairs.iter().map(|p| p["ratio"].clone()).collect();
+        out["met"] = json!(out["met"] == true && lossless);
+    }
+    out
 }
 
 /// The comparison of `m` (measured) with `r` (reference) for `metric`.
@@ -166,7 +211,7 @@ pub fn compare(metric: Metric, m: &Value, r: &Value) -> anyhow::Result<Value> {
             json!({"metric": metric, "unit": "deliveries/s within p99", "measured": r3(a),
                 "reference": r3(b), "ratio": r3(ratio(a, b)),
                 "target": format!("at least {min}x, nothing lost"),
-                "met": ratio(a, b) >= min && lossless,
+                "met": ratio(a, b) >= min && lossless, "lossless": lossless,
                 "notes": format!("p99 bound {} ms; measured lost {}, 1013s {}; reference lost {}{}",
                     m["max_p99_ms"], lost(m), closes(m, 1013), lost(r), cpu_note(m, r))})
         }
@@ -187,6 +232,7 @@ pub fn compare(metric: Metric, m: &Value, r: &Value) -> anyhow::Result<Value> {
                 "reference": r3(b), "ratio": r3(ratio(a, b)),
                 "target": format!("nothing lost, at most {}% closed 1013", MAX_OVERLOAD_1013_SHARE * 100.0),
                 "met": lost(m) == 0.0 && share <= MAX_OVERLOAD_1013_SHARE,
+                "lossless": lost(m) == 0.0,
                 "notes": format!("offered {rate} msg/s; p99 {p99_m} ms vs {p99_r} ms; 1013s: {} of {subscribers} (reference {}); lost {} (reference {}){}",
                     closes(m, 1013), closes(r, 1013), lost(m), lost(r), cpu_note(m, r))})
         }
@@ -239,6 +285,31 @@ mod tests {
             compare(Metric::Overload, &over(500), &over(0)).unwrap()["met"],
             false
         );
+
+        // Pairs: the median ratio decides, and a loss in any pair fails.
+        let pairs = |runs: &[(f64, u64)]| {
+            median_pair(
+                runs.iter()
+                    .map(|&(best, lost)| {
+                        compare(Metric::MaxFanout, &fan(best, lost), &fan(1000.0, 0)).unwrap()
+                    })
+                    .collect(),
+            )
+        };
+        let c = pairs(&[(800.0, 0), (1200.0, 0), (950.0, 0)]);
+        assert_eq!(
+            (c["ratio"].clone(), c["met"].clone()),
+            (json!(0.95), json!(true))
+        );
+        assert_eq!(c["pairs"], json!([0.8, 1.2, 0.95]));
+        let c = pairs(&[(800.0, 0), (1200.0, 0), (850.0, 0), (1300.0, 0)]);
+        assert_eq!(
+            (c["ratio"].clone(), c["met"].clone()),
+            (json!(0.85), json!(false))
+        );
+        let c = pairs(&[(800.0, 0), (1200.0, 0), (950.0, 0), (1300.0, 2)]);
+        assert_eq!(c["met"], false, "a loss in any pair fails");
+        assert_eq!(pairs(&[(950.0, 0)]).get("pairs"), None);
 
         let mem = |bytes: f64| json!({"gateway_rss_per_session_bytes": bytes, "ready": 10000});
         let c = compare(Metric::IdleMemory, &mem(6000.0), &mem(7000.0)).unwrap();
