@@ -101,9 +101,9 @@ start_baseline() {
 }
 
 # compare METRIC MEASURED REFERENCE: prints the ratio and the verdict (docs/benchmarks.md).
+# compare METRIC MEASURED REFERENCE: one pair (see compare_pairs).
 compare() {
-  "$WSLOAD" compare --metric "$1" --measured "$OUT/$2.json" --reference "$OUT/$3.json" \
-    --label "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" --json "$OUT/compare-$1.json"
+  compare_pairs "$1" "$2" "$3"
 }
 
 # compare_pairs METRIC "MEASURED..." "REFERENCE...": one `compare` over run pairs (names

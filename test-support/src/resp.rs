@@ -28,17 +28,7 @@ pub fn redis_cmd(addr: SocketAddr, args: &[&str]) -> io::Result<String> {
 /// For what depends on the connection: `WAIT` counts the replicas that acknowledged *its own
 /// connection's* last write, so on a connection of its own it acknowledges nothing.
 pub fn redis_cmds(addr: SocketAddr, commands: &[&[&str]]) -> io::Result<Vec<String>> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
-    let mut stream = BufReader::new(stream);
-    commands
-        .iter()
-        .map(|args| {
-            stream.get_mut().write_all(&encode(args))?;
-            read_reply(&mut stream)
-        })
-        .collect()
+    commands_on(&Endpoint::Tcp(addr), None, commands)
 }
 
 /// Where the harness reaches a server: its TCP port, or a Unix socket (a TLS-only server's
@@ -62,23 +52,37 @@ pub(crate) fn command(
     login: Option<&Login>,
     args: &[&str],
 ) -> io::Result<String> {
+    let mut replies = commands_on(endpoint, login, &[args])?;
+    Ok(replies.pop().expect("one reply per command"))
+}
+
+/// [`redis_cmds`] on any endpoint, after `AUTH` when `login` is given.
+fn commands_on(
+    endpoint: &Endpoint,
+    login: Option<&Login>,
+    commands: &[&[&str]],
+) -> io::Result<Vec<String>> {
     match endpoint {
         Endpoint::Tcp(addr) => {
             let stream = TcpStream::connect_timeout(addr, Duration::from_secs(2))?;
             stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
             stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
-            exchange(stream, login, args)
+            exchange(stream, login, commands)
         }
         Endpoint::Unix(path) => {
             let stream = UnixStream::connect(path)?;
             stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
             stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
-            exchange(stream, login, args)
+            exchange(stream, login, commands)
         }
     }
 }
 
-fn exchange(stream: impl Read + Write, login: Option<&Login>, args: &[&str]) -> io::Result<String> {
+fn exchange(
+    stream: impl Read + Write,
+    login: Option<&Login>,
+    commands: &[&[&str]],
+) -> io::Result<Vec<String>> {
     let mut stream = BufReader::new(stream);
     if let Some(login) = login {
         let mut auth = vec!["AUTH"];
@@ -87,8 +91,13 @@ fn exchange(stream: impl Read + Write, login: Option<&Login>, args: &[&str]) -> 
         stream.get_mut().write_all(&encode(&auth))?;
         read_reply(&mut stream)?;
     }
-    stream.get_mut().write_all(&encode(args))?;
-    read_reply(&mut stream)
+    commands
+        .iter()
+        .map(|args| {
+            stream.get_mut().write_all(&encode(args))?;
+            read_reply(&mut stream)
+        })
+        .collect()
 }
 
 fn encode(args: &[&str]) -> Vec<u8> {
