@@ -6,7 +6,8 @@
 //! message, not per subscriber), to that topic's subscribers by the topic's fan-out task. No JSON, no sessions, no history,
 //! no backplane. Delivery works like the gateway's so the comparison is fair: each connection
 //! has one task and a bounded queue (a full queue drops the subscriber, as the gateway's 1013
-//! does), and the task feeds every queued frame (up to a batch) and flushes once.
+//! does), and the task feeds every queued frame (up to a batch) and flushes once. It answers a
+//! client's close frame, as the gateway does and RFC 6455 requires.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -107,7 +108,13 @@ async fn connection(stream: TcpStream, _peer: SocketAddr, state: Arc<State>) {
                         feed(&state, topic, text.clone());
                     }
                 }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite queued the reply when it read the close; send it, as RFC 6455
+                    // asks of a server (and as the gateway does).
+                    let _ = ws.flush().await;
+                    break;
+                }
+                Some(Err(_)) | None => break,
                 Some(Ok(_)) => {}
             },
         }
