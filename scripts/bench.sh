@@ -3,7 +3,7 @@
 # loopback. Every run is bounded (wsload --max-duration, each < 5 min); every server started
 # here is stopped by PID on exit.
 #
-#   scripts/bench.sh [all|memory|memory-cluster|handshakes|fanout|overload|cluster-fanout|
+#   scripts/bench.sh [all|memory|memory-cluster|handshakes|fanout|overload|steady|cluster-fanout|
 #                     crosspod|drain|rebalance|storm|hooks|ephemeral|throughput|joinleave]...
 #
 # The targets of docs/benchmarks.md are printed by `wsload compare` as a ratio to the reference
@@ -237,6 +237,34 @@ overload() {
   compare overload overload-gateway overload-baseline
 }
 
+# Steady load (the issue's second row): 1,000 subscribers on one topic x 100 msg/s for 20 s on
+# the baseline, the embedded gateway and the cluster (2 pods + Redis + NATS, subscribers split,
+# the publisher on the first): p99, and the servers' CPU per delivery (the pods summed; Redis
+# and NATS reported beside them).
+steady() {
+  local load=(--subscribers 1000 --topics 1 --publishers 1 --payload-bytes 100 --rate 100
+    --duration 20 --max-duration 120)
+  start_baseline
+  "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws "${load[@]}" \
+    --gateway-pid "$BL_PID" --json "$OUT/steady-baseline.json"
+  cleanup
+  start_gateway steady "$GW_PORT" "$ADMIN_PORT"
+  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${load[@]}" --gateway-pid "$GW_PID" \
+    --json "$OUT/steady-gateway.json"
+  cleanup
+  start_backends
+  local backends=() pods=()
+  for pid in "${PIDS[@]}"; do backends+=(--backend-pid "$pid"); done
+  start_gateway sc0 "$GW_PORT" "$ADMIN_PORT" "${FLEET[@]}" --rebalance-rate 0
+  pods+=(--gateway-pid "$GW_PID")
+  start_gateway sc1 $((GW_PORT + 1)) $((ADMIN_PORT + 1)) "${FLEET[@]}" --rebalance-rate 0
+  pods+=(--gateway-pid "$GW_PID")
+  sleep 2
+  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws --url ws://127.0.0.1:$((GW_PORT + 1))/ws \
+    "${load[@]}" "${pods[@]}" "${backends[@]}" --json "$OUT/steady-cluster.json"
+  cleanup
+}
+
 # Cluster fan-out: 2 pods + Redis + NATS, the subscribers split over both, the publisher on the
 # first; the same steps as fanout (from a quarter of the rate: one publisher's publishes wait
 # for Redis and NATS), compared with the embedded gateway's figure.
@@ -387,11 +415,11 @@ runs=("$@")
 [ ${#runs[@]} -eq 0 ] && runs=(all)
 for r in "${runs[@]}"; do
   case $r in
-    all) memory; memory_cluster; handshakes; fanout; overload; cluster_fanout; crosspod; drain
+    all) memory; memory_cluster; handshakes; fanout; overload; steady; cluster_fanout; crosspod; drain
       rebalance; storm; throughput ;;
     memory-cluster) memory_cluster ;;
     cluster-fanout) cluster_fanout ;;
-    memory|handshakes|fanout|overload|crosspod|drain|rebalance|storm|hooks|ephemeral|throughput|joinleave) "$r" ;;
+    memory|handshakes|fanout|overload|steady|crosspod|drain|rebalance|storm|hooks|ephemeral|throughput|joinleave) "$r" ;;
     *) echo "unknown benchmark: $r" >&2; exit 2 ;;
   esac
 done

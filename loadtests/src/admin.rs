@@ -180,6 +180,11 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
+/// The summed CPU seconds of several processes (a fleet's pods).
+pub fn cpu_seconds_of(pids: &[u32]) -> anyhow::Result<f64> {
+    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

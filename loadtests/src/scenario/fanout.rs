@@ -52,10 +52,23 @@ pub struct FanoutArgs {
     pub rate_from: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 2.0)]
     pub rate_factor: f64,
-    /// PID of the server: its CPU time while publishing (and delivering what was published)
-    /// is read from /proc, and reported per delivery.
+    /// PID of the server (repeat for a fleet's pods: their CPU is summed): its CPU time while
+    /// publishing (and delivering what was published) is read from /proc, and reported per
+    /// delivery.
     #[arg(long)]
-    pub gateway_pid: Option<u32>,
+    pub gateway_pid: Vec<u32>,
+    /// PID of a backend (Redis, NATS; repeatable): its CPU time is reported per delivery
+    /// beside the servers', not added to it.
+    #[arg(long)]
+    pub backend_pid: Vec<u32>,
+}
+
+/// The summed CPU seconds of `pids` (`None` for none).
+fn cpu_of(pids: &[u32]) -> anyhow::Result<Option<f64>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    crate::admin::cpu_seconds_of(pids).map(Some)
 }
 
 /// The best publish rate of a `fanout --step` report within its p99 bound.
@@ -115,10 +128,8 @@ pub async fn run(mut args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         args.rate,
     );
     let mut steps = Vec::new();
-    let cpu_before = args
-        .gateway_pid
-        .map(crate::admin::cpu_seconds)
-        .transpose()?;
+    let cpu_before = cpu_of(&args.gateway_pid)?;
+    let backend_before = cpu_of(&args.backend_pid)?;
     let deliveries_before = run.deliveries();
     let publishing = Instant::now();
     let mut rate = args.rate;
@@ -150,12 +161,17 @@ pub async fn run(mut args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let outcome = common::finish(&run, c, &topics, &reports, started.handles).await?;
     // Everything published was delivered (or counted lost) by now: the server's CPU time for
     // the whole publishing phase, per delivery.
-    let cpu = match (cpu_before, args.gateway_pid) {
-        (Some(before), Some(pid)) => Some(crate::admin::cpu_seconds(pid)? - before),
+    let cpu = match (cpu_before, cpu_of(&args.gateway_pid)?) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let backend_cpu = match (backend_before, cpu_of(&args.backend_pid)?) {
+        (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };
     let delivered = run.deliveries().saturating_sub(deliveries_before);
     let cpu_ns_per_delivery = cpu.map(|s| r3(s * 1e9 / delivered.max(1) as f64));
+    let backend_ns_per_delivery = backend_cpu.map(|s| r3(s * 1e9 / delivered.max(1) as f64));
     // Best sustained throughput within the latency bound (the step comparison's figure).
     let best = steps
         .iter()
@@ -183,9 +199,14 @@ pub async fn run(mut args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     if let (Some(s), Some(ns)) = (cpu, cpu_ns_per_delivery) {
         println!("  server CPU {s:.2} s for {delivered} deliveries: {ns:.0} ns per delivery");
     }
+    if let (Some(s), Some(ns)) = (backend_cpu, backend_ns_per_delivery) {
+        println!("  backends' CPU {s:.2} s: {ns:.0} ns per delivery");
+    }
     Ok(json!({
         "server_cpu_seconds": cpu.map(r3),
         "server_cpu_ns_per_delivery": cpu_ns_per_delivery,
+        "backend_cpu_seconds": backend_cpu.map(r3),
+        "backend_cpu_ns_per_delivery": backend_ns_per_delivery,
         "scenario": "fanout",
         "target": c.target,
         "subscribers": started.ready,
