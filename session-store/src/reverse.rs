@@ -61,7 +61,7 @@ impl ReverseHistory for AnyStore {
     ) -> Result<HistoryPage, StoreError> {
         match self {
             Self::Memory(store) => store.history_before(topic, before, limit).await,
-            Self::Redis(store) => store.history_before(topic, before, limit).await,
+            Self::Redis(store) => Box::pin(store.history_before(topic, before, limit)).await,
         }
     }
 }

@@ -139,14 +139,14 @@ impl UserSessions for AnyUsers {
     ) -> Result<(), StoreError> {
         match self {
             Self::Memory(u) => u.add_session(user, session, ttl).await,
-            Self::Redis(u) => u.add_session(user, session, ttl).await,
+            Self::Redis(u) => Box::pin(u.add_session(user, session, ttl)).await,
         }
     }
 
     async fn take_sessions(&self, user: &str) -> Result<Vec<SessionId>, StoreError> {
         match self {
             Self::Memory(u) => u.take_sessions(user).await,
-            Self::Redis(u) => u.take_sessions(user).await,
+            Self::Redis(u) => Box::pin(u.take_sessions(user)).await,
         }
     }
 }
@@ -155,14 +155,14 @@ impl Revocations for AnyUsers {
     async fn revoke(&self, who: &Revoked, until_ms: u64) -> Result<(), StoreError> {
         match self {
             Self::Memory(u) => u.revoke(who, until_ms).await,
-            Self::Redis(u) => u.revoke(who, until_ms).await,
+            Self::Redis(u) => Box::pin(u.revoke(who, until_ms)).await,
         }
     }
 
     async fn is_revoked(&self, user: Option<&str>, jti: Option<&str>) -> Result<bool, StoreError> {
         match self {
             Self::Memory(u) => u.is_revoked(user, jti).await,
-            Self::Redis(u) => u.is_revoked(user, jti).await,
+            Self::Redis(u) => Box::pin(u.is_revoked(user, jti)).await,
         }
     }
 }

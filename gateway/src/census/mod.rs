@@ -70,14 +70,14 @@ impl Census for AnyCensus {
     async fn report(&self, pod: &str, counts: &[(Topic, usize)]) -> Result<(), CensusError> {
         match self {
             Self::Memory(c) => c.report(pod, counts).await,
-            Self::Redis(c) => c.report(pod, counts).await,
+            Self::Redis(c) => Box::pin(c.report(pod, counts)).await,
         }
     }
 
     async fn counts(&self, topic: &Topic) -> Result<HashMap<String, usize>, CensusError> {
         match self {
             Self::Memory(c) => c.counts(topic).await,
-            Self::Redis(c) => c.counts(topic).await,
+            Self::Redis(c) => Box::pin(c.counts(topic)).await,
         }
     }
 }

@@ -169,7 +169,8 @@ pub async fn publishing(
     let stage = match &events.outbox {
         Some(outbox) => {
             let key = outbox.key(topic.as_str());
-            match outbox.cover(&key).await {
+            // Boxed: a fred future (~14 KB) would otherwise size every future awaiting this one.
+            match Box::pin(outbox.cover(&key)).await {
                 Ok(()) => {
                     // The event without `data` ends with '}': continued by the script.
                     let json = event.json();

@@ -291,7 +291,7 @@ impl Events {
             return;
         }
         if let Some(outbox) = &self.outbox
-            && let Err(e) = outbox.settle(&outbox.key(tag), &[id]).await
+            && let Err(e) = Box::pin(outbox.settle(&outbox.key(tag), &[id])).await
         {
             // Relayed again by the sweeper: a duplicate with the same id, not a loss.
             tracing::debug!(kind, %id, error = %e, "staged event not removed");

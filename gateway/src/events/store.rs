@@ -213,7 +213,8 @@ macro_rules! delegate {
     ($enum:ident, $self:ident, $method:ident($($arg:expr),*)) => {
         match $self {
             $enum::Memory(x) => x.$method($($arg),*).await,
-            $enum::Redis(x) => x.$method($($arg),*).await,
+            // Boxed: see `AnyStore`'s `delegate!` (fred's futures are ~15 KB).
+            $enum::Redis(x) => Box::pin(x.$method($($arg),*)).await,
         }
     };
 }

@@ -37,7 +37,9 @@ macro_rules! delegate {
     ($self:ident, $method:ident($($arg:expr),*)) => {
         match $self {
             AnyPresence::Memory(p) => p.$method($($arg),*).await,
-            AnyPresence::Redis(p) => p.$method($($arg),*).await,
+            // Boxed: fred's futures are ~15 KB, and unboxed they would size every future that
+            // awaits this one (a connection's message handler among them) in memory mode too.
+            AnyPresence::Redis(p) => Box::pin(p.$method($($arg),*)).await,
         }
     };
 }
