@@ -195,20 +195,29 @@ fanout_steps() {
     --max-duration 280)
 }
 fanout_steps
+# baseline_then_gateway GW_NAME BASELINE_REPORT GATEWAY_REPORT [wsload fanout flags...]: the same
+# `wsload fanout` against the baseline, then against an embedded gateway, each measuring its
+# server's CPU; the reports are $OUT/BASELINE_REPORT.json and $OUT/GATEWAY_REPORT.json.
+baseline_then_gateway() {
+  local name=$1 base=$2 gw=$3
+  shift 3
+  start_baseline
+  "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws "$@" \
+    --gateway-pid "$BL_PID" --json "$OUT/$base.json"
+  cleanup
+  start_gateway "$name" "$GW_PORT" "$ADMIN_PORT"
+  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "$@" --gateway-pid "$GW_PID" \
+    --json "$OUT/$gw.json"
+  cleanup
+}
+
 # FANOUT_PAIRS (default 1): how many baseline-then-gateway pairs to run; `compare` takes the
 # median pair's ratio (this machine's noise moves a single sitting by ±30 %). The last pair's
 # reports are also fanout-baseline.json / fanout-gateway.json (overload's rate, cluster-fanout).
 fanout() {
   local measured=() reference=()
   for i in $(seq 1 "${FANOUT_PAIRS:-1}"); do
-    start_baseline
-    "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws "${FANOUT_STEP[@]}" \
-      --gateway-pid "$BL_PID" --json "$OUT/fanout-baseline-$i.json"
-    cleanup
-    start_gateway fan "$GW_PORT" "$ADMIN_PORT"
-    "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${FANOUT_STEP[@]}" --gateway-pid "$GW_PID" \
-      --json "$OUT/fanout-gateway-$i.json"
-    cleanup
+    baseline_then_gateway fan "fanout-baseline-$i" "fanout-gateway-$i" "${FANOUT_STEP[@]}"
     cp "$OUT/fanout-baseline-$i.json" "$OUT/fanout-baseline.json"
     cp "$OUT/fanout-gateway-$i.json" "$OUT/fanout-gateway.json"
     measured+=("fanout-gateway-$i") reference+=("fanout-baseline-$i")
@@ -244,14 +253,7 @@ overload() {
 steady() {
   local load=(--subscribers 1000 --topics 1 --publishers 1 --payload-bytes 100 --rate 100
     --duration 20 --max-duration 120)
-  start_baseline
-  "$WSLOAD" fanout --target baseline --url ws://127.0.0.1:$BASELINE_PORT/ws "${load[@]}" \
-    --gateway-pid "$BL_PID" --json "$OUT/steady-baseline.json"
-  cleanup
-  start_gateway steady "$GW_PORT" "$ADMIN_PORT"
-  "$WSLOAD" fanout --url ws://127.0.0.1:$GW_PORT/ws "${load[@]}" --gateway-pid "$GW_PID" \
-    --json "$OUT/steady-gateway.json"
-  cleanup
+  baseline_then_gateway steady steady-baseline steady-gateway "${load[@]}"
   start_backends
   local backends=() pods=()
   for pid in "${PIDS[@]}"; do backends+=(--backend-pid "$pid"); done

@@ -71,6 +71,13 @@ fn cpu_of(pids: &[u32]) -> anyhow::Result<Option<f64>> {
     crate::admin::cpu_seconds_of(pids).map(Some)
 }
 
+/// The CPU seconds `pids` used since [`cpu_of`] read `before`.
+fn cpu_since(pids: &[u32], before: Option<f64>) -> anyhow::Result<Option<f64>> {
+    Ok(before
+        .zip(cpu_of(pids)?)
+        .map(|(before, after)| after - before))
+}
+
 /// The best publish rate of a `fanout --step` report within its p99 bound.
 pub fn best_rate(report: &serde_json::Value) -> anyhow::Result<f64> {
     let bound = report["max_p99_ms"].as_f64().unwrap_or(f64::INFINITY);
@@ -161,17 +168,12 @@ pub async fn run(mut args: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     let outcome = common::finish(&run, c, &topics, &reports, started.handles).await?;
     // Everything published was delivered (or counted lost) by now: the server's CPU time for
     // the whole publishing phase, per delivery.
-    let cpu = match (cpu_before, cpu_of(&args.gateway_pid)?) {
-        (Some(before), Some(after)) => Some(after - before),
-        _ => None,
-    };
-    let backend_cpu = match (backend_before, cpu_of(&args.backend_pid)?) {
-        (Some(before), Some(after)) => Some(after - before),
-        _ => None,
-    };
+    let cpu = cpu_since(&args.gateway_pid, cpu_before)?;
+    let backend_cpu = cpu_since(&args.backend_pid, backend_before)?;
     let delivered = run.deliveries().saturating_sub(deliveries_before);
-    let cpu_ns_per_delivery = cpu.map(|s| r3(s * 1e9 / delivered.max(1) as f64));
-    let backend_ns_per_delivery = backend_cpu.map(|s| r3(s * 1e9 / delivered.max(1) as f64));
+    let per_delivery = |s: f64| r3(s * 1e9 / delivered.max(1) as f64);
+    let cpu_ns_per_delivery = cpu.map(per_delivery);
+    let backend_ns_per_delivery = backend_cpu.map(per_delivery);
     // Best sustained throughput within the latency bound (the step comparison's figure).
     let best = steps
         .iter()
