@@ -483,6 +483,28 @@ mod tests {
     }
 
     #[test]
+    fn a_store_call_is_a_small_future_whichever_store_runs() {
+        // fred's command futures are ~15 KB. Awaited inline by `AnyStore`, they would size
+        // every future that awaits the store (a connection's message handler, allocated per
+        // client frame, was 28 KB), even in memory mode.
+        let store = AnyStore::from(MemoryStore::default());
+        let topic = Topic::new("t").unwrap();
+        let id = SessionId::generate();
+        let history = store.history(&topic, 0, 10);
+        let load = store.load_session(&id);
+        assert!(
+            std::mem::size_of_val(&history) < 1024,
+            "history future: {} B",
+            std::mem::size_of_val(&history)
+        );
+        assert!(
+            std::mem::size_of_val(&load) < 1024,
+            "load_session future: {} B",
+            std::mem::size_of_val(&load)
+        );
+    }
+
+    #[test]
     fn recovery_rules() {
         let page = |msgs: Vec<u64>, top: u64| HistoryPage {
             top: pos(top, "e"),
